@@ -1,0 +1,140 @@
+"""Awareness updates (y-protocols/awareness): decoding, encoding and the room's state table.
+
+No I/O here. An awareness update is a varuint count of entries, each a varuint clientID, a
+varuint clock and a varstring JSON state (`null` means "this client is gone"). A state is
+applied only when it is new by clock, which is what keeps relaying linear: y-websocket
+clients re-send every update they apply, and those echoes are old by clock.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ProtocolError
+from .protocol import Reader, write_var_bytes, write_var_uint
+
+__all__ = [
+    "AwarenessEntry",
+    "AwarenessStates",
+    "decode_awareness",
+    "encode_awareness",
+    "user_of",
+]
+
+# An awareness update larger than this many entries is not something a Yjs client sends.
+MAX_ENTRIES = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class AwarenessEntry:
+    """One client's awareness state at one clock.
+
+    Attributes:
+        client_id: the Yjs clientID (the session id of the connection that controls it).
+        clock: the state's clock; higher wins.
+        state_json: the state exactly as sent (`"null"` for a removal), re-sent unchanged.
+        state: the parsed state, `None` for a removal.
+    """
+
+    client_id: int
+    clock: int
+    state_json: str
+    state: Any
+
+    @property
+    def removed(self) -> bool:
+        return self.state is None
+
+
+def decode_awareness(payload: bytes) -> tuple[AwarenessEntry, ...]:
+    """Decode an awareness update.
+
+    Raises:
+        ProtocolError: malformed varints, lengths, UTF-8 or JSON.
+    """
+    reader = Reader(payload)
+    count = reader.read_var_uint()
+    if count > MAX_ENTRIES:
+        raise ProtocolError(f"awareness update with {count} entries")
+    entries = []
+    for _ in range(count):
+        client_id = reader.read_var_uint()
+        clock = reader.read_var_uint()
+        state_json = reader.read_var_string()
+        try:
+            state = json.loads(state_json)
+        except ValueError as error:
+            raise ProtocolError("awareness state is not JSON") from error
+        entries.append(AwarenessEntry(client_id, clock, state_json, state))
+    reader.expect_end()
+    return tuple(entries)
+
+
+def encode_awareness(entries: Iterable[AwarenessEntry]) -> bytes:
+    """Encode entries as an awareness update (the payload of an awareness message)."""
+    entries = list(entries)
+    parts = [write_var_uint(len(entries))]
+    for entry in entries:
+        parts.append(write_var_uint(entry.client_id))
+        parts.append(write_var_uint(entry.clock))
+        parts.append(write_var_bytes(entry.state_json.encode("utf-8")))
+    return b"".join(parts)
+
+
+def user_of(state: Any) -> tuple[int | None, str | None]:
+    """The WordPress user id and name a state announces (Gutenberg's `collaboratorInfo`).
+
+    Only a positive integer counts as an id; anything else is treated as unknown.
+    """
+    if not isinstance(state, dict):
+        return None, None
+    info = state.get("collaboratorInfo")
+    if not isinstance(info, dict):
+        return None, None
+    user_id = info.get("id")
+    if isinstance(user_id, str) and user_id.isdigit():
+        user_id = int(user_id)
+    if not isinstance(user_id, int) or isinstance(user_id, bool) or user_id <= 0:
+        user_id = None
+    name = info.get("name")
+    return user_id, name if isinstance(name, str) else None
+
+
+class AwarenessStates:
+    """The awareness states a room knows, by clientID, with their clocks."""
+
+    def __init__(self) -> None:
+        self._entries: dict[int, AwarenessEntry] = {}
+
+    def apply(self, entry: AwarenessEntry) -> bool:
+        """Apply an entry if it is new by clock (y-protocols' rule). Returns whether it was."""
+        current = self._entries.get(entry.client_id)
+        if current is not None and not (
+            current.clock < entry.clock
+            or (current.clock == entry.clock and entry.removed and not current.removed)
+        ):
+            return False
+        if current is None and entry.removed:
+            return False
+        self._entries[entry.client_id] = entry
+        return True
+
+    def remove(self, client_id: int) -> AwarenessEntry | None:
+        """Remove a client's state; returns the removal entry to broadcast, if it had one."""
+        current = self._entries.pop(client_id, None)
+        if current is None or current.removed:
+            return None
+        return AwarenessEntry(client_id, current.clock + 1, "null", None)
+
+    def get(self, client_id: int) -> AwarenessEntry | None:
+        return self._entries.get(client_id)
+
+    def present(self) -> Iterator[AwarenessEntry]:
+        """Every live (non-removed) state, for a late joiner or a query-awareness."""
+        return (entry for entry in self._entries.values() if not entry.removed)
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -1,0 +1,115 @@
+"""Server configuration: one frozen dataclass, and its reading from `RTC_*` environment variables.
+
+No I/O here beyond reading the mapping it is given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+__all__ = ["ConfigError", "ServerConfig"]
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or malformed; the message names it."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerConfig:
+    """Everything `rtc serve` can be told. Defaults are the documented ones (README, --help).
+
+    Attributes:
+        host: interface to listen on.
+        port: TCP port; 0 picks a free one (read it back from the server).
+        data_dir: where documents (`documents.sqlite`) and the default event store live.
+        recorders: recorder URLs (see `tracks.open_recorder`); empty means the SQLite default.
+        max_contributors: distinct users per room, 0 = unlimited.
+        max_connections_per_room: sessions per room, 0 = unlimited.
+        event_prefix: prefix of every event name.
+        max_message_size: largest accepted frame in bytes (1009 beyond).
+        ping_interval: seconds between WebSocket pings.
+        ping_timeout: seconds a peer has to answer a ping before it is closed.
+        announce_timeout: seconds a new connection has to send the awareness update that
+            names its session.
+        room_grace: seconds an empty room stays loaded before it is unloaded.
+        outbox_limit: bytes that may wait in one peer's write buffer; a slower peer is closed
+            with 1013 so it cannot hold anyone else back.
+        store_flush_interval: seconds between batched writes of document updates.
+        demo_dir: folder the demo page is served from.
+        log_level: logging level name.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 1234
+    data_dir: Path = Path("rtc-data")
+    recorders: tuple[str, ...] = ()
+    max_contributors: int = 0
+    max_connections_per_room: int = 0
+    event_prefix: str = "jetpack_rtc_"
+    max_message_size: int = 16 * 1024 * 1024
+    ping_interval: float = 20.0
+    ping_timeout: float = 20.0
+    announce_timeout: float = 10.0
+    room_grace: float = 30.0
+    outbox_limit: int = 8 * 1024 * 1024
+    store_flush_interval: float = 0.1
+    demo_dir: Path = field(default_factory=lambda: Path(__file__).resolve().parent.parent / "demo")
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must be 0-65535, got {self.port}")
+        for name in ("max_contributors", "max_connections_per_room"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0 (0 = unlimited)")
+        for name in ("max_message_size", "outbox_limit"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1")
+        for name in ("ping_interval", "ping_timeout", "announce_timeout", "store_flush_interval"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be > 0")
+        if self.room_grace < 0:
+            raise ConfigError("room_grace must be >= 0")
+
+    @property
+    def recorder_urls(self) -> tuple[str, ...]:
+        """The recorders to open: the configured ones, or SQLite in the data dir."""
+        if self.recorders:
+            return self.recorders
+        return (f"sqlite:///{(self.data_dir / 'events.sqlite').resolve()}",)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], prefix: str = "RTC_") -> dict[str, object]:
+        """Read `RTC_<FIELD>` variables into keyword arguments (bad values fail fast).
+
+        `RTC_RECORDER` holds one URL or several separated by spaces or commas.
+        """
+        values: dict[str, object] = {}
+        for spec in fields(cls):
+            env_name = prefix + ("RECORDER" if spec.name == "recorders" else spec.name.upper())
+            raw = environ.get(env_name)
+            if raw is None or raw == "":
+                continue
+            values[spec.name] = _parse(env_name, spec.name, raw)
+        return values
+
+
+def _parse(env_name: str, name: str, raw: str) -> object:
+    if name == "recorders":
+        return tuple(part for part in raw.replace(",", " ").split() if part)
+    if name in ("data_dir", "demo_dir"):
+        return Path(raw)
+    if name in ("host", "event_prefix", "log_level"):
+        return raw
+    kind = float if name in _FLOAT_FIELDS else int
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ConfigError(f"{env_name}={raw!r} is not a valid {kind.__name__}") from None
+
+
+_FLOAT_FIELDS = frozenset(
+    {"ping_interval", "ping_timeout", "announce_timeout", "room_grace", "store_flush_interval"}
+)

@@ -1,0 +1,80 @@
+"""The rtc error tree: every error knows the WebSocket close code it ends a connection with.
+
+No I/O here. Close codes follow RFC 6455 §7.4.1; codes 4400-4499 are the ones y-websocket
+treats as permanent (it stops reconnecting), so every "do not retry" refusal lives there.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AnnounceTimeoutError",
+    "CloseCode",
+    "MessageTooBigError",
+    "ProtocolError",
+    "RtcError",
+    "UnsupportedDataError",
+]
+
+
+class CloseCode:
+    """The close codes this server sends (RFC 6455 §7.4.1 and the 4000-4999 private range)."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    PROTOCOL_ERROR = 1002
+    UNSUPPORTED_DATA = 1003
+    POLICY_VIOLATION = 1008
+    MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
+    TRY_AGAIN_LATER = 1013
+    ANNOUNCE_TIMEOUT = 4408
+    SESSION_CONFLICT = 4409
+    LIMIT_EXCEEDED = 4429
+
+
+class RtcError(Exception):
+    """Base of every error that ends a connection.
+
+    Attributes:
+        close_code: the WebSocket close code the connection is closed with.
+        reason: the close reason sent to the peer (short, ASCII).
+        error_code: the `error_code` recorded in `connection_error` events.
+    """
+
+    close_code: int = CloseCode.INTERNAL_ERROR
+    reason: str = "internal-error"
+    error_code: str = "internal-error"
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__(detail or self.reason)
+        self.detail = detail or self.reason
+
+
+class ProtocolError(RtcError):
+    """The peer sent bytes that are not a valid y-websocket message."""
+
+    close_code = CloseCode.PROTOCOL_ERROR
+    reason = "protocol-error"
+    error_code = "protocol-error"
+
+
+class UnsupportedDataError(ProtocolError):
+    """The peer sent a text frame; y-websocket speaks binary frames only."""
+
+    close_code = CloseCode.UNSUPPORTED_DATA
+
+
+class MessageTooBigError(RtcError):
+    """The peer sent a frame over the configured size limit."""
+
+    close_code = CloseCode.MESSAGE_TOO_BIG
+    reason = "message-too-big"
+    error_code = "message-too-big"
+
+
+class AnnounceTimeoutError(RtcError):
+    """The peer never sent the awareness update that names its session."""
+
+    close_code = CloseCode.ANNOUNCE_TIMEOUT
+    reason = "announce-timeout"
+    error_code = "announce-timeout"

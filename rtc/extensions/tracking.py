@@ -1,0 +1,190 @@
+"""The bridge from room transitions to `tracks` events: join, blocked, connection_error, leave.
+
+Every event carries `blog_id` and `post_id` (a session id is unique only within a room) and a
+deterministic `event_id`, so the same logical event is never counted twice downstream.
+Recording never blocks or raises into the editing path: a failing recorder is logged once
+per burst, counted, and the room carries on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+
+from tracks import Event, JSONValue, Recorder
+
+from ..feed import EventFeed
+from ..metrics import Metrics
+from ..room import Blocked, Joined, Left, RoomKey, Session
+
+__all__ = ["Tracking"]
+
+logger = logging.getLogger(__name__)
+
+# Namespace of the uuid5 event ids (fixed forever: changing it would re-count old events).
+EVENT_NAMESPACE = uuid.UUID("6f1c1f0e-6b39-4a43-9a51-2f0b3f4f2c1e")
+
+# A join within this long after the same session ended is flagged as a reconnect.
+RECONNECT_WINDOW_MS = 5 * 60_000
+
+
+class Tracking:
+    """Turns what rooms decide into recorded events, the live feed and metrics.
+
+    Args:
+        recorders: where events go (each one's `record()` only enqueues).
+        feed: the in-process stream for live viewers.
+        metrics: counters to keep in step.
+        prefix: prefix of every event name.
+        instance: distinguishes this server process in ids of events that have no session.
+    """
+
+    def __init__(
+        self,
+        recorders: Sequence[Recorder],
+        *,
+        feed: EventFeed,
+        metrics: Metrics,
+        prefix: str = "jetpack_rtc_",
+        instance: str | None = None,
+    ) -> None:
+        self._recorders = tuple(recorders)
+        self._feed = feed
+        self._metrics = metrics
+        self._prefix = prefix
+        self._instance = instance or uuid.uuid4().hex
+        self._failing: set[int] = set()
+
+    def joined(self, joined: Joined, *, post_type: str | None) -> None:
+        session = joined.session
+        previous = joined.previous_end
+        reconnect = previous is not None and (
+            session.joined_at_ms - previous.ended_at_ms <= RECONNECT_WINDOW_MS
+        )
+        if previous is not None and previous.abnormal and reconnect:
+            latency = (session.joined_at_ms - previous.ended_at_ms) / 1000
+            self._metrics.reconnect_latency.observe(max(latency, 0.0))
+        self._emit(
+            "join",
+            joined.room,
+            session.session_id,
+            session.connected_at_ms,
+            {
+                "session_id": session.session_id,
+                "wp_user_id": session.user_id,
+                "transport": "websocket",
+                "contributors": list(joined.contributors),
+                "contributor_count": len(joined.contributors),
+                "session_count": joined.session_count,
+                "post_type": post_type,
+                "reconnect": True if reconnect else None,
+            },
+            ts=session.joined_at_ms,
+        )
+
+    def blocked(self, blocked: Blocked) -> None:
+        self._metrics.blocked.labels(blocked.limit_kind).inc()
+        if not blocked.first:
+            return
+        self._emit(
+            "blocked",
+            blocked.room,
+            blocked.session_id,
+            None,
+            {
+                "session_id": blocked.session_id,
+                "wp_user_id": blocked.user_id,
+                "contributors": list(blocked.contributors),
+                "contributor_count": len(blocked.contributors),
+                "session_count": blocked.session_count,
+                "limit": blocked.limit,
+                "limit_kind": blocked.limit_kind,
+            },
+        )
+
+    def left(self, left: Left) -> None:
+        session = left.session
+        duration_ms = max(left.ended_at_ms - session.joined_at_ms, 0)
+        self._metrics.session_duration.observe(duration_ms / 1000)
+        self._emit(
+            "leave",
+            left.room,
+            session.session_id,
+            session.connected_at_ms,
+            {
+                "session_id": session.session_id,
+                "wp_user_id": session.user_id,
+                "duration_ms": duration_ms,
+                "clean": left.clean,
+                "updates": session.updates,
+            },
+            ts=left.ended_at_ms,
+        )
+
+    def connection_error(
+        self,
+        room: RoomKey,
+        *,
+        connection: int,
+        connected_at_ms: int,
+        session: Session | None,
+        error_code: str,
+        close_code: int,
+    ) -> None:
+        self._metrics.connection_errors.labels(error_code).inc()
+        identity = session.session_id if session is not None else f"c{self._instance}-{connection}"
+        self._emit(
+            "connection_error",
+            room,
+            identity,
+            connected_at_ms,
+            {
+                "session_id": session.session_id if session is not None else None,
+                "wp_user_id": session.user_id if session is not None else None,
+                "error_code": error_code,
+                "close_code": close_code,
+            },
+        )
+
+    def _emit(
+        self,
+        kind: str,
+        room: RoomKey,
+        identity: int | str,
+        connected_at_ms: int | None,
+        props: Mapping[str, JSONValue],
+        *,
+        ts: int | None = None,
+    ) -> None:
+        name = self._prefix + kind
+        event_id = uuid.uuid5(
+            EVENT_NAMESPACE,
+            f"{room.blog_id}/{room.post_id}/{identity}/{kind}/{connected_at_ms or ''}",
+        )
+        try:
+            event = Event(
+                name,
+                {"blog_id": room.blog_id, "post_id": room.post_id, **props},
+                ts=ts if ts is not None else int(time.time() * 1000),
+                event_id=str(event_id),
+                prefix=self._prefix,
+            )
+        except ValueError:
+            logger.exception("could not build a %s event; not recorded", name)
+            self._metrics.recorder_failures.inc()
+            return
+        self._metrics.events_recorded.labels(name).inc()
+        for index, recorder in enumerate(self._recorders):
+            try:
+                recorder.record(event)
+            except Exception:
+                # A recorder's front door must never raise; if one does, contain it here.
+                self._metrics.recorder_failures.inc()
+                if index not in self._failing:
+                    logger.exception("recorder %d raised on record(); containing it", index)
+                    self._failing.add(index)
+            else:
+                self._failing.discard(index)
+        self._feed.publish(room, event.to_json())

@@ -1,0 +1,79 @@
+"""What a server remembers about sessions that are gone: recent ends and refusals.
+
+No I/O here; time is passed in. It outlives rooms (a room is unloaded when empty, a
+reconnect may come minutes later), and every table is bounded by age and by size.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+__all__ = ["RecentEnd", "SessionHistory", "SessionKey"]
+
+# (blog_id, post_id, session_id): a session id is unique only within one room.
+SessionKey = tuple[int, int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class RecentEnd:
+    """How a session's previous connection ended."""
+
+    ended_at_ms: int
+    abnormal: bool
+
+
+class SessionHistory:
+    """Recent session ends (to flag reconnects) and refused sessions (to record one block each).
+
+    Args:
+        reconnect_window_ms: a join within this long after the same session ended is a reconnect.
+        blocked_memory_ms: how long a refused session is remembered, so that a client that
+            keeps retrying records one `blocked` event, not one per attempt.
+        max_entries: a hard cap per table; the oldest entries go first.
+    """
+
+    def __init__(
+        self,
+        *,
+        reconnect_window_ms: int = 5 * 60_000,
+        blocked_memory_ms: int = 60 * 60_000,
+        max_entries: int = 100_000,
+    ) -> None:
+        if reconnect_window_ms < 0 or blocked_memory_ms < 0 or max_entries < 1:
+            raise ValueError("history windows must be >= 0 and max_entries >= 1")
+        self._reconnect_window_ms = reconnect_window_ms
+        self._blocked_memory_ms = blocked_memory_ms
+        self._max_entries = max_entries
+        self._ends: OrderedDict[SessionKey, RecentEnd] = OrderedDict()
+        self._blocked: OrderedDict[SessionKey, int] = OrderedDict()
+
+    def note_end(self, key: SessionKey, now_ms: int, *, abnormal: bool) -> None:
+        self._ends.pop(key, None)
+        self._ends[key] = RecentEnd(now_ms, abnormal)
+        self._expire(now_ms)
+
+    def previous_end(self, key: SessionKey, now_ms: int) -> RecentEnd | None:
+        """The end of this session's previous connection, if it was within the window."""
+        self._expire(now_ms)
+        return self._ends.get(key)
+
+    def note_blocked(self, key: SessionKey, now_ms: int) -> bool:
+        """Remember a refusal; returns True the first time this session is refused."""
+        self._expire(now_ms)
+        if key in self._blocked:
+            return False
+        self._blocked[key] = now_ms
+        return True
+
+    def _expire(self, now_ms: int) -> None:
+        for table, window in (
+            (self._ends, self._reconnect_window_ms),
+            (self._blocked, self._blocked_memory_ms),
+        ):
+            while table:
+                key, value = next(iter(table.items()))
+                stamp = value.ended_at_ms if isinstance(value, RecentEnd) else value
+                if len(table) <= self._max_entries and now_ms - stamp <= window:
+                    break
+                del table[key]

@@ -1,0 +1,172 @@
+"""Prometheus metrics of one server (its own registry, so several servers can share a process)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+__all__ = ["LiveFigures", "Metrics", "message_type"]
+
+_MESSAGE_TYPES = {
+    (0, 0): "sync_step1",
+    (0, 1): "sync_step2",
+    (0, 2): "sync_update",
+    (1, None): "awareness",
+    (2, None): "auth",
+    (3, None): "query_awareness",
+}
+
+
+def message_type(data: bytes) -> str:
+    """A label for a y-websocket frame, from its first bytes (no full decode)."""
+    if not data:
+        return "invalid"
+    if data[0] == 0:
+        return _MESSAGE_TYPES.get((0, data[1] if len(data) > 1 else -1), "invalid")
+    return _MESSAGE_TYPES.get((data[0], None), "invalid")
+
+
+@dataclass(frozen=True, slots=True)
+class LiveFigures:
+    """What is present right now, read at scrape time."""
+
+    connections: int
+    rooms: int
+    sessions: int
+    contributors: int
+
+
+@dataclass(frozen=True, slots=True)
+class RecorderFigures:
+    """One recorder's counters, read at scrape time."""
+
+    recorder: str
+    queue_depth: int
+    accepted: int
+    written: int
+    dropped: int
+    retried: int
+    spooled: int
+    rejected: int
+    dropped_by_name: dict[str, int]
+
+
+class _LiveCollector(Collector):
+    def __init__(
+        self,
+        live: Callable[[], LiveFigures],
+        recorders: Callable[[], Iterable[RecorderFigures]],
+    ) -> None:
+        self._live = live
+        self._recorders = recorders
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        live = self._live()
+        for name, value, text in (
+            ("rtc_connections", live.connections, "Open WebSocket connections to rooms."),
+            ("rtc_rooms", live.rooms, "Rooms loaded in memory."),
+            ("rtc_sessions", live.sessions, "Admitted sessions present."),
+            ("rtc_contributors", live.contributors, "Distinct users present, summed over rooms."),
+        ):
+            yield GaugeMetricFamily(name, text, value=value)
+        depth = GaugeMetricFamily(
+            "rtc_recorder_queue_depth", "Events waiting in a recorder.", labels=["recorder"]
+        )
+        counters = {
+            field: CounterMetricFamily(
+                f"rtc_recorder_{field}", f"Events {field} by a recorder.", labels=["recorder"]
+            )
+            for field in ("accepted", "written", "dropped", "retried", "spooled", "rejected")
+        }
+        dropped_by_name = CounterMetricFamily(
+            "rtc_events_dropped", "Events dropped by recorders, by name.", labels=["name"]
+        )
+        dropped_totals: dict[str, int] = {}
+        for figures in self._recorders():
+            depth.add_metric([figures.recorder], figures.queue_depth)
+            for field, family in counters.items():
+                family.add_metric([figures.recorder], getattr(figures, field))
+            for name, count in figures.dropped_by_name.items():
+                dropped_totals[name] = dropped_totals.get(name, 0) + count
+        for name, count in sorted(dropped_totals.items()):
+            dropped_by_name.add_metric([name], count)
+        yield depth
+        yield from counters.values()
+        yield dropped_by_name
+
+
+class Metrics:
+    """The server's counters and histograms; live gauges are computed when scraped."""
+
+    def __init__(
+        self,
+        live: Callable[[], LiveFigures],
+        recorders: Callable[[], Iterable[RecorderFigures]],
+    ) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.messages_in = Counter(
+            "rtc_messages_in", "Messages received, by type.", ["type"], registry=r
+        )
+        self.bytes_in = Counter("rtc_bytes_in", "Bytes received, by type.", ["type"], registry=r)
+        self.messages_out = Counter(
+            "rtc_messages_out", "Messages sent, by type.", ["type"], registry=r
+        )
+        self.bytes_out = Counter("rtc_bytes_out", "Bytes sent, by type.", ["type"], registry=r)
+        self.events_recorded = Counter(
+            "rtc_events_recorded", "Events handed to the recorders, by name.", ["name"], registry=r
+        )
+        self.recorder_failures = Counter(
+            "rtc_recorder_failures", "Recorder calls that raised (and were contained).", registry=r
+        )
+        self.connection_errors = Counter(
+            "rtc_connection_errors", "Abnormal connection ends, by error code.", ["code"],
+            registry=r,
+        )
+        self.closes = Counter("rtc_closes", "Connection ends, by close code.", ["code"], registry=r)
+        self.blocked = Counter(
+            "rtc_blocked", "Sessions turned away, by limit kind.", ["limit_kind"], registry=r
+        )
+        self.notes = Counter(
+            "rtc_notes",
+            "Things ignored or repaired: awareness echoes, foreign claims, replaced sessions.",
+            ["what"],
+            registry=r,
+        )
+        self.http_errors = Counter(
+            "rtc_http_errors", "HTTP requests refused, by status.", ["status"], registry=r
+        )
+        self.session_duration = Histogram(
+            "rtc_session_duration_seconds",
+            "How long admitted sessions lasted.",
+            buckets=(1, 5, 15, 60, 300, 900, 1800, 3600, 4 * 3600, 12 * 3600),
+            registry=r,
+        )
+        self.reconnect_latency = Histogram(
+            "rtc_reconnect_latency_seconds",
+            "From a session's abnormal end to the same session's next join.",
+            buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
+            registry=r,
+        )
+        r.register(_LiveCollector(live, recorders))
+        self._in = {name: (self.messages_in.labels(name), self.bytes_in.labels(name))
+                    for name in (*_MESSAGE_TYPES.values(), "invalid")}
+        self._out = {name: (self.messages_out.labels(name), self.bytes_out.labels(name))
+                     for name in (*_MESSAGE_TYPES.values(), "invalid")}
+
+    def received(self, data: bytes) -> None:
+        messages, size = self._in[message_type(data)]
+        messages.inc()
+        size.inc(len(data))
+
+    def sent(self, data: bytes, copies: int = 1) -> None:
+        messages, size = self._out[message_type(data)]
+        messages.inc(copies)
+        size.inc(len(data) * copies)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,512 @@
+"""One post's room: its document, its sessions, its roster and its admission rule.
+
+No I/O here and nothing awaits: every method takes what happened (a connection opened, a
+message arrived, a connection ended) and returns the actions the driver must carry out, in
+order. Because a step is atomic, a sync step 2 reply and the subscription to later updates
+happen together, so no update can overtake step 2 (the handshake race of bare
+pycrdt-websocket).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from pycrdt import Doc
+
+from .awareness import AwarenessEntry, AwarenessStates, decode_awareness, encode_awareness, user_of
+from .errors import CloseCode, ProtocolError
+from .history import RecentEnd, SessionHistory
+from .protocol import (
+    EMPTY_UPDATE,
+    AuthMessage,
+    AwarenessMessage,
+    Message,
+    QueryAwareness,
+    SyncStep1,
+    SyncStep2,
+    SyncUpdate,
+    encode,
+)
+
+__all__ = [
+    "Action",
+    "Blocked",
+    "Broadcast",
+    "Close",
+    "Contributor",
+    "Identity",
+    "Joined",
+    "Left",
+    "Note",
+    "Persist",
+    "Room",
+    "RoomKey",
+    "RoomLimits",
+    "Send",
+    "Session",
+]
+
+ConnectionId = int
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class RoomKey:
+    """A room is one post of one blog."""
+
+    blog_id: int
+    post_id: int
+
+    def __post_init__(self) -> None:
+        if self.blog_id <= 0 or self.post_id <= 0:
+            raise ValueError("blog_id and post_id must be positive integers")
+
+    def __str__(self) -> str:
+        return f"{self.blog_id}/{self.post_id}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoomLimits:
+    """Admission limits of a room (0 = unlimited) and bounds on what a newcomer may send.
+
+    Attributes:
+        max_contributors: distinct users present; a new user beyond it is blocked.
+        max_connections: sessions present, whoever they belong to.
+        max_held_messages: messages held from a connection before it names its session.
+        max_held_bytes: bytes held likewise.
+    """
+
+    max_contributors: int = 0
+    max_connections: int = 0
+    max_held_messages: int = 64
+    max_held_bytes: int = 16 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        for name in ("max_contributors", "max_connections"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0 = unlimited)")
+        if self.max_held_messages < 1 or self.max_held_bytes < 1:
+            raise ValueError("max_held_messages and max_held_bytes must be >= 1")
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a connection says it is (from its token, or from its awareness state)."""
+
+    user_id: int | None
+    name: str | None = None
+
+
+@dataclass(slots=True)
+class Session:
+    """An admitted connection, named by the awareness clientID it announced."""
+
+    connection: ConnectionId
+    session_id: int
+    user_id: int | None
+    name: str | None
+    connected_at_ms: int
+    joined_at_ms: int
+    updates: int = 0
+
+    @property
+    def contributor(self) -> tuple[str, int]:
+        """What counts as one contributor: the user, or the session itself when anonymous."""
+        if self.user_id is not None:
+            return ("user", self.user_id)
+        return ("session", self.session_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Contributor:
+    """One roster entry: a user (or an anonymous session) with its sessions."""
+
+    user_id: int | None
+    name: str | None
+    sessions: tuple[Session, ...]
+
+
+# --- actions the driver carries out, in order -------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    connection: ConnectionId
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Broadcast:
+    data: bytes
+    to: tuple[ConnectionId, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    connection: ConnectionId
+    code: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Persist:
+    """A document update that was applied and must reach the store."""
+
+    update: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Joined:
+    room: RoomKey
+    session: Session
+    contributors: tuple[int, ...]
+    session_count: int
+    previous_end: RecentEnd | None
+
+
+@dataclass(frozen=True, slots=True)
+class Blocked:
+    room: RoomKey
+    connection: ConnectionId
+    session_id: int
+    user_id: int | None
+    contributors: tuple[int, ...]
+    session_count: int
+    limit: int
+    limit_kind: str
+    first: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Left:
+    room: RoomKey
+    session: Session
+    ended_at_ms: int
+    clean: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    """Something worth a counter: an ignored awareness entry, a replaced session..."""
+
+    what: str
+
+
+Action = Send | Broadcast | Close | Persist | Joined | Blocked | Left | Note
+
+
+@dataclass(slots=True)
+class _Newcomer:
+    connected_at_ms: int
+    identity: Identity | None
+    held: list[Message] = field(default_factory=list)
+    held_bytes: int = 0
+
+
+class Room:
+    """A post's live state. The driver owns the sockets; the room owns the decisions.
+
+    Args:
+        key: which post.
+        doc: the document, loaded from the store by the driver.
+        limits: admission limits.
+        history: shared across rooms, so reconnects and repeated refusals are recognised.
+    """
+
+    def __init__(
+        self,
+        key: RoomKey,
+        doc: Doc,
+        *,
+        limits: RoomLimits,
+        history: SessionHistory,
+    ) -> None:
+        self.key = key
+        self.doc = doc
+        self.limits = limits
+        self._history = history
+        self._awareness = AwarenessStates()
+        self._newcomers: dict[ConnectionId, _Newcomer] = {}
+        self._sessions: dict[ConnectionId, Session] = {}
+        self._by_session_id: dict[int, ConnectionId] = {}
+        self._replay: dict[ConnectionId, list[Message]] = {}
+
+    # --- queries -----------------------------------------------------------------------
+
+    @property
+    def is_empty(self) -> bool:
+        return not self._sessions and not self._newcomers
+
+    @property
+    def session_count(self) -> int:
+        return len(self._sessions)
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._sessions) + len(self._newcomers)
+
+    def session_of(self, connection: ConnectionId) -> Session | None:
+        return self._sessions.get(connection)
+
+    def sessions(self) -> tuple[Session, ...]:
+        return tuple(self._sessions.values())
+
+    def contributor_ids(self) -> tuple[int, ...]:
+        """Sorted distinct user ids present."""
+        return _user_ids(self._sessions.values())
+
+    def roster(self) -> tuple[Contributor, ...]:
+        """Contributors present, by user id (anonymous sessions last), sessions by join time."""
+        groups: dict[tuple[str, int], list[Session]] = {}
+        for session in sorted(self._sessions.values(), key=lambda s: s.joined_at_ms):
+            groups.setdefault(session.contributor, []).append(session)
+        roster = [
+            Contributor(sessions[0].user_id, sessions[-1].name, tuple(sessions))
+            for sessions in groups.values()
+        ]
+        roster.sort(key=lambda c: (c.user_id is None, c.user_id or 0, c.sessions[0].session_id))
+        return tuple(roster)
+
+    # --- transitions -------------------------------------------------------------------
+
+    def open(
+        self, connection: ConnectionId, now_ms: int, *, identity: Identity | None = None
+    ) -> None:
+        """A connection arrived. Nothing is sent to it until it names its session."""
+        if connection in self._newcomers or connection in self._sessions:
+            raise ValueError(f"connection {connection} is already open")
+        self._newcomers[connection] = _Newcomer(now_ms, identity)
+
+    def receive(self, connection: ConnectionId, message: Message, now_ms: int) -> list[Action]:
+        """A message arrived from a connection.
+
+        Raises:
+            ProtocolError: the message is malformed in a way only the room can see (an
+                invalid update, invalid awareness); the driver closes that connection.
+        """
+        session = self._sessions.get(connection)
+        if session is not None:
+            return self._handle(session, message)
+        newcomer = self._newcomers.get(connection)
+        if newcomer is None:
+            return []
+        if isinstance(message, AwarenessMessage):
+            entries = decode_awareness(message.payload)
+            announce = next((entry for entry in entries if not entry.removed), None)
+            if announce is not None:
+                return self._admit(connection, newcomer, announce, now_ms)
+        newcomer.held.append(message)
+        newcomer.held_bytes += _size(message)
+        if (
+            len(newcomer.held) > self.limits.max_held_messages
+            or newcomer.held_bytes > self.limits.max_held_bytes
+        ):
+            raise ProtocolError("too much sent before the awareness update that names the session")
+        return []
+
+    def take_held(self, connection: ConnectionId) -> list[Message]:
+        """What an admitted connection sent before it named its session, to replay in order."""
+        return self._replay.pop(connection, [])
+
+    def close(self, connection: ConnectionId, now_ms: int, *, clean: bool) -> list[Action]:
+        """A connection ended (for any reason). Its presence is removed and broadcast at once."""
+        self._replay.pop(connection, None)
+        if self._newcomers.pop(connection, None) is not None:
+            return []
+        session = self._sessions.pop(connection, None)
+        if session is None:
+            return []
+        actions: list[Action] = []
+        if self._by_session_id.get(session.session_id) == connection:
+            del self._by_session_id[session.session_id]
+            removal = self._awareness.remove(session.session_id)
+            if removal is not None and self._sessions:
+                actions.append(
+                    Broadcast(_awareness_message((removal,)), tuple(self._sessions))
+                )
+        self._history.note_end(
+            (self.key.blog_id, self.key.post_id, session.session_id), now_ms, abnormal=not clean
+        )
+        actions.append(Left(self.key, session, now_ms, clean))
+        return actions
+
+    # --- internals ---------------------------------------------------------------------
+
+    def _admit(
+        self,
+        connection: ConnectionId,
+        newcomer: _Newcomer,
+        announce: AwarenessEntry,
+        now_ms: int,
+    ) -> list[Action]:
+        session_id = announce.client_id
+        announced_user, announced_name = user_of(announce.state)
+        actions: list[Action] = []
+        if newcomer.identity is not None:
+            user_id, name = newcomer.identity.user_id, newcomer.identity.name or announced_name
+            if announced_user is not None and announced_user != user_id:
+                actions.append(Note("awareness-user-mismatch"))
+        else:
+            user_id, name = announced_user, announced_name
+
+        # The same Y.Doc reconnecting before its old socket was noticed dead takes over its
+        # session; anyone else claiming a live session id is refused.
+        holder = self._by_session_id.get(session_id)
+        if holder is not None:
+            if self._sessions[holder].user_id != user_id:
+                del self._newcomers[connection]
+                return [
+                    *actions,
+                    Note("session-conflict"),
+                    Close(connection, CloseCode.SESSION_CONFLICT, "session-conflict"),
+                ]
+            actions.append(Note("session-replaced"))
+            actions.append(Close(holder, CloseCode.SESSION_CONFLICT, "session-replaced"))
+            actions.extend(self.close(holder, now_ms, clean=False))
+
+        refusal = self._refusal(connection, session_id, user_id, now_ms)
+        if refusal is not None:
+            del self._newcomers[connection]
+            return [
+                *actions,
+                refusal,
+                Close(connection, CloseCode.LIMIT_EXCEEDED, "connection-limit-exceeded"),
+            ]
+
+        del self._newcomers[connection]
+        session = Session(
+            connection=connection,
+            session_id=session_id,
+            user_id=user_id,
+            name=name,
+            connected_at_ms=newcomer.connected_at_ms,
+            joined_at_ms=now_ms,
+        )
+        others = tuple(self._sessions)
+        self._sessions[connection] = session
+        self._by_session_id[session_id] = connection
+        self._awareness.apply(announce)
+
+        # y-protocols handshake from the server side: our state vector (so the client sends
+        # what we miss), then everyone's presence, then the announce to the others.
+        actions.append(Send(connection, encode(SyncStep1(self.doc.get_state()))))
+        actions.append(Send(connection, _awareness_message(tuple(self._awareness.present()))))
+        if others:
+            actions.append(Broadcast(_awareness_message((announce,)), others))
+        previous_end = self._history.previous_end(
+            (self.key.blog_id, self.key.post_id, session_id), now_ms
+        )
+        actions.append(
+            Joined(self.key, session, self.contributor_ids(), len(self._sessions), previous_end)
+        )
+        # What it sent before naming itself is replayed by the driver through `receive`, one
+        # message at a time, so an invalid one fails only that message's step.
+        self._replay[connection] = newcomer.held
+        return actions
+
+    def _refusal(
+        self, connection: ConnectionId, session_id: int, user_id: int | None, now_ms: int
+    ) -> Blocked | None:
+        limits = self.limits
+        present = {session.contributor for session in self._sessions.values()}
+        newcomer_key = ("user", user_id) if user_id is not None else ("session", session_id)
+        if limits.max_connections and len(self._sessions) >= limits.max_connections:
+            limit, kind = limits.max_connections, "connections"
+        elif (
+            limits.max_contributors
+            and newcomer_key not in present
+            and len(present) >= limits.max_contributors
+        ):
+            limit, kind = limits.max_contributors, "contributors"
+        else:
+            return None
+        first = self._history.note_blocked(
+            (self.key.blog_id, self.key.post_id, session_id), now_ms
+        )
+        return Blocked(
+            room=self.key,
+            connection=connection,
+            session_id=session_id,
+            user_id=user_id,
+            contributors=self.contributor_ids(),
+            session_count=len(self._sessions),
+            limit=limit,
+            limit_kind=kind,
+            first=first,
+        )
+
+    def _handle(self, session: Session, message: Message) -> list[Action]:
+        match message:
+            case SyncStep1(state_vector=state_vector):
+                try:
+                    update = self.doc.get_update(state_vector)
+                except ValueError as error:
+                    raise ProtocolError("invalid state vector") from error
+                return [Send(session.connection, encode(SyncStep2(update)))]
+            case SyncStep2(update=update) | SyncUpdate(update=update):
+                if update == EMPTY_UPDATE:
+                    return []
+                try:
+                    self.doc.apply_update(update)
+                except ValueError as error:
+                    raise ProtocolError("invalid document update") from error
+                session.updates += 1
+                others = tuple(c for c in self._sessions if c != session.connection)
+                actions: list[Action] = [Persist(update)]
+                if others:
+                    actions.append(Broadcast(encode(SyncUpdate(update)), others))
+                return actions
+            case AwarenessMessage(payload=payload):
+                return self._handle_awareness(session, payload)
+            case QueryAwareness():
+                present = tuple(self._awareness.present())
+                return [Send(session.connection, _awareness_message(present))]
+            case AuthMessage():
+                return []
+        raise TypeError(f"unexpected message {message!r}")
+
+    def _handle_awareness(self, session: Session, payload: bytes) -> list[Action]:
+        entries = decode_awareness(payload)
+        changed = []
+        foreign = 0
+        for entry in entries:
+            # A connection controls only the clientID it announced. Other ids are y-websocket
+            # echoes (old by clock) or claims on someone else's presence: both are ignored.
+            if entry.client_id != session.session_id:
+                foreign += 1
+                continue
+            if self._awareness.apply(entry):
+                changed.append(entry)
+                _, name = user_of(entry.state)
+                if name is not None:
+                    session.name = name
+        actions: list[Action] = []
+        if foreign and not changed:
+            actions.append(Note("awareness-echo"))
+        if changed:
+            data = (
+                encode(AwarenessMessage(payload))
+                if len(changed) == len(entries)
+                else _awareness_message(tuple(changed))
+            )
+            # Sent back to the sender too, as the reference server does: for a lone client this
+            # traffic is what keeps y-websocket's 30 s "no message received" watchdog quiet.
+            actions.append(Broadcast(data, tuple(self._sessions)))
+        return actions
+
+
+def _awareness_message(entries: Iterable[AwarenessEntry]) -> bytes:
+    return encode(AwarenessMessage(encode_awareness(entries)))
+
+
+def _user_ids(sessions: Iterable[Session]) -> tuple[int, ...]:
+    return tuple(sorted({s.user_id for s in sessions if s.user_id is not None}))
+
+
+def _size(message: Message) -> int:
+    match message:
+        case SyncStep1(state_vector=data) | SyncStep2(update=data) | SyncUpdate(update=data):
+            return len(data)
+        case AwarenessMessage(payload=data):
+            return len(data)
+    return 1

@@ -1,0 +1,124 @@
+"""The loaded rooms: loading a post's document on first use, unloading it when left empty."""
+
+from __future__ import annotations
+
+import logging
+
+import anyio
+from anyio.abc import TaskGroup
+from pycrdt import Doc
+
+from .history import SessionHistory
+from .room import Room, RoomKey, RoomLimits
+from .store import DocumentStore
+
+__all__ = ["RoomRegistry"]
+
+logger = logging.getLogger(__name__)
+
+
+class RoomRegistry:
+    """Rooms by key, each loaded once from the store and unloaded after a grace period.
+
+    Args:
+        store: where documents live.
+        limits: every room's admission limits.
+        history: shared session history.
+        grace: seconds an empty room stays loaded.
+        task_group: where unload timers run.
+    """
+
+    def __init__(
+        self,
+        store: DocumentStore,
+        *,
+        limits: RoomLimits,
+        history: SessionHistory,
+        grace: float,
+        task_group: TaskGroup,
+    ) -> None:
+        self._store = store
+        self._limits = limits
+        self._history = history
+        self._grace = grace
+        self._task_group = task_group
+        self._rooms: dict[RoomKey, Room] = {}
+        # A key is here while its room is being loaded or compacted for unloading; whoever
+        # wants it meanwhile waits, so a load never reads a half-compacted document.
+        self._busy: dict[RoomKey, anyio.Event] = {}
+        self._compacting: set[RoomKey] = set()
+
+    def __len__(self) -> int:
+        return len(self._rooms)
+
+    def get(self, key: RoomKey) -> Room | None:
+        return self._rooms.get(key)
+
+    def loaded(self) -> list[Room]:
+        return list(self._rooms.values())
+
+    async def acquire(self, key: RoomKey) -> Room:
+        """The room of a post, loading its document if needed.
+
+        The caller must `open()` a connection on it before its next await, so that the room
+        is not unloaded under it.
+        """
+        while True:
+            room = self._rooms.get(key)
+            if room is not None:
+                return room
+            busy = self._busy.get(key)
+            if busy is not None:
+                await busy.wait()
+                continue
+            busy = self._busy[key] = anyio.Event()
+            try:
+                updates = await self._store.load(key)
+                doc = Doc()
+                for update in updates:
+                    doc.apply_update(update)
+                self._rooms[key] = Room(key, doc, limits=self._limits, history=self._history)
+                logger.info("room %s loaded (%d stored updates)", key, len(updates))
+            finally:
+                del self._busy[key]
+                busy.set()
+
+    def released(self, room: Room) -> None:
+        """A connection left the room; an empty room is unloaded after the grace period."""
+        if room.is_empty and self._rooms.get(room.key) is room:
+            self._task_group.start_soon(self._unload_later, room)
+
+    def persisted(self, room: Room) -> None:
+        """An update of the room was queued; compact its rows when they pile up."""
+        key = room.key
+        if self._store.rows.get(key, 0) > self._store.compact_after and key not in self._compacting:
+            self._compacting.add(key)
+            self._task_group.start_soon(self._compact, room)
+
+    async def unload_all(self) -> None:
+        """Write every loaded room's compacted state (at shutdown)."""
+        for room in list(self._rooms.values()):
+            await self._unload(room)
+
+    async def _compact(self, room: Room) -> None:
+        try:
+            await self._store.compact(room.key, room.doc.get_update)
+        finally:
+            self._compacting.discard(room.key)
+
+    async def _unload_later(self, room: Room) -> None:
+        await anyio.sleep(self._grace)
+        if room.is_empty and self._rooms.get(room.key) is room:
+            await self._unload(room)
+
+    async def _unload(self, room: Room) -> None:
+        key = room.key
+        del self._rooms[key]
+        busy = self._busy[key] = anyio.Event()
+        try:
+            await self._store.compact(key, room.doc.get_update)
+            self._store.forget(key)
+            logger.info("room %s unloaded", key)
+        finally:
+            del self._busy[key]
+            busy.set()

@@ -1,0 +1,458 @@
+"""The WebSocket driver: accepts connections, feeds rooms, carries out what they decide.
+
+One reader per connection (the websockets handler). Sending never awaits: frames go straight
+into the peer's transport buffer, bounded by `outbox_limit`; a peer whose buffer is full is
+closed with 1013 so that it holds back nobody else. No task per message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Self
+
+import anyio
+from anyio.abc import TaskGroup
+from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from tracks import Recorder, open_recorder
+
+from . import http
+from .config import ServerConfig
+from .errors import AnnounceTimeoutError, CloseCode, RtcError, UnsupportedDataError
+from .extensions.tracking import Tracking
+from .feed import EventFeed
+from .history import SessionHistory
+from .metrics import LiveFigures, Metrics, RecorderFigures
+from .protocol import decode
+from .room import (
+    Action,
+    Blocked,
+    Broadcast,
+    Close,
+    Joined,
+    Left,
+    Note,
+    Persist,
+    Room,
+    RoomLimits,
+    Send,
+)
+from .rooms import RoomRegistry
+from .routes import ApiRoute, FeedRoute, HttpError, RoomRoute, Route, StaticRoute, route
+from .store import DocumentStore
+
+__all__ = ["RtcServer"]
+
+logger = logging.getLogger(__name__)
+
+# Close codes a peer may end with that mean "I chose to leave".
+_CLEAN_CODES = frozenset({1000, 1001, 1005})
+# Close codes the server sends that are a decision, not a failure: no connection_error.
+_DECISIONS = frozenset(
+    {CloseCode.GOING_AWAY, CloseCode.LIMIT_EXCEEDED, CloseCode.SESSION_CONFLICT}
+)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(slots=True)
+class _Peer:
+    id: int
+    ws: ServerConnection
+    route: RoomRoute
+    room: Room
+    connected_at_ms: int
+    close_code: int | None = None
+    close_reason: str = ""
+    error: RtcError | None = None
+
+
+class RtcServer:
+    """The room server. Use as `async with RtcServer(config) as server:`.
+
+    Args:
+        config: the server configuration.
+        recorders: where events go; by default opened from `config.recorder_urls` and closed
+            with the server. Recorders passed in are used as they are and left open.
+    """
+
+    def __init__(self, config: ServerConfig, *, recorders: Sequence[Recorder] | None = None):
+        self.config = config
+        self._given_recorders = recorders
+        self.recorders: tuple[Recorder, ...] = tuple(recorders or ())
+        self._stack = contextlib.AsyncExitStack()
+        self._ids = itertools.count(1)
+        self._peers: dict[int, _Peer] = {}
+        self._routes: dict[ServerConnection, Route] = {}
+        self._server: Server | None = None
+        self._started = time.monotonic()
+        self.feed = EventFeed()
+        self.metrics = Metrics(self._live_figures, self._recorder_figures)
+        self.history = SessionHistory()
+        self._task_group: TaskGroup
+        self._rooms: RoomRegistry
+        self._store: DocumentStore
+        self._tracking: Tracking
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        config = self.config
+        stack = self._stack
+        try:
+            if self._given_recorders is None:
+                opened = []
+                for url in config.recorder_urls:
+                    opened.append(await stack.enter_async_context(open_recorder(url)))
+                self.recorders = tuple(opened)
+            self._store = await stack.enter_async_context(
+                DocumentStore(
+                    config.data_dir / "documents.sqlite",
+                    flush_interval=config.store_flush_interval,
+                )
+            )
+            self._task_group = await stack.enter_async_context(anyio.create_task_group())
+            self._rooms = RoomRegistry(
+                self._store,
+                limits=RoomLimits(
+                    max_contributors=config.max_contributors,
+                    max_connections=config.max_connections_per_room,
+                ),
+                history=self.history,
+                grace=config.room_grace,
+                task_group=self._task_group,
+            )
+            self._tracking = Tracking(
+                self.recorders, feed=self.feed, metrics=self.metrics, prefix=config.event_prefix
+            )
+            self._server = await serve(
+                self._handle,
+                config.host,
+                config.port,
+                process_request=self._process_request,
+                max_size=config.max_message_size,
+                ping_interval=config.ping_interval,
+                ping_timeout=config.ping_timeout,
+                close_timeout=3,
+                # Compression costs a zlib context per connection; y-websocket frames are small.
+                compression=None,
+            )
+        except BaseException:
+            await stack.aclose()
+            raise
+        logger.info("rtc listening on %s", self.http_url)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop accepting, close every peer with 1001, then flush documents and events."""
+        if self._server is not None:
+            server, self._server = self._server, None
+            logger.info("rtc shutting down: closing %d connections", len(self._peers))
+            server.close(close_connections=True)
+            with anyio.move_on_after(self.config.ping_timeout + 5):
+                await server.wait_closed()
+            await self._rooms.unload_all()
+            self._task_group.cancel_scope.cancel()
+        await self._stack.aclose()
+        logger.info("rtc stopped")
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("the server is not running")
+        return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.config.host}:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        """The base URL a `WebsocketProvider` takes; the room name is `blog_id/post_id`."""
+        return f"ws://{self.config.host}:{self.port}/rooms"
+
+    async def flush(self) -> None:
+        """Write queued document updates and flush every recorder."""
+        await self._store.flush()
+        for recorder in self.recorders:
+            await recorder.flush()
+
+    # --- HTTP --------------------------------------------------------------------------
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        try:
+            target = route(request.path)
+        except HttpError as error:
+            self.metrics.http_errors.labels(str(error.status)).inc()
+            return http.error_response(connection, error.status, error.message)
+        if isinstance(target, RoomRoute | FeedRoute):
+            self._routes[connection] = target
+            return None
+        if isinstance(target, StaticRoute):
+            return http.file_response(
+                connection,
+                self.config.demo_dir,
+                target.path,
+                on_missing=self.metrics.http_errors.labels("404").inc,
+            )
+        return self._api(connection, target)
+
+    def _api(self, connection: ServerConnection, target: ApiRoute) -> Response:
+        if target.name == "metrics":
+            return http.text_response(
+                connection, 200, self.metrics.render(), "text/plain; version=0.0.4; charset=utf-8"
+            )
+        if target.name == "healthz":
+            live = self._live_figures()
+            return http.json_response(
+                connection,
+                200,
+                {
+                    "status": "ok",
+                    "uptime_s": round(time.monotonic() - self._started, 3),
+                    "rooms": live.rooms,
+                    "connections": live.connections,
+                    "sessions": live.sessions,
+                },
+            )
+        if target.name == "rooms":
+            rooms = [
+                {
+                    "blog_id": room.key.blog_id,
+                    "post_id": room.key.post_id,
+                    "session_count": room.session_count,
+                    "contributor_count": len(room.contributor_ids()),
+                }
+                for room in sorted(self._rooms.loaded(), key=lambda room: room.key)
+            ]
+            return http.json_response(connection, 200, {"rooms": rooms})
+        assert target.key is not None  # the router gives "room" a key
+        return http.json_response(
+            connection, 200, http.room_json(target.key, self._rooms.get(target.key))
+        )
+
+    # --- WebSockets --------------------------------------------------------------------
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        target = self._routes.pop(ws, None)
+        if isinstance(target, FeedRoute):
+            await self._serve_feed(ws, target)
+        elif isinstance(target, RoomRoute):
+            await self._serve_room(ws, target)
+
+    async def _serve_feed(self, ws: ServerConnection, target: FeedRoute) -> None:
+        def deliver(text: str) -> None:
+            transport = ws.transport
+            if transport is not None and transport.get_write_buffer_size() <= self.config.outbox_limit:
+                broadcast([ws], text)
+
+        unsubscribe = self.feed.subscribe(target.key, deliver)
+        try:
+            async for _ in ws:
+                pass  # viewers have nothing to say; reading notices their close.
+        except ConnectionClosed:
+            pass
+        finally:
+            unsubscribe()
+
+    async def _serve_room(self, ws: ServerConnection, target: RoomRoute) -> None:
+        room = await self._rooms.acquire(target.key)
+        peer = _Peer(next(self._ids), ws, target, room, _now_ms())
+        room.open(peer.id, peer.connected_at_ms)
+        self._peers[peer.id] = peer
+        logger.info("connection %d opened to room %s", peer.id, target.key)
+        try:
+            with anyio.move_on_after(self.config.announce_timeout) as announce:
+                while room.session_of(peer.id) is None and peer.close_code is None:
+                    self._receive(peer, await ws.recv())
+            if announce.cancelled_caught:
+                self._fail(peer, AnnounceTimeoutError())
+            async for data in ws:
+                self._receive(peer, data)
+        except ConnectionClosed:
+            pass
+        except Exception:
+            logger.exception("connection %d crashed", peer.id)
+            self._fail(peer, RtcError("handler crashed"))
+        finally:
+            self._end(peer)
+
+    def _receive(self, peer: _Peer, data: str | bytes) -> None:
+        if peer.close_code is not None:
+            return
+        try:
+            if isinstance(data, str):
+                self.metrics.received(b"")
+                raise UnsupportedDataError("text frame")
+            self.metrics.received(data)
+            room = peer.room
+            admitted = room.session_of(peer.id) is not None
+            now = _now_ms()
+            self._carry_out(peer, room.receive(peer.id, decode(data), now))
+            if not admitted and room.session_of(peer.id) is not None:
+                for held in room.take_held(peer.id):
+                    self._carry_out(peer, room.receive(peer.id, held, now))
+        except RtcError as error:
+            self._fail(peer, error)
+        except Exception:
+            logger.exception("connection %d: message handling failed", peer.id)
+            self._fail(peer, RtcError("message handling failed"))
+
+    def _carry_out(self, peer: _Peer, actions: list[Action]) -> None:
+        for action in actions:
+            match action:
+                case Send(connection=connection, data=data):
+                    self._send([connection], data)
+                case Broadcast(data=data, to=to):
+                    self._send(to, data)
+                case Persist(update=update):
+                    self._store.append(peer.room.key, update)
+                    self._rooms.persisted(peer.room)
+                case Joined():
+                    logger.info(
+                        "connection %d joined room %s as session %d",
+                        action.session.connection, action.room, action.session.session_id,
+                    )
+                    joiner = self._peers.get(action.session.connection, peer)
+                    self._tracking.joined(action, post_type=joiner.route.post_type)
+                case Blocked():
+                    logger.info(
+                        "connection %d blocked from room %s (%s limit %d)",
+                        action.connection, action.room, action.limit_kind, action.limit,
+                    )
+                    self._tracking.blocked(action)
+                case Left():
+                    self._tracking.left(action)
+                case Close(connection=connection, code=code, reason=reason):
+                    target = self._peers.get(connection)
+                    if target is not None:
+                        self._close(target, code, reason)
+                case Note(what=what):
+                    self.metrics.notes.labels(what).inc()
+
+    def _send(self, connections: Sequence[int], data: bytes) -> None:
+        ready = []
+        limit = self.config.outbox_limit
+        for connection in connections:
+            target = self._peers.get(connection)
+            if target is None or target.close_code is not None:
+                continue
+            transport = target.ws.transport
+            if transport is not None and transport.get_write_buffer_size() > limit:
+                self._close(target, CloseCode.TRY_AGAIN_LATER, "outbox-full")
+                continue
+            ready.append(target.ws)
+        if ready:
+            broadcast(ready, data)
+            self.metrics.sent(data, len(ready))
+
+    def _fail(self, peer: _Peer, error: RtcError) -> None:
+        if peer.error is None and peer.close_code is None:
+            peer.error = error
+            logger.info(
+                "connection %d closed: %s (%s)", peer.id, error.error_code, error.detail
+            )
+        self._close(peer, error.close_code, error.reason)
+
+    def _close(self, peer: _Peer, code: int, reason: str) -> None:
+        if peer.close_code is not None:
+            return
+        peer.close_code, peer.close_reason = code, reason
+        self._task_group.start_soon(peer.ws.close, code, reason)
+
+    def _end(self, peer: _Peer) -> None:
+        """The connection is over: classify how, remove its presence, record what happened."""
+        self._peers.pop(peer.id, None)
+        room = peer.room
+        session = room.session_of(peer.id)
+        error_code, close_code, clean = self._classify(peer)
+        self.metrics.closes.labels(str(close_code)).inc()
+        now = _now_ms()
+        self._carry_out(peer, room.close(peer.id, now, clean=clean))
+        if error_code is not None:
+            self._tracking.connection_error(
+                room.key,
+                connection=peer.id,
+                connected_at_ms=peer.connected_at_ms,
+                session=session,
+                error_code=error_code,
+                close_code=close_code,
+            )
+        logger.info(
+            "connection %d to room %s ended: close %d%s",
+            peer.id, room.key, close_code, f" ({error_code})" if error_code else "",
+        )
+        self._rooms.released(room)
+
+    def _classify(self, peer: _Peer) -> tuple[str | None, int, bool]:
+        """(error_code or None, close_code, clean) for a connection that ended."""
+        if peer.error is not None:
+            return peer.error.error_code, peer.error.close_code, False
+        if peer.close_code is not None:
+            if peer.close_code in _DECISIONS:
+                return None, peer.close_code, True
+            return peer.close_reason, peer.close_code, False
+        protocol = peer.ws.protocol
+        received, sent = protocol.close_rcvd, protocol.close_sent
+        if received is not None:
+            if received.code in _CLEAN_CODES:
+                return None, received.code, True
+            return "abnormal-closure", received.code, False
+        if sent is not None:
+            if sent.code == CloseCode.INTERNAL_ERROR and "keepalive" in sent.reason:
+                return "ping-timeout", sent.code, False
+            if sent.code == CloseCode.MESSAGE_TOO_BIG:
+                return "message-too-big", sent.code, False
+            if sent.code in (CloseCode.PROTOCOL_ERROR, 1007):
+                return "protocol-error", sent.code, False
+            if sent.code == CloseCode.GOING_AWAY:
+                return None, sent.code, True
+        return "abnormal-closure", 1006, False
+
+    # --- figures -----------------------------------------------------------------------
+
+    def _live_figures(self) -> LiveFigures:
+        rooms = self._rooms.loaded() if hasattr(self, "_rooms") else []
+        return LiveFigures(
+            connections=len(self._peers),
+            rooms=len(rooms),
+            sessions=sum(room.session_count for room in rooms),
+            contributors=sum(len(room.contributor_ids()) for room in rooms),
+        )
+
+    def _recorder_figures(self) -> list[RecorderFigures]:
+        figures = []
+        for index, recorder in enumerate(self.recorders):
+            stats = recorder.stats
+            figures.append(
+                RecorderFigures(
+                    recorder=f"{index}:{recorder.description}",
+                    queue_depth=stats.queue_depth,
+                    accepted=stats.accepted,
+                    written=stats.written,
+                    dropped=stats.dropped,
+                    retried=stats.retried,
+                    spooled=stats.spooled,
+                    rejected=stats.rejected,
+                    dropped_by_name=dict(stats.dropped_by_name),
+                )
+            )
+        return figures

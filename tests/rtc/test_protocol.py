@@ -1,0 +1,81 @@
+"""The y-websocket codec, on bytes alone."""
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from rtc.errors import ProtocolError, UnsupportedDataError
+from rtc.protocol import (
+    AuthMessage,
+    AwarenessMessage,
+    QueryAwareness,
+    SyncStep1,
+    SyncStep2,
+    SyncUpdate,
+    decode,
+    encode,
+    write_var_uint,
+)
+
+messages = st.one_of(
+    st.binary(max_size=300).map(SyncStep1),
+    st.binary(max_size=300).map(SyncStep2),
+    st.binary(max_size=300).map(SyncUpdate),
+    st.binary(max_size=300).map(AwarenessMessage),
+    st.builds(AuthMessage, st.integers(0, 2**32), st.text(max_size=40)),
+    st.just(QueryAwareness()),
+)
+
+
+@given(messages)
+def test_decode_inverts_encode(message: object) -> None:
+    assert decode(encode(message)) == message  # type: ignore[arg-type]
+
+
+@given(st.binary(max_size=200))
+def test_any_bytes_decode_or_raise_protocol_error(data: bytes) -> None:
+    try:
+        decode(data)
+    except ProtocolError:
+        pass
+
+
+def test_known_frames_from_y_websocket() -> None:
+    # sync step 1 with an empty state vector, as a fresh y-websocket client sends it
+    assert decode(b"\x00\x00\x01\x00") == SyncStep1(b"\x00")
+    assert decode(b"\x00\x02\x02\x00\x00") == SyncUpdate(b"\x00\x00")
+    assert decode(b"\x03") == QueryAwareness()
+
+
+@pytest.mark.parametrize(
+    ("data", "detail"),
+    [
+        (b"", "truncated varuint"),
+        (b"\x80", "truncated varuint"),
+        (b"\xff" * 12, "out of range"),
+        (b"\x07", "unknown message type 7"),
+        (b"\x00\x05\x00", "unknown sync message type 5"),
+        (b"\x00\x02\xff\xff\x03abc", "exceeds the message"),
+        (b"\x01\x02\x00", "exceeds the message"),
+        (b"\x03\x00", "trailing"),
+        (b"\x02\x00\x02\xff\xfe", "UTF-8"),
+    ],
+)
+def test_malformed_frames_name_the_problem(data: bytes, detail: str) -> None:
+    with pytest.raises(ProtocolError, match=detail) as raised:
+        decode(data)
+    assert raised.value.close_code == 1002
+    assert raised.value.error_code == "protocol-error"
+
+
+def test_text_frames_close_with_1003() -> None:
+    assert UnsupportedDataError().close_code == 1003
+
+
+def test_var_uint_encoding_matches_lib0() -> None:
+    assert write_var_uint(0) == b"\x00"
+    assert write_var_uint(127) == b"\x7f"
+    assert write_var_uint(128) == b"\x80\x01"
+    assert write_var_uint(300) == b"\xac\x02"
+    with pytest.raises(ValueError, match="out of range"):
+        write_var_uint(-1)
