@@ -1,0 +1,134 @@
+"""`Spool`: a bounded directory of batches kept on disk while a backend is down. Blocking file I/O.
+
+One file per batch, named ``<sequence>-<count>.jsonl`` and holding the events as
+JSON lines (the JSONL store's format). A file is written under a temporary name,
+fsynced, then renamed, so a crash never leaves half a batch behind. Batches are
+re-sent oldest first (by sequence) and deleted once the backend confirms them;
+a crash between the two re-sends one batch, which the event ids de-duplicate.
+
+The engine calls these methods from a worker thread, one call at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tracks.event import Event, EventError, json_text
+
+__all__ = ["Spool", "SpoolSegment"]
+
+logger = logging.getLogger(__name__)
+
+SUFFIX = ".jsonl"
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolSegment:
+    """One spooled batch on disk."""
+
+    path: Path
+    sequence: int
+    count: int
+    size: int
+
+
+class Spool:
+    """Batches waiting on disk for the backend to come back.
+
+    Args:
+        directory: where the batch files live; created if missing.
+        max_bytes: once the spool is larger, its oldest batches are discarded.
+    """
+
+    def __init__(self, directory: str | Path, *, max_bytes: int = 256 * 1024 * 1024) -> None:
+        if max_bytes <= 0:
+            raise ValueError(f"max_bytes must be > 0, got {max_bytes}")
+        self.directory = Path(directory).absolute()
+        self.max_bytes = max_bytes
+        self._segments: list[SpoolSegment] = []
+        self._loaded = False
+        self._next_sequence = 0
+
+    @property
+    def pending(self) -> int:
+        """Batches waiting (as of the last call; `load()` first)."""
+        return len(self._segments)
+
+    @property
+    def size(self) -> int:
+        return sum(segment.size for segment in self._segments)
+
+    def load(self) -> int:
+        """Find batches left by an earlier run; return how many events they hold."""
+        if self._loaded:
+            return sum(segment.count for segment in self._segments)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        segments = []
+        for path in self.directory.iterdir():
+            if path.name.endswith(".tmp"):
+                path.unlink(missing_ok=True)  # an append interrupted before its rename
+                continue
+            segment = _parse_name(path)
+            if segment is not None:
+                segments.append(segment)
+        segments.sort(key=lambda segment: segment.sequence)
+        self._segments = segments
+        self._next_sequence = segments[-1].sequence + 1 if segments else 0
+        self._loaded = True
+        return sum(segment.count for segment in segments)
+
+    def append(self, batch: Sequence[Event]) -> list[Event]:
+        """Store a batch; return the events of older batches discarded to stay in bounds."""
+        self.load()
+        sequence = self._next_sequence
+        self._next_sequence += 1
+        path = self.directory / f"{sequence:012d}-{len(batch)}{SUFFIX}"
+        data = "".join(json_text(event.to_json()) + "\n" for event in batch).encode()
+        temporary = path.with_name(path.name + ".tmp")
+        with temporary.open("wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        temporary.replace(path)
+        self._segments.append(SpoolSegment(path, sequence, len(batch), len(data)))
+        discarded: list[Event] = []
+        while self.size > self.max_bytes and len(self._segments) > 1:
+            oldest = self._segments[0]
+            discarded.extend(self.read(oldest))
+            self.remove(oldest)
+        return discarded
+
+    def oldest(self) -> SpoolSegment | None:
+        self.load()
+        return self._segments[0] if self._segments else None
+
+    def read(self, segment: SpoolSegment) -> list[Event]:
+        """The events of a batch; lines that no longer parse are skipped and logged."""
+        events = []
+        with segment.path.open(encoding="utf-8") as file:
+            for number, line in enumerate(file, 1):
+                try:
+                    events.append(Event.from_json(json.loads(line)))
+                except (ValueError, EventError) as exc:
+                    logger.error(
+                        "spool %s line %d unreadable, skipped: %s", segment.path, number, exc
+                    )
+        return events
+
+    def remove(self, segment: SpoolSegment) -> None:
+        segment.path.unlink(missing_ok=True)
+        self._segments.remove(segment)
+
+
+def _parse_name(path: Path) -> SpoolSegment | None:
+    if not path.name.endswith(SUFFIX):
+        return None
+    sequence, _, count = path.name[: -len(SUFFIX)].partition("-")
+    if not (sequence.isdigit() and count.isdigit()):
+        return None
+    return SpoolSegment(path, int(sequence), int(count), path.stat().st_size)
