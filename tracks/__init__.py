@@ -1,0 +1,52 @@
+"""`tracks`: analytics events and the recorders that deliver them.
+
+`Event` is one validated, immutable event. A `Recorder` takes events through a
+`record()` that never blocks and never raises, and delivers them in the
+background: to memory, a JSONL file, a SQLite store or an HTTP backend.
+`open_recorder()` builds one from a URL; `read_events()` reads a store back.
+"""
+
+from tracks.compose import FanoutRecorder, SampledRecorder
+from tracks.encoders import BodyEncoder, GenericEncoder, PostHogEncoder, TracksEncoder
+from tracks.event import Event, EventError, JSONValue
+from tracks.recorder import Recorder, RecorderStats
+from tracks.recorders import (
+    HttpRecorder,
+    JsonlRecorder,
+    MemoryRecorder,
+    NullRecorder,
+    SqliteRecorder,
+)
+from tracks.retry import RetryPolicy
+from tracks.sinks import RejectedError, Sink, SinkError, TransientError
+from tracks.store import read_events
+from tracks.tracker import Tracker, TrackerOptions
+from tracks.url import open_recorder
+
+__all__ = [
+    "BodyEncoder",
+    "Event",
+    "EventError",
+    "FanoutRecorder",
+    "GenericEncoder",
+    "HttpRecorder",
+    "JSONValue",
+    "JsonlRecorder",
+    "MemoryRecorder",
+    "NullRecorder",
+    "PostHogEncoder",
+    "Recorder",
+    "RecorderStats",
+    "RejectedError",
+    "RetryPolicy",
+    "SampledRecorder",
+    "Sink",
+    "SinkError",
+    "SqliteRecorder",
+    "Tracker",
+    "TrackerOptions",
+    "TracksEncoder",
+    "TransientError",
+    "open_recorder",
+    "read_events",
+]

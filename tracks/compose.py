@@ -1,0 +1,155 @@
+"""Recorders made of recorders: `FanoutRecorder` (many destinations) and `SampledRecorder`."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from functools import reduce
+from types import TracebackType
+from typing import Self
+
+import anyio
+
+from tracks.event import Event
+from tracks.recorder import Recorder, RecorderStats
+
+__all__ = ["FanoutRecorder", "SampledRecorder", "session_key"]
+
+logger = logging.getLogger(__name__)
+
+
+class FanoutRecorder:
+    """Sends every event to several recorders; a failing one never affects the others.
+
+    Each child keeps its own queue, so a slow or broken destination fills only its
+    own inbox. `stats` adds the children's counters up.
+
+    Args:
+        *recorders: the destinations.
+    """
+
+    def __init__(self, *recorders: Recorder) -> None:
+        if not recorders:
+            raise ValueError("FanoutRecorder needs at least one recorder")
+        self.recorders = recorders
+        self.description = "fanout(" + ", ".join(r.description for r in recorders) + ")"
+        self._stack: AsyncExitStack | None = None
+
+    def record(self, event: Event) -> None:
+        for recorder in self.recorders:
+            try:
+                recorder.record(event)
+            except Exception:  # a recorder that breaks its promise must not starve the rest
+                logger.exception("%s: record() raised", recorder.description)
+
+    async def flush(self) -> None:
+        await self._each(lambda recorder: recorder.flush(), "flush")
+
+    async def aclose(self) -> None:
+        await self._each(lambda recorder: recorder.aclose(), "close")
+
+    async def _each(self, action: Callable[[Recorder], Awaitable[None]], verb: str) -> None:
+        async def run(recorder: Recorder) -> None:
+            try:
+                await action(recorder)
+            except Exception:
+                logger.exception("%s: %s failed", recorder.description, verb)
+
+        async with anyio.create_task_group() as task_group:
+            for recorder in self.recorders:
+                task_group.start_soon(run, recorder)
+
+    async def __aenter__(self) -> Self:
+        async with AsyncExitStack() as stack:
+            for recorder in self.recorders:
+                await stack.enter_async_context(recorder)
+            self._stack = stack.pop_all()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        # Close all children concurrently first, so their shutdown deadlines overlap.
+        await self.aclose()
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.__aexit__(exc_type, exc, traceback)
+
+    @property
+    def stats(self) -> RecorderStats:
+        return reduce(lambda a, b: a + b, (r.stats for r in self.recorders))
+
+
+def session_key(event: Event) -> str:
+    """``blog_id:post_id:session_id``, the identity of one session in one room."""
+    props = event.props
+    return f"{props.get('blog_id', '')}:{props.get('post_id', '')}:{props.get('session_id', '')}"
+
+
+class SampledRecorder:
+    """Keeps a deterministic fraction of sessions, and every event of a kept session.
+
+    Whether a session is kept depends only on ``salt`` and its `session_key`, so
+    every process with the same settings keeps the same sessions.
+
+    Args:
+        recorder: where kept events go.
+        rate: fraction of sessions to keep, in [0, 1].
+        salt: changes which sessions fall in the sample.
+    """
+
+    def __init__(self, recorder: Recorder, rate: float, *, salt: str = "") -> None:
+        if not 0 <= rate <= 1:
+            raise ValueError(f"rate must be within [0, 1], got {rate}")
+        self.recorder = recorder
+        self.rate = rate
+        self.description = f"{recorder.description} (sampling {rate:.0%} of sessions)"
+        self._salt = salt.encode()
+        self._threshold = int(rate * 2**64)
+        self.kept = 0
+        self.skipped = 0
+
+    def keeps(self, event: Event) -> bool:
+        """Whether this event's session is in the sample."""
+        digest = hashlib.blake2b(
+            session_key(event).encode(), digest_size=8, key=self._salt[:64]
+        ).digest()
+        return int.from_bytes(digest, "big") < self._threshold
+
+    def record(self, event: Event) -> None:
+        try:
+            keep = self.keeps(event)
+        except Exception:  # e.g. not an Event: let the inner recorder count it
+            keep = True
+        if keep:
+            self.kept += 1
+            self.recorder.record(event)
+        else:
+            self.skipped += 1
+
+    async def flush(self) -> None:
+        await self.recorder.flush()
+
+    async def aclose(self) -> None:
+        await self.recorder.aclose()
+
+    async def __aenter__(self) -> Self:
+        await self.recorder.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.recorder.__aexit__(exc_type, exc, traceback)
+
+    @property
+    def stats(self) -> RecorderStats:
+        return self.recorder.stats

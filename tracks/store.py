@@ -1,0 +1,163 @@
+"""Reading stored events back: `read_events()` and `follow()`, SQLite or JSONL. Blocking I/O.
+
+This is for tests, the CLI and offline tools; the server never reads events.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal
+
+from tracks import schema
+from tracks.event import Event, EventError
+from tracks.url import parse_store_url
+
+__all__ = ["follow", "locate", "read_events"]
+
+logger = logging.getLogger(__name__)
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+SQLITE_SUFFIXES = frozenset({".sqlite", ".sqlite3", ".db"})
+
+
+def locate(source: str | Path) -> tuple[Literal["sqlite", "jsonl"], Path]:
+    """Which kind of store ``source`` is (a ``sqlite:``/``jsonl:`` URL or a path), and its path.
+
+    A bare path is a SQLite store if its suffix says so or its first bytes are
+    SQLite's magic header, else a JSONL store.
+
+    Raises:
+        ValueError: a malformed URL, or ``jsonl:-``.
+    """
+    if isinstance(source, str) and source.startswith(("sqlite:", "jsonl:")):
+        kind, path = parse_store_url(source)
+        if path == "-":
+            raise ValueError("cannot read events back from stdout (jsonl:-)")
+        return kind, path
+    path = Path(source)
+    if path.suffix in SQLITE_SUFFIXES:
+        return "sqlite", path
+    try:
+        with path.open("rb") as file:
+            head = file.read(len(SQLITE_MAGIC))
+    except FileNotFoundError:
+        head = b""
+    return ("sqlite" if head == SQLITE_MAGIC else "jsonl"), path
+
+
+def read_events(source: str | Path) -> Iterator[Event]:
+    """Every event in a SQLite or JSONL store, ordered by ``ts`` (ties in stored order).
+
+    Args:
+        source: a path, or a ``sqlite:…`` / ``jsonl:…`` URL as `open_recorder` takes.
+
+    Raises:
+        FileNotFoundError: the store does not exist.
+    """
+    kind, path = locate(source)
+    if not path.exists():
+        raise FileNotFoundError(f"no event store at {path}")
+    if kind == "sqlite":
+        return _read_sqlite(path, after_id=None)
+    events = [event for _, event in _read_jsonl(path, 0)[0]]
+    events.sort(key=lambda event: event.ts)
+    return iter(events)
+
+
+def _read_sqlite(path: Path, *, after_id: int | None) -> Iterator[Event]:
+    connection = schema.connect(path, readonly=True)
+    try:
+        if after_id is None:
+            cursor = connection.execute(
+                "SELECT event_id, name, ts, props FROM events ORDER BY ts, id"
+            )
+        else:
+            cursor = connection.execute(
+                "SELECT event_id, name, ts, props FROM events WHERE id > ? ORDER BY id",
+                (after_id,),
+            )
+        for row in cursor:
+            yield schema.event_from_row(*row)
+    finally:
+        connection.close()
+
+
+def _read_jsonl(path: Path, offset: int) -> tuple[list[tuple[int, Event]], int]:
+    """Complete lines from ``offset`` on, as (line end offset, event); and where to resume."""
+    events: list[tuple[int, Event]] = []
+    with path.open("rb") as file:
+        file.seek(offset)
+        for line in file:
+            if not line.endswith(b"\n"):
+                break  # a line still being written; the next read gets it whole
+            offset += len(line)
+            if not line.strip():
+                continue
+            try:
+                events.append((offset, Event.from_json(json.loads(line))))
+            except (ValueError, EventError) as exc:
+                logger.warning(
+                    "%s: skipped an unreadable line ending at byte %d: %s", path, offset, exc
+                )
+    return events, offset
+
+
+def follow(
+    source: str | Path, *, last: int = 10, poll_interval: float = 0.5, forever: bool = True
+) -> Iterator[Event]:
+    """The last ``last`` events of a store, then each new one as it is stored (like ``tail -f``).
+
+    New events come in storage order. With ``forever=False`` it stops at the end.
+    """
+    kind, path = locate(source)
+    while not path.exists():
+        if not forever:
+            return
+        time.sleep(poll_interval)
+    if kind == "sqlite":
+        yield from _follow_sqlite(path, last=last, poll_interval=poll_interval, forever=forever)
+    else:
+        yield from _follow_jsonl(path, last=last, poll_interval=poll_interval, forever=forever)
+
+
+def _follow_sqlite(
+    path: Path, *, last: int, poll_interval: float, forever: bool
+) -> Iterator[Event]:
+    connection = schema.connect(path, readonly=True)
+    try:
+        row = connection.execute("SELECT MAX(id) FROM events").fetchone()
+        newest = row[0] or 0
+        rows = connection.execute(
+            "SELECT id, event_id, name, ts, props FROM events WHERE id > ? ORDER BY id",
+            (max(newest - last, 0),),
+        ).fetchall()
+        while True:
+            for event_row_id, *rest in rows:
+                newest = max(newest, event_row_id)
+                yield schema.event_from_row(*rest)
+            if not forever:
+                return
+            time.sleep(poll_interval)
+            rows = connection.execute(
+                "SELECT id, event_id, name, ts, props FROM events WHERE id > ? ORDER BY id",
+                (newest,),
+            ).fetchall()
+    finally:
+        connection.close()
+
+
+def _follow_jsonl(path: Path, *, last: int, poll_interval: float, forever: bool) -> Iterator[Event]:
+    events, offset = _read_jsonl(path, 0)
+    for _, event in events[-last:] if last > 0 else []:
+        yield event
+    while forever:
+        time.sleep(poll_interval)
+        if path.stat().st_size < offset:
+            offset = 0  # truncated or replaced: start over
+        events, offset = _read_jsonl(path, offset)
+        for _, event in events:
+            yield event

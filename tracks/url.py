@@ -1,0 +1,88 @@
+"""`open_recorder()`: build a recorder from a URL string, for config files and command lines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from tracks.recorder import Recorder
+from tracks.recorders import (
+    HttpRecorder,
+    JsonlRecorder,
+    MemoryRecorder,
+    NullRecorder,
+    SqliteRecorder,
+)
+
+__all__ = ["ACCEPTED_FORMS", "open_recorder", "parse_store_url"]
+
+ACCEPTED_FORMS = (
+    "sqlite:///abs/path.sqlite",
+    "sqlite://relative/path.sqlite",
+    "jsonl:///abs/path.jsonl",
+    "jsonl://relative/path.jsonl",
+    "jsonl:-",
+    "http://host/path",
+    "https://host/path",
+    "memory:",
+    "none",
+)
+
+StoreKind = Literal["sqlite", "jsonl"]
+
+
+def _bad(url: str, why: str) -> ValueError:
+    return ValueError(
+        f"bad recorder URL {url!r}: {why}; accepted forms: {', '.join(ACCEPTED_FORMS)}"
+    )
+
+
+def parse_store_url(url: str) -> tuple[StoreKind, Path | Literal["-"]]:
+    """``sqlite:…`` or ``jsonl:…`` to its kind and path (``"-"`` means stdout).
+
+    Raises:
+        ValueError: not one of the accepted forms.
+    """
+    scheme, colon, rest = url.partition(":")
+    if not colon or scheme not in ("sqlite", "jsonl"):
+        raise _bad(url, "not a sqlite: or jsonl: URL")
+    kind: StoreKind = "sqlite" if scheme == "sqlite" else "jsonl"
+    if kind == "jsonl" and rest == "-":
+        return kind, "-"
+    if not rest.startswith("//") or not rest[2:] or rest[2:] == "/":
+        raise _bad(url, f"{scheme}: needs a path after '//'")
+    # sqlite:///abs -> "/abs" (absolute); sqlite://rel -> "rel" (relative to the working directory)
+    return kind, Path(rest[2:])
+
+
+def open_recorder(url: str, **options: Any) -> Recorder:
+    """A recorder for ``url``; ``options`` go to its constructor.
+
+    Forms: ``sqlite:///abs/path.sqlite``, ``sqlite://relative.sqlite``,
+    ``jsonl:///abs/path.jsonl``, ``jsonl:-`` (stdout), ``http://…``, ``https://…``,
+    ``memory:`` and ``none``.
+
+    Raises:
+        ValueError: the URL is not one of the accepted forms (the message lists them).
+        TypeError: an option the recorder does not take.
+    """
+    if not isinstance(url, str):
+        raise TypeError(f"recorder URL must be a string, got {type(url).__name__}")
+    url = url.strip()
+    if url == "none":
+        if options:
+            raise TypeError(f"'none' takes no options, got {sorted(options)}")
+        return NullRecorder()
+    if url == "memory:":
+        return MemoryRecorder(**options)
+    scheme = url.partition(":")[0].lower()
+    if scheme in ("http", "https"):
+        if not url.lower().startswith(f"{scheme}://") or len(url) <= len(scheme) + 3:
+            raise _bad(url, "needs a host")
+        return HttpRecorder(url, **options)
+    kind, path = parse_store_url(url)
+    if kind == "sqlite":
+        if path == "-":  # pragma: no cover - parse_store_url gives "-" only for jsonl
+            raise _bad(url, "sqlite cannot write to stdout")
+        return SqliteRecorder(path, **options)
+    return JsonlRecorder(path, **options)
