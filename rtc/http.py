@@ -21,6 +21,8 @@ def text_response(
 ) -> Response:
     response = connection.respond(status, "")
     response = dataclasses.replace(response, body=body)
+    for name in ("Content-Type", "Content-Length"):
+        del response.headers[name]
     response.headers["Content-Type"] = content_type
     response.headers["Content-Length"] = str(len(body))
     response.headers["Cache-Control"] = "no-store"

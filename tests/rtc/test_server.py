@@ -1,0 +1,250 @@
+"""The server over real sockets on 127.0.0.1, with pycrdt and raw protocol clients."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+
+from rtc.awareness import decode_awareness
+from rtc.protocol import AwarenessMessage, SyncStep1, SyncStep2, SyncUpdate
+
+from .clients import TIMEOUT, RawClient, YClient, presence, serve_rtc
+
+pytestmark = pytest.mark.slow
+
+
+async def get(url: str) -> httpx.Response:
+    async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+        return await client.get(url)
+
+
+async def test_two_documents_converge_and_updates_are_not_echoed(tmp_path: Path) -> None:
+    async with (
+        serve_rtc(tmp_path) as rtc,
+        YClient.connect(rtc.room_url(), 111, user=1) as ada,
+        YClient.connect(rtc.room_url(), 222, user=2) as bob,
+    ):
+        await ada.insert(0, "hello")
+        await bob.wait_text("hello")
+        await bob.insert(5, " world")
+        await ada.wait_text("hello world")
+        await bob.wait_text("hello world")
+
+
+async def test_joins_carry_session_ids_and_the_roster(tmp_path: Path) -> None:
+    async with serve_rtc(tmp_path) as rtc:
+        async with YClient.connect(rtc.room_url(), 111, user=1), YClient.connect(
+            rtc.room_url(), 222, user=1
+        ), YClient.connect(rtc.room_url(), 333, user=2):
+            join = await rtc.wait_event("join", session_id=333)
+            assert join.to_json()["props"] == {
+                "blog_id": 7, "post_id": 42, "session_id": 333, "wp_user_id": 2,
+                "transport": "websocket", "contributors": [1, 2], "contributor_count": 2,
+                "session_count": 3,
+            }
+            roster = (await get(f"{rtc.server.http_url}/api/rooms/7/42")).json()
+            assert roster["contributor_count"] == 2 and roster["session_count"] == 3
+            assert [
+                (c["id"], [s["session_id"] for s in c["sessions"]]) for c in roster["contributors"]
+            ] == [(1, [111, 222]), (2, [333])]
+            rooms = (await get(f"{rtc.server.http_url}/api/rooms")).json()
+            assert rooms == {"rooms": [
+                {"blog_id": 7, "post_id": 42, "session_count": 3, "contributor_count": 2}]}
+        leave = await rtc.wait_event("leave", session_id=111)
+        assert leave.props["clean"] is True and leave.props["updates"] == 0
+        assert leave.props["duration_ms"] >= 0
+
+
+async def test_a_third_user_is_blocked_once_and_never_sees_the_document(tmp_path: Path) -> None:
+    async with (
+        serve_rtc(tmp_path, max_contributors=2) as rtc,
+        YClient.connect(rtc.room_url(), 111, user=1) as ada,
+        YClient.connect(rtc.room_url(), 222, user=2),
+    ):
+        await ada.insert(0, "secret draft")
+        for _attempt in range(3):  # a client that retries anyway
+            async with RawClient.connect(rtc.room_url()) as carol:
+                await carol.join(333, user=3)
+                received = []
+                with anyio.fail_after(TIMEOUT):
+                    try:
+                        async for data in carol.ws:
+                            received.append(data)
+                    except Exception:
+                        pass
+                assert received == []
+                assert carol.ws.protocol.close_rcvd is not None
+                assert (carol.ws.protocol.close_rcvd.code, carol.ws.protocol.close_rcvd.reason) == (
+                    4429, "connection-limit-exceeded")
+        blocked = await rtc.wait_event("blocked", session_id=333)
+        assert blocked.to_json()["props"] == {
+            "blog_id": 7, "post_id": 42, "session_id": 333, "wp_user_id": 3,
+            "contributors": [1, 2], "contributor_count": 2, "session_count": 2,
+            "limit": 2, "limit_kind": "contributors",
+        }
+        await rtc.server.flush()
+        assert len(rtc.events("blocked")) == 1
+        assert rtc.events("connection_error") == []
+
+
+async def test_a_lost_transport_records_one_error_and_removes_presence_at_once(
+    tmp_path: Path,
+) -> None:
+    async with serve_rtc(tmp_path) as rtc, YClient.connect(rtc.room_url(), 111, user=1) as ada:
+        async with RawClient.connect(rtc.room_url()) as bob:
+            await bob.join(222, user=2)
+            await ada.wait(lambda: 222 in ada.states)
+            bob.ws.transport.abort()  # no close frame
+            await ada.wait(lambda: 222 not in ada.states)
+        error = await rtc.wait_event("connection_error", session_id=222)
+        assert error.to_json()["props"] == {
+            "blog_id": 7, "post_id": 42, "session_id": 222, "wp_user_id": 2,
+            "error_code": "abnormal-closure", "close_code": 1006,
+        }
+        leave = await rtc.wait_event("leave", session_id=222)
+        assert leave.props["clean"] is False
+        assert len(rtc.events("connection_error")) == 1
+
+
+@pytest.mark.parametrize(
+    ("frame", "close_code"),
+    [
+        (b"\x00\x02\x05\xff\xff\xff\xff\xff", 1002),  # an update that is not a Yjs update
+        (b"\x09", 1002),  # unknown message type
+        (b"\x00\x02\xff\xff\xff\x7f", 1002),  # huge declared length
+        ("hello", 1003),  # text frame
+    ],
+)
+async def test_malformed_input_closes_only_its_connection(
+    tmp_path: Path, frame: bytes | str, close_code: int
+) -> None:
+    async with (
+        serve_rtc(tmp_path) as rtc,
+        YClient.connect(rtc.room_url(), 111, user=1) as ada,
+        YClient.connect(rtc.room_url(), 222, user=2) as bob,
+    ):
+        await ada.insert(0, "safe")
+        await bob.wait_text("safe")
+        async with RawClient.connect(rtc.room_url()) as mallory:
+            await mallory.join(666, user=6)
+            await mallory.barrier()
+            await mallory.send(frame)
+            code, reason = await mallory.closed()
+            assert (code, reason) == (close_code, "protocol-error")
+        error = await rtc.wait_event("connection_error", session_id=666)
+        assert (error.props["error_code"], error.props["close_code"]) == (
+            "protocol-error", close_code)
+        await bob.insert(4, "!")
+        await ada.wait_text("safe!")
+        await rtc.server.flush()
+        assert len(rtc.events("connection_error")) == 1
+
+
+async def test_oversized_frames_close_with_1009(tmp_path: Path) -> None:
+    async with serve_rtc(tmp_path, max_message_size=1024) as rtc:
+        async with RawClient.connect(rtc.room_url()) as mallory:
+            await mallory.join(666, user=6)
+            await mallory.barrier()
+            await mallory.send(SyncUpdate(b"\x00" * 4096))
+            code, _ = await mallory.closed()
+            assert code == 1009
+        error = await rtc.wait_event("connection_error", session_id=666)
+        assert error.props["error_code"] == "message-too-big"
+
+
+async def test_a_connection_that_never_announces_itself_is_closed(tmp_path: Path) -> None:
+    async with serve_rtc(tmp_path, announce_timeout=0.2) as rtc:
+        async with RawClient.connect(rtc.room_url()) as silent:
+            await silent.send(SyncStep1(b"\x00"))
+            assert await silent.closed() == (4408, "announce-timeout")
+        error = await rtc.wait_event("connection_error", error_code="announce-timeout")
+        assert "session_id" not in error.props
+
+
+async def test_late_joiner_gets_everyones_presence_and_awareness_is_relayed_once(
+    tmp_path: Path,
+) -> None:
+    async with serve_rtc(tmp_path) as rtc:
+        async with RawClient.connect(rtc.room_url()) as ada, RawClient.connect(
+            rtc.room_url()
+        ) as bob:
+            await ada.join(111, user=1)
+            await ada.barrier()
+            await bob.join(222, user=2)
+            first = await bob.recv_until(lambda m: isinstance(m, AwarenessMessage))
+            assert {e.client_id for e in decode_awareness(first.payload)} == {111, 222}  # type: ignore[union-attr]
+            # ada hears of bob once; her echo of bob's state goes nowhere
+            heard = await ada.recv_until(lambda m: isinstance(m, AwarenessMessage))
+            assert [e.client_id for e in decode_awareness(heard.payload)] == [222]  # type: ignore[union-attr]
+            await ada.ws.send(presence(222, 2))
+            await ada.barrier()
+            await bob.barrier()  # nothing but the step 2 is pending for bob
+
+
+async def test_documents_survive_a_restart(tmp_path: Path) -> None:
+    async with serve_rtc(tmp_path) as rtc, YClient.connect(rtc.room_url(), 111, 1) as ada:
+        await ada.insert(0, "persisted")
+        await rtc.server.flush()
+    async with serve_rtc(tmp_path) as rtc, YClient.connect(rtc.room_url(), 222, 2) as bob:
+        await bob.wait_text("persisted")
+
+
+async def test_reconnect_of_the_same_session_is_flagged(tmp_path: Path) -> None:
+    async with serve_rtc(tmp_path) as rtc:
+        async with RawClient.connect(rtc.room_url()) as first:
+            await first.join(111, user=1)
+            await first.barrier()
+            first.ws.transport.abort()
+        await rtc.wait_event("leave", session_id=111)
+        async with RawClient.connect(rtc.room_url()) as again:
+            await again.join(111, user=1)
+            await again.barrier()
+            joins = [e for e in rtc.events("join") if e.props["session_id"] == 111]
+            assert [e.props.get("reconnect") for e in joins] == [None, True]
+            assert joins[0].event_id != joins[1].event_id
+
+
+async def test_http_errors_come_before_any_upgrade(tmp_path: Path) -> None:
+    async with serve_rtc(tmp_path) as rtc:
+        base = rtc.server.http_url
+        missing = await get(f"{base}/nowhere")
+        assert missing.status_code == 404 and "error" in missing.json()
+        bad = await get(f"{base}/rooms/0/x")
+        assert bad.status_code == 400 and "positive integers" in bad.json()["error"]
+        health = (await get(f"{base}/healthz")).json()
+        assert health["status"] == "ok" and health["connections"] == 0
+        with pytest.raises(Exception, match="400"):
+            await connect(f"{rtc.url}/abc/1")
+
+
+async def test_metrics_count_what_happened(tmp_path: Path) -> None:
+    async with serve_rtc(tmp_path, max_contributors=1) as rtc:
+        async with YClient.connect(rtc.room_url(), 111, user=1) as ada:
+            await ada.synced.wait()
+            async with RawClient.connect(rtc.room_url()) as bob:
+                await bob.join(222, user=2)
+                await bob.closed()
+            text = (await get(f"{rtc.server.http_url}/metrics")).text
+            assert "rtc_sessions 1.0" in text
+            assert 'rtc_blocked_total{limit_kind="contributors"} 1.0' in text
+            assert 'rtc_messages_in_total{type="awareness"}' in text
+            assert 'rtc_events_recorded_total{name="jetpack_rtc_join"} 1.0' in text
+
+
+async def test_ten_clients_joining_at_once_all_sync(tmp_path: Path) -> None:
+    async with serve_rtc(tmp_path) as rtc, YClient.connect(rtc.room_url(), 1, 1) as seed:
+        await seed.insert(0, "seed")
+        await seed.wait_text("seed")
+
+        async def join(client_id: int) -> None:
+            async with YClient.connect(rtc.room_url(), client_id, client_id) as client:
+                await client.wait_text("seed")
+
+        with anyio.fail_after(TIMEOUT):
+            async with anyio.create_task_group() as tg:
+                for client_id in range(100, 110):
+                    tg.start_soon(join, client_id)
