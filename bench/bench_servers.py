@@ -1,0 +1,246 @@
+"""Run the load generator against each server and print one table. A script, not a test.
+
+    .venv/bin/python bench/bench_servers.py --servers node,pycrdt,ours --duration 10
+
+Each (server, scenario) pair gets a fresh server process on 127.0.0.1 with a port it
+picked itself, and a fresh ``node bench/loadgen.mjs``. Server CPU and RSS come from
+/proc/<pid>: CPU between the load generator's measure-start and measure-end markers,
+RSS at those markers and the kernel's peak (VmHWM). Linux only.
+
+Servers:
+    node    the reference @y/websocket-server 0.1.1 (bench/reference_server.mjs)
+    pycrdt  bare pycrdt-websocket (bench/bare_pycrdt_server.py)
+    ours    ``python -m rtc serve`` with its defaults (events to SQLite, persistence)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+PYTHON = ROOT / ".venv" / "bin" / "python"
+SCENARIOS = ("room50", "rooms20x5", "idle1000", "join10", "awareness10")
+SERVERS = ("node", "pycrdt", "ours")
+START_TIMEOUT = 20.0
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass
+class Server:
+    name: str
+    process: subprocess.Popen[str]
+    url: str
+    log: Path
+    lines: list[str] = field(default_factory=list)
+
+
+def _port_from_json(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["port"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _port_from_banner(line: str) -> int | None:
+    match = re.search(r"ws://127\.0\.0\.1:(\d+)/rooms", line)
+    return int(match[1]) if match else None
+
+
+def _command(name: str, data_dir: Path) -> tuple[list[str], Callable[[str], int | None]]:
+    if name == "node":
+        return ["node", str(BENCH / "reference_server.mjs")], _port_from_json
+    if name == "pycrdt":
+        return [str(PYTHON), str(BENCH / "bare_pycrdt_server.py")], _port_from_json
+    if name == "ours":
+        command = [str(PYTHON), "-m", "rtc", "serve", "--host", "127.0.0.1", "--port", "0"]
+        return [*command, "--data-dir", str(data_dir)], _port_from_banner
+    raise ValueError(f"unknown server {name!r}; choose from {', '.join(SERVERS)}")
+
+
+@contextmanager
+def running(name: str, workdir: Path) -> Iterator[Server]:
+    """Start one server, wait for the line that names its port, stop it afterwards."""
+    data_dir = workdir / f"{name}-data"
+    data_dir.mkdir()
+    log = workdir / f"{name}.log"
+    command, port_of = _command(name, data_dir)
+    env = {**os.environ, "HOST": "127.0.0.1", "PORT": "0"}
+    with log.open("w") as stderr:
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=env, text=True,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
+        )
+    found = threading.Event()
+    server = Server(name, process, "", log)
+
+    def drain() -> None:
+        # Keep reading so a chatty server never blocks on a full pipe.
+        assert process.stdout is not None
+        for line in process.stdout:
+            server.lines.append(line)
+            port = port_of(line) if not found.is_set() else None
+            if port is not None:
+                server.url = f"ws://127.0.0.1:{port}/rooms"
+                found.set()
+
+    threading.Thread(target=drain, daemon=True).start()
+    try:
+        if not found.wait(START_TIMEOUT):
+            raise RuntimeError(f"{name} did not report its port; see {log}")
+        yield server
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # utime and stime are fields 14 and 15 of proc(5); index 0 here is field 3.
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def memory_kb(pid: int) -> dict[str, int]:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return {
+        key: int(re.search(rf"^{key}:\s+(\d+) kB", status, re.M)[1])  # type: ignore[index]
+        for key in ("VmRSS", "VmHWM")
+    }
+
+
+def run_scenario(server: Server, scenario: str, duration: float) -> dict[str, Any]:
+    pid = server.process.pid
+    baseline = memory_kb(pid)["VmRSS"]
+    command = [
+        "node", str(BENCH / "loadgen.mjs"), "--url", server.url,
+        "--scenario", scenario, "--duration", str(duration),
+    ]
+    marks: dict[str, tuple[float, float, int]] = {}
+    report: dict[str, Any] = {}
+    deadline = duration + 120
+    loadgen = subprocess.Popen(command, cwd=BENCH, stdout=subprocess.PIPE, text=True)
+    timer = threading.Timer(deadline, loadgen.kill)
+    timer.start()
+    try:
+        assert loadgen.stdout is not None
+        for line in loadgen.stdout:
+            message = json.loads(line)
+            if "phase" in message:
+                marks[message["phase"]] = (
+                    time.monotonic(), cpu_seconds(pid), memory_kb(pid)["VmRSS"]
+                )
+            elif "report" in message:
+                report = message["report"]
+        loadgen.wait()
+    finally:
+        timer.cancel()
+    if not report:
+        return {"error": f"loadgen exited {loadgen.returncode} without a report"}
+    if "measure-start" in marks and "measure-end" in marks:
+        (t0, c0, rss0), (t1, c1, rss1) = marks["measure-start"], marks["measure-end"]
+        report["server_cpu_percent"] = round(100 * (c1 - c0) / (t1 - t0), 1)
+        report["server_cpu_seconds"] = round(c1 - c0, 3)
+        report["server_rss_mb"] = round(rss1 / 1024, 1)
+        connections = report.get("clients", 0)
+        if scenario.startswith("idle") and connections:
+            report["server_kb_per_connection"] = round((rss0 - baseline) / connections, 1)
+        deliveries = report.get("deliveries_received")
+        if deliveries:
+            report["server_cpu_us_per_delivery"] = round(1e6 * (c1 - c0) / deliveries, 1)
+    report["server_rss_baseline_mb"] = round(baseline / 1024, 1)
+    report["server_peak_rss_mb"] = round(memory_kb(pid)["VmHWM"] / 1024, 1)
+    report["server_alive"] = server.process.poll() is None
+    return report
+
+
+def summary(scenario: str, r: dict[str, Any]) -> str:
+    if "error" in r:
+        return r["error"]
+    cpu = f"cpu {r.get('server_cpu_percent')}%"
+    if scenario in ("room50", "rooms20x5"):
+        return (
+            f"p50 {r['latency_ms_p50']} ms, p99 {r['latency_ms_p99']} ms, "
+            f"{r['deliveries_per_second']}/s, loss {r['loss']}, "
+            f"{r.get('server_cpu_us_per_delivery')} µs cpu/delivery, "
+            f"{r['awareness_messages_per_change']} aw msgs/change, "
+            f"synced {r['synced']}/{r['clients']}, {cpu}, rss {r.get('server_rss_mb')} MB"
+        )
+    if scenario.startswith("idle"):
+        return (
+            f"{r.get('server_kb_per_connection')} KB/conn, idle {cpu}, "
+            f"synced {r['synced']}/{r['clients']}, still up {r['still_connected']}, "
+            f"rss {r.get('server_rss_mb')} MB"
+        )
+    if scenario.startswith("join"):
+        return (
+            f"fresh room {r['fresh_room']['synced']}/{r['clients']} synced, "
+            f"populated room {r['populated_room']['synced']}/{r['clients']} synced"
+        )
+    if scenario.startswith("awareness"):
+        return (
+            f"{r['awareness_messages_received']} msgs for one change, "
+            f"seen by {r['saw_change']}/{r['clients'] - 1}, synced {r['synced']}/{r['clients']}"
+        )
+    return json.dumps(r)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--servers", default="node,pycrdt", help="comma list of " + ",".join(SERVERS))
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma list")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per scenario")
+    parser.add_argument("--json", type=Path, help="also write every report to this file")
+    args = parser.parse_args(argv)
+    servers = [s for s in args.servers.split(",") if s]
+    scenarios = [s for s in args.scenarios.split(",") if s]
+    for name in scenarios:
+        if name not in SCENARIOS:
+            parser.error(f"unknown scenario {name!r}")
+    if not (BENCH / "node_modules").is_dir():
+        parser.error(f"run `npm ci --prefix {BENCH}` first")
+
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    with tempfile.TemporaryDirectory(prefix="rtc-bench-") as tmp:
+        for scenario in scenarios:
+            for name in servers:
+                workdir = Path(tmp) / f"{scenario}-{name}"
+                workdir.mkdir()
+                print(f"… {scenario} on {name}", file=sys.stderr, flush=True)
+                try:
+                    with running(name, workdir) as server:
+                        report = run_scenario(server, scenario, args.duration)
+                except RuntimeError as error:
+                    report = {"error": str(error)}
+                results.setdefault(scenario, {})[name] = report
+    width = max(len(s) for s in scenarios)
+    print(f"\n{'scenario':<{width}}  {'server':<6}  result")
+    for scenario, by_server in results.items():
+        for name, report in by_server.items():
+            print(f"{scenario:<{width}}  {name:<6}  {summary(scenario, report)}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
