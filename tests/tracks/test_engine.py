@@ -1,4 +1,4 @@
-"""The shared engine (`Tracker`): inbox, drop policy, batching, retries, spool, flush and shutdown."""
+"""The shared engine (`Tracker`): inbox, drop policy, batching, retries, spool, shutdown."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from tests.tracks.tracks_testing import ScriptedSink, make_events
+from tests.tracks.tracks_testing import TIMEOUT, ScriptedSink, files, make_events
 from tracks import Event, RejectedError, RetryPolicy, Tracker, TransientError
 from tracks.event import json_text
 
@@ -20,20 +20,20 @@ def names(events: list[Event]) -> list[int]:
     return [int(event.props["n"]) for event in events]  # type: ignore[call-overload]
 
 
-async def test_batches_by_count(timeout: float) -> None:
+async def test_batches_by_count() -> None:
     sink = ScriptedSink()
     recorder = Tracker(sink, batch_size=10, flush_interval=IDLE)
     for event in make_events(25):
         recorder.record(event)
     async with recorder:
-        with anyio.fail_after(timeout):
+        with anyio.fail_after(TIMEOUT):
             await recorder.flush()
         assert [len(batch) for batch in sink.batches] == [10, 10, 5]
         assert names(sink.events) == list(range(25))
         assert recorder.stats.written == 25
 
 
-async def test_batches_by_bytes(timeout: float) -> None:
+async def test_batches_by_bytes() -> None:
     sink = ScriptedSink()
     events = make_events(10)
     one = len(json_text(events[0].to_json())) + 1  # one event's JSON line
@@ -41,39 +41,39 @@ async def test_batches_by_bytes(timeout: float) -> None:
     async with recorder:
         for event in events:
             recorder.record(event)
-        with anyio.fail_after(timeout):
+        with anyio.fail_after(TIMEOUT):
             await recorder.flush()
     assert all(1 <= len(batch) <= 3 for batch in sink.batches)
     assert names(sink.events) == list(range(10))
 
 
-async def test_a_full_batch_is_written_without_waiting_for_the_interval(timeout: float) -> None:
+async def test_a_full_batch_is_written_without_waiting_for_the_interval() -> None:
     sink = ScriptedSink()
     async with Tracker(sink, batch_size=5, flush_interval=IDLE) as recorder:
         for event in make_events(5):
             recorder.record(event)
-        with anyio.fail_after(timeout):
+        with anyio.fail_after(TIMEOUT):
             await sink.wait_until(lambda: len(sink.events) == 5)
 
 
-async def test_zero_interval_writes_as_soon_as_possible(timeout: float) -> None:
+async def test_zero_interval_writes_as_soon_as_possible() -> None:
     sink = ScriptedSink()
     async with Tracker(sink, batch_size=100, flush_interval=0) as recorder:
         recorder.record(make_events(1)[0])
-        with anyio.fail_after(timeout):
+        with anyio.fail_after(TIMEOUT):
             await sink.wait_until(lambda: len(sink.events) == 1)
 
 
-async def test_short_interval_writes_a_partial_batch(timeout: float) -> None:
+async def test_short_interval_writes_a_partial_batch() -> None:
     sink = ScriptedSink()
     async with Tracker(sink, batch_size=100, flush_interval=0.01) as recorder:
         for event in make_events(3):
             recorder.record(event)
-        with anyio.fail_after(timeout):
+        with anyio.fail_after(TIMEOUT):
             await sink.wait_until(lambda: len(sink.events) == 3)
 
 
-async def test_full_inbox_drops_the_oldest_and_counts_them(timeout: float) -> None:
+async def test_full_inbox_drops_the_oldest_and_counts_them() -> None:
     sink = ScriptedSink()
     recorder = Tracker(sink, queue_size=10, flush_interval=IDLE)
     for event in make_events(12) + make_events(3, name="jetpack_rtc_leave", start=12):
@@ -82,46 +82,46 @@ async def test_full_inbox_drops_the_oldest_and_counts_them(timeout: float) -> No
     assert (stats.accepted, stats.dropped, stats.queue_depth) == (15, 5, 10)
     assert stats.dropped_by_name == {"jetpack_rtc_join": 5}
     async with recorder:
-        with anyio.fail_after(timeout):
+        with anyio.fail_after(TIMEOUT):
             await recorder.flush()
     assert names(sink.events) == list(range(5, 15))
 
 
-async def test_drop_newest_policy_keeps_the_queue(timeout: float) -> None:
+async def test_drop_newest_policy_keeps_the_queue() -> None:
     sink = ScriptedSink()
     recorder = Tracker(sink, queue_size=10, overflow="drop_newest", flush_interval=IDLE)
     for event in make_events(15):
         recorder.record(event)
     assert recorder.stats.dropped == 5
-    with anyio.fail_after(timeout):
+    with anyio.fail_after(TIMEOUT):
         await recorder.aclose()
     assert names(sink.events) == list(range(10))
 
 
-async def test_a_busy_writer_never_blocks_the_caller(timeout: float) -> None:
+async def test_a_busy_writer_never_blocks_the_caller() -> None:
     sink = ScriptedSink()
     sink.gate = anyio.Event()
     async with Tracker(sink, queue_size=100, batch_size=10, flush_interval=0) as recorder:
         recorder.record(make_events(1)[0])
-        with anyio.fail_after(timeout):
+        with anyio.fail_after(TIMEOUT):
             await sink.wait_until(lambda: sink.attempts == 1)  # the writer is now stuck
         for event in make_events(1000, start=1):
             recorder.record(event)  # returns at once even though nothing drains
         assert recorder.stats.queue_depth == 100
         assert recorder.stats.dropped == 900
         sink.gate.set()
-        with anyio.fail_after(timeout):
+        with anyio.fail_after(TIMEOUT):
             await recorder.flush()
     assert names(sink.events) == [0, *range(901, 1001)]
 
 
-async def test_aclose_flushes_everything_accepted(timeout: float) -> None:
+async def test_aclose_flushes_everything_accepted() -> None:
     sink = ScriptedSink()
     recorder = Tracker(sink, flush_interval=IDLE, batch_size=7)
     async with recorder:
         for event in make_events(100):
             recorder.record(event)
-        with anyio.fail_after(timeout):
+        with anyio.fail_after(TIMEOUT):
             await recorder.aclose()
         assert len(sink.events) == 100
         await recorder.aclose()  # idempotent
@@ -129,30 +129,30 @@ async def test_aclose_flushes_everything_accepted(timeout: float) -> None:
     assert recorder.stats.written == 100
 
 
-async def test_aclose_without_entering_still_delivers(timeout: float) -> None:
+async def test_aclose_without_entering_still_delivers() -> None:
     sink = ScriptedSink()
     recorder = Tracker(sink, flush_interval=IDLE)
     for event in make_events(3):
         recorder.record(event)
-    with anyio.fail_after(timeout):
+    with anyio.fail_after(TIMEOUT):
         await recorder.aclose()
     assert len(sink.events) == 3
 
 
-async def test_flush_before_entering_delivers_inline(timeout: float) -> None:
+async def test_flush_before_entering_delivers_inline() -> None:
     sink = ScriptedSink()
     recorder = Tracker(sink, flush_interval=IDLE)
     for event in make_events(3):
         recorder.record(event)
-    with anyio.fail_after(timeout):
+    with anyio.fail_after(TIMEOUT):
         await recorder.flush()
     assert len(sink.events) == 3
     await recorder.aclose()
 
 
-async def test_record_after_close_is_dropped_and_counted(timeout: float) -> None:
+async def test_record_after_close_is_dropped_and_counted() -> None:
     recorder = Tracker(ScriptedSink())
-    with anyio.fail_after(timeout):
+    with anyio.fail_after(TIMEOUT):
         await recorder.aclose()
     recorder.record(make_events(1)[0])
     recorder.record("not an event")  # type: ignore[arg-type]
@@ -160,7 +160,7 @@ async def test_record_after_close_is_dropped_and_counted(timeout: float) -> None
     assert recorder.stats.accepted == 0
 
 
-async def test_a_recorder_starts_once(timeout: float) -> None:
+async def test_a_recorder_starts_once() -> None:
     recorder = Tracker(ScriptedSink())
     async with recorder:
         with pytest.raises(RuntimeError, match="only once"):
@@ -169,16 +169,14 @@ async def test_a_recorder_starts_once(timeout: float) -> None:
         await recorder.__aenter__()
 
 
-async def test_transient_failures_are_retried(
-    timeout: float, caplog: pytest.LogCaptureFixture
-) -> None:
+async def test_transient_failures_are_retried(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="tracks")
     sink = ScriptedSink()
     sink.failures.extend([TransientError("boom 1"), TransientError("boom 2")])
     async with Tracker(sink, retry=FAST, flush_interval=IDLE) as recorder:
         for event in make_events(4):
             recorder.record(event)
-        with anyio.fail_after(timeout):
+        with anyio.fail_after(TIMEOUT):
             await recorder.flush()
         stats = recorder.stats
     assert (stats.written, stats.retried, stats.dropped) == (4, 8, 0)
@@ -189,13 +187,13 @@ async def test_transient_failures_are_retried(
 
 
 async def test_unexpected_sink_errors_are_retried_and_logged_with_traceback(
-    timeout: float, caplog: pytest.LogCaptureFixture
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     sink = ScriptedSink()
     sink.failures.append(KeyError("bug"))
     async with Tracker(sink, retry=FAST, flush_interval=IDLE) as recorder:
         recorder.record(make_events(1)[0])
-        with anyio.fail_after(timeout):
+        with anyio.fail_after(TIMEOUT):
             await recorder.flush()
     assert recorder.stats.written == 1
     (error,) = [r for r in caplog.records if r.levelno == logging.ERROR]
@@ -203,14 +201,14 @@ async def test_unexpected_sink_errors_are_retried_and_logged_with_traceback(
 
 
 async def test_exhausted_retries_without_a_spool_drop_and_count(
-    timeout: float, caplog: pytest.LogCaptureFixture
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     sink = ScriptedSink()
     sink.down = True
     async with Tracker(sink, retry=FAST, flush_interval=IDLE, batch_size=5) as recorder:
         for event in make_events(10):
             recorder.record(event)
-        with anyio.fail_after(timeout):
+        with anyio.fail_after(TIMEOUT):
             await recorder.flush()
         stats = recorder.stats
     assert (stats.written, stats.dropped, stats.retried) == (0, 10, 20)
@@ -220,14 +218,14 @@ async def test_exhausted_retries_without_a_spool_drop_and_count(
 
 
 async def test_rejected_batches_are_counted_not_retried_and_logged_once(
-    timeout: float, caplog: pytest.LogCaptureFixture
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     sink = ScriptedSink()
     sink.failures.extend([RejectedError("HTTP 400"), RejectedError("HTTP 400")])
     async with Tracker(sink, retry=FAST, flush_interval=IDLE, batch_size=2) as recorder:
         for event in make_events(6):
             recorder.record(event)
-        with anyio.fail_after(timeout):
+        with anyio.fail_after(TIMEOUT):
             await recorder.flush()
         stats = recorder.stats
     assert (stats.rejected, stats.written, stats.retried) == (4, 2, 0)
@@ -235,20 +233,20 @@ async def test_rejected_batches_are_counted_not_retried_and_logged_once(
     assert len([r for r in caplog.records if r.levelno >= logging.WARNING]) == 1
 
 
-async def test_shutdown_deadline_drops_and_counts_what_is_left(timeout: float) -> None:
+async def test_shutdown_deadline_drops_and_counts_what_is_left() -> None:
     sink = ScriptedSink()
     sink.gate = anyio.Event()  # never opens: the backend hangs
     recorder = Tracker(sink, shutdown_timeout=0.05, flush_interval=0, batch_size=2)
     async with recorder:
         for event in make_events(5):
             recorder.record(event)
-        with anyio.fail_after(timeout):
+        with anyio.fail_after(TIMEOUT):
             await recorder.aclose()
     stats = recorder.stats
     assert (stats.written, stats.dropped, stats.queue_depth) == (0, 5, 0)
 
 
-async def test_shutdown_deadline_spools_what_is_left(tmp_path: Path, timeout: float) -> None:
+async def test_shutdown_deadline_spools_what_is_left(tmp_path: Path) -> None:
     sink = ScriptedSink()
     sink.gate = anyio.Event()
     spool = tmp_path / "spool"
@@ -256,48 +254,48 @@ async def test_shutdown_deadline_spools_what_is_left(tmp_path: Path, timeout: fl
     async with recorder:
         for event in make_events(5):
             recorder.record(event)
-        with anyio.fail_after(timeout):
+        with anyio.fail_after(TIMEOUT):
             await recorder.aclose()
     assert (recorder.stats.spooled, recorder.stats.dropped) == (5, 0)
-    assert len(list(spool.glob("*.jsonl"))) == 1
+    assert len(files(spool, "*.jsonl")) == 1
 
     # The next run sends the spooled batch first, then its own events.
     sink = ScriptedSink()
     async with Tracker(sink, flush_interval=IDLE, spool=spool) as recorder:
         for event in make_events(2, start=5):
             recorder.record(event)
-        with anyio.fail_after(timeout):
+        with anyio.fail_after(TIMEOUT):
             await recorder.flush()
             await sink.wait_until(lambda: len(sink.events) == 7)
     assert names(sink.events) == list(range(7))
     assert recorder.stats.written == 7
-    assert list(spool.glob("*.jsonl")) == []
+    assert files(spool, "*.jsonl") == []
 
 
-async def test_outage_spools_then_replays_oldest_first(tmp_path: Path, timeout: float) -> None:
+async def test_outage_spools_then_replays_oldest_first(tmp_path: Path) -> None:
     sink = ScriptedSink()
     sink.down = True
     recorder = Tracker(sink, retry=FAST, flush_interval=IDLE, batch_size=4, spool=tmp_path)
     async with recorder:
         for event in make_events(10):
             recorder.record(event)
-        with anyio.fail_after(timeout):
+        with anyio.fail_after(TIMEOUT):
             await recorder.flush()  # returns once everything is spooled
         assert recorder.stats.spooled == 10
         assert recorder.stats.written == 0
         sink.down = False
         for event in make_events(2, start=10):
             recorder.record(event)
-        with anyio.fail_after(timeout):
+        with anyio.fail_after(TIMEOUT):
             await recorder.flush()
             await sink.wait_until(lambda: len(sink.events) == 12)
     assert names(sink.events) == list(range(12))
     stats = recorder.stats
     assert (stats.written, stats.dropped) == (12, 0)
-    assert list(tmp_path.glob("*")) == []
+    assert files(tmp_path) == []
 
 
-async def test_spool_overflow_drops_the_oldest_batches(tmp_path: Path, timeout: float) -> None:
+async def test_spool_overflow_drops_the_oldest_batches(tmp_path: Path) -> None:
     sink = ScriptedSink()
     sink.down = True
     recorder = Tracker(
@@ -306,12 +304,12 @@ async def test_spool_overflow_drops_the_oldest_batches(tmp_path: Path, timeout: 
     async with recorder:
         for event in make_events(40):
             recorder.record(event)
-        with anyio.fail_after(timeout):
+        with anyio.fail_after(TIMEOUT):
             await recorder.flush()
         stats = recorder.stats
         assert stats.dropped > 0
         assert stats.spooled == 40
-        assert sum(path.stat().st_size for path in tmp_path.glob("*.jsonl")) <= 1500
+        assert sum(path.stat().st_size for path in files(tmp_path, "*.jsonl")) <= 1500
         assert stats.dropped_by_name == {"jetpack_rtc_join": stats.dropped}
 
 

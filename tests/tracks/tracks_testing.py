@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
@@ -15,6 +17,14 @@ import anyio
 import anyio.abc
 
 from tracks import Event
+
+TIMEOUT = 5.0 * float(os.environ.get("TEST_TIMEOUT_FACTOR", "1"))
+"""Seconds for `anyio.fail_after` around every wait; scale it on slow machines."""
+
+
+def files(directory: Path, pattern: str = "*") -> list[Path]:
+    """The files in ``directory`` matching ``pattern``, sorted (blocking; fine in tests)."""
+    return sorted(directory.glob(pattern))
 
 
 def make_events(count: int, *, name: str = "jetpack_rtc_join", start: int = 0) -> list[Event]:
