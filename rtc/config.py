@@ -78,7 +78,8 @@ class ServerConfig:
         """The recorders to open: the configured ones, or SQLite in the data dir."""
         if self.recorders:
             return self.recorders
-        return (f"sqlite:///{(self.data_dir / 'events.sqlite').resolve()}",)
+        # `sqlite://` + an absolute path gives the `sqlite:///abs/path` form.
+        return (f"sqlite://{(self.data_dir / 'events.sqlite').resolve()}",)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], prefix: str = "RTC_") -> dict[str, object]:
