@@ -248,3 +248,22 @@ async def test_ten_clients_joining_at_once_all_sync(tmp_path: Path) -> None:
             async with anyio.create_task_group() as tg:
                 for client_id in range(100, 110):
                     tg.start_soon(join, client_id)
+
+
+async def test_a_peer_that_stops_answering_pings_is_closed(tmp_path: Path) -> None:
+    async with serve_rtc(tmp_path, ping_interval=0.05, ping_timeout=0.1) as rtc:
+        async with RawClient.connect(rtc.room_url(), ping_interval=None) as frozen:
+            await frozen.join(555, user=5)
+            await frozen.barrier()
+            frozen.ws.transport.pause_reading()  # it hears no ping, so it answers none
+            error = await rtc.wait_event("connection_error", session_id=555)
+            assert (error.props["error_code"], error.props["close_code"]) == ("ping-timeout", 1011)
+            frozen.ws.transport.resume_reading()
+
+
+async def test_post_type_travels_with_the_join(tmp_path: Path) -> None:
+    async with serve_rtc(tmp_path) as rtc:
+        async with RawClient.connect(rtc.room_url() + "?post_type=page") as ada:
+            await ada.join(111, user=1)
+            join = await rtc.wait_event("join", session_id=111)
+            assert join.props["post_type"] == "page"
