@@ -36,24 +36,35 @@ class AwarenessEntry:
         client_id: the Yjs clientID (the session id of the connection that controls it).
         clock: the state's clock; higher wins.
         state_json: the state exactly as sent (`"null"` for a removal), re-sent unchanged.
-        state: the parsed state, `None` for a removal.
     """
 
     client_id: int
     clock: int
     state_json: str
-    state: Any
 
     @property
     def removed(self) -> bool:
-        return self.state is None
+        return self.state_json == "null"
+
+    def state(self) -> Any:
+        """The parsed state (`None` for a removal).
+
+        Parsed on demand: most entries a server sees are echoes it drops unread.
+
+        Raises:
+            ProtocolError: the state is not JSON.
+        """
+        try:
+            return json.loads(self.state_json)
+        except ValueError as error:
+            raise ProtocolError("awareness state is not JSON") from error
 
 
 def decode_awareness(payload: bytes) -> tuple[AwarenessEntry, ...]:
-    """Decode an awareness update.
+    """Decode an awareness update (states stay unparsed until `AwarenessEntry.state()`).
 
     Raises:
-        ProtocolError: malformed varints, lengths, UTF-8 or JSON.
+        ProtocolError: malformed varints, lengths or UTF-8.
     """
     reader = Reader(payload)
     count = reader.read_var_uint()
@@ -63,12 +74,7 @@ def decode_awareness(payload: bytes) -> tuple[AwarenessEntry, ...]:
     for _ in range(count):
         client_id = reader.read_var_uint()
         clock = reader.read_var_uint()
-        state_json = reader.read_var_string()
-        try:
-            state = json.loads(state_json)
-        except ValueError as error:
-            raise ProtocolError("awareness state is not JSON") from error
-        entries.append(AwarenessEntry(client_id, clock, state_json, state))
+        entries.append(AwarenessEntry(client_id, clock, reader.read_var_string()))
     reader.expect_end()
     return tuple(entries)
 
@@ -127,7 +133,7 @@ class AwarenessStates:
         current = self._entries.pop(client_id, None)
         if current is None or current.removed:
             return None
-        return AwarenessEntry(client_id, current.clock + 1, "null", None)
+        return AwarenessEntry(client_id, current.clock + 1, "null")
 
     def get(self, client_id: int) -> AwarenessEntry | None:
         return self._entries.get(client_id)

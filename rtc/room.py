@@ -340,7 +340,7 @@ class Room:
         now_ms: int,
     ) -> list[Action]:
         session_id = announce.client_id
-        announced_user, announced_name = user_of(announce.state)
+        announced_user, announced_name = user_of(announce.state())
         actions: list[Action] = []
         if newcomer.identity is not None:
             user_id, name = newcomer.identity.user_id, newcomer.identity.name or announced_name
@@ -475,9 +475,12 @@ class Room:
             if entry.client_id != session.session_id:
                 foreign += 1
                 continue
+            state = entry.state()  # validates before anything is applied or relayed
+            if state is None and not entry.removed:
+                entry = AwarenessEntry(entry.client_id, entry.clock, "null")  # " null " is null
             if self._awareness.apply(entry):
                 changed.append(entry)
-                _, name = user_of(entry.state)
+                _, name = user_of(state)
                 if name is not None:
                     session.name = name
         actions: list[Action] = []

@@ -75,7 +75,7 @@ def presence(client_id: int, user: int | None, *, clock: int = 0, name: str = "A
     state: dict[str, Any] = {"cursor": None}
     if user is not None:
         state["collaboratorInfo"] = {"id": user, "name": name, "enteredAt": 1700000000000}
-    entry = AwarenessEntry(client_id, clock, json.dumps(state), state)
+    entry = AwarenessEntry(client_id, clock, json.dumps(state))
     return encode(AwarenessMessage(encode_awareness([entry])))
 
 
@@ -192,10 +192,10 @@ class YClient:
                         self.synced.set()
                 elif isinstance(message, AwarenessMessage):
                     for entry in decode_awareness(message.payload):
-                        if entry.state is None:
+                        if entry.removed:
                             self.states.pop(entry.client_id, None)
                         else:
-                            self.states[entry.client_id] = entry.state
+                            self.states[entry.client_id] = entry.state()
                 self._changed.set()
                 self._changed = anyio.Event()
         except ConnectionClosed:

@@ -34,12 +34,12 @@ def make_room(**limits: int) -> Room:
 
 def presence(client_id: int, clock: int = 0, user: int | None = None, name: str = "Ada") -> bytes:
     state = {"collaboratorInfo": {"id": user, "name": name}} if user is not None else {"x": 1}
-    entry = AwarenessEntry(client_id, clock, json.dumps(state), state)
+    entry = AwarenessEntry(client_id, clock, json.dumps(state))
     return encode_awareness([entry])
 
 
 def removal(client_id: int, clock: int) -> bytes:
-    return encode_awareness([AwarenessEntry(client_id, clock, "null", None)])
+    return encode_awareness([AwarenessEntry(client_id, clock, "null")])
 
 
 def admit(room: Room, connection: int, client_id: int, user: int | None, now: int = 1000) -> list[Action]:
@@ -167,7 +167,7 @@ def test_closing_removes_presence_at_once_and_reports_the_session() -> None:
     [gone] = of(Broadcast, actions)
     assert gone.to == (2,)
     [entry] = decode_awareness(decode(gone.data).payload)  # type: ignore[union-attr]
-    assert (entry.client_id, entry.state) == (111, None)
+    assert (entry.client_id, entry.state()) == (111, None)
     [left] = of(Left, actions)
     assert (left.ended_at_ms - left.session.joined_at_ms, left.clean, left.session.updates) == (
         3000, False, 1)
@@ -209,3 +209,11 @@ def test_roster_groups_sessions_by_user() -> None:
     roster = room.roster()
     assert [(c.user_id, [s.session_id for s in c.sessions]) for c in roster] == [
         (5, [111, 333]), (6, [222])]
+
+
+def test_invalid_awareness_json_of_its_own_session_is_a_protocol_error() -> None:
+    room = make_room()
+    admit(room, 1, 111, 5)
+    bad = encode_awareness([AwarenessEntry(111, 5, "{not json")])
+    with pytest.raises(ProtocolError, match="not JSON"):
+        room.receive(1, AwarenessMessage(bad), 0)
