@@ -149,7 +149,7 @@ class Tracker:
         self._rejection_logged = False
         self._probe_attempt = 0
         self._next_probe = 0.0
-        self._close_probe_done = False
+        self._close_failures = 0  # spool replays that failed during shutdown
         self._drops_logged = 0
         self._drops_logged_at = -math.inf
 
@@ -273,6 +273,7 @@ class Tracker:
         assert self._stopped is not None  # set by _start()
         if self._state == "running":
             self._state = "closing"
+            self._next_probe = 0.0  # try the spool once more right away
             self._wake()
             # Shielded: a cancelled host still gets its bounded, graceful flush.
             with anyio.CancelScope(shield=True):
@@ -316,7 +317,7 @@ class Tracker:
                 await self._dispatch(self._take_batch())
                 self._report_drops()
                 continue
-            if self._state == "closing" and not self._inbox:
+            if self._state == "closing" and not self._inbox and not self._spool_retrying():
                 return
             await self._wait()
 
@@ -329,12 +330,18 @@ class Tracker:
         assert self._pending_since is not None  # set whenever the inbox is non-empty
         return time.monotonic() - self._pending_since >= self._flush_interval
 
-    def _spool_due(self) -> bool:
+    def _spool_retrying(self) -> bool:
+        """Whether spooled batches wait for another attempt.
+
+        At shutdown the spool gets the policy's ``max_attempts`` (within the
+        deadline); what is still spooled after that stays on disk for the next run.
+        """
         if self._spool is None or not self._spool.pending:
             return False
-        if self._state == "closing":
-            return not self._close_probe_done
-        return time.monotonic() >= self._next_probe
+        return self._state != "closing" or self._close_failures < self._retry.max_attempts
+
+    def _spool_due(self) -> bool:
+        return self._spool_retrying() and time.monotonic() >= self._next_probe
 
     async def _wait(self) -> None:
         self._wakeup = anyio.Event()
@@ -342,7 +349,7 @@ class Tracker:
         deadline = math.inf
         if self._inbox and self._pending_since is not None:
             deadline = self._pending_since + self._flush_interval
-        if self._spool is not None and self._spool.pending and self._state != "closing":
+        if self._spool_retrying():
             deadline = min(deadline, self._next_probe)
         self._writer_waiting = True
         try:
@@ -442,7 +449,7 @@ class Tracker:
                     self._probe_attempt, retry_after
                 )
                 if self._state == "closing":
-                    self._close_probe_done = True
+                    self._close_failures += 1
                 return
             else:
                 self._written += len(events)

@@ -106,7 +106,8 @@ class Backend:
 
     async def start(self) -> None:
         assert self._task_group is not None
-        listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=self.port)
+        multi = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=self.port)
+        (listener,) = multi.listeners  # one address: 127.0.0.1
         self.port = listener.extra(anyio.abc.SocketAttribute.local_port)
         self._stopped = anyio.Event()
         await self._task_group.start(self._serve, listener)
