@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from .room import RoomKey
@@ -41,7 +41,7 @@ class EventFeed:
         self._channels: dict[RoomKey, _Channel] = {}
         self._next_id = 0
 
-    def publish(self, room: RoomKey, event: dict[str, object]) -> None:
+    def publish(self, room: RoomKey, event: Mapping[str, object]) -> None:
         """Send an event (its `to_json()` form) to the room's subscribers and keep it."""
         channel = self._channel(room)
         text = json.dumps(event, separators=(",", ":"))

@@ -67,13 +67,17 @@ class SessionHistory:
         return True
 
     def _expire(self, now_ms: int) -> None:
-        for table, window in (
-            (self._ends, self._reconnect_window_ms),
-            (self._blocked, self._blocked_memory_ms),
-        ):
-            while table:
-                key, value = next(iter(table.items()))
-                stamp = value.ended_at_ms if isinstance(value, RecentEnd) else value
-                if len(table) <= self._max_entries and now_ms - stamp <= window:
-                    break
-                del table[key]
+        # Both tables are in time order (entries are appended as time goes on).
+        while self._ends:
+            key, end = next(iter(self._ends.items()))
+            if self._keep(len(self._ends), now_ms - end.ended_at_ms, self._reconnect_window_ms):
+                break
+            del self._ends[key]
+        while self._blocked:
+            key, blocked_at = next(iter(self._blocked.items()))
+            if self._keep(len(self._blocked), now_ms - blocked_at, self._blocked_memory_ms):
+                break
+            del self._blocked[key]
+
+    def _keep(self, size: int, age_ms: int, window_ms: int) -> bool:
+        return size <= self._max_entries and age_ms <= window_ms

@@ -18,8 +18,8 @@ from .errors import ProtocolError
 
 __all__ = [
     "EMPTY_UPDATE",
-    "AwarenessMessage",
     "AuthMessage",
+    "AwarenessMessage",
     "Message",
     "QueryAwareness",
     "Reader",

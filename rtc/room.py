@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from pycrdt import Doc
 
@@ -216,7 +217,7 @@ class Room:
     def __init__(
         self,
         key: RoomKey,
-        doc: Doc,
+        doc: Doc[Any],
         *,
         limits: RoomLimits,
         history: SessionHistory,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
@@ -74,7 +75,7 @@ class RoomRegistry:
             busy = self._busy[key] = anyio.Event()
             try:
                 updates = await self._store.load(key)
-                doc = Doc()
+                doc: Doc[Any] = Doc()
                 for update in updates:
                     doc.apply_update(update)
                 self._rooms[key] = Room(key, doc, limits=self._limits, history=self._history)

@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from .room import RoomKey
 
-__all__ = ["ApiRoute", "FeedRoute", "HttpError", "Route", "RoomRoute", "StaticRoute", "route"]
+__all__ = ["ApiRoute", "FeedRoute", "HttpError", "RoomRoute", "Route", "StaticRoute", "route"]
 
 _ID = re.compile(r"[1-9][0-9]{0,17}")
 
@@ -86,7 +86,8 @@ def route(target: str) -> Route:
             post_type = _single(query, "post_type")
             return RoomRoute(_room_key(blog, post), post_type or None, _single(query, "token"))
         case ["events"]:
-            return FeedRoute(_room_key(_single(query, "blog_id") or "", _single(query, "post_id") or ""))
+            blog_id, post_id = _single(query, "blog_id"), _single(query, "post_id")
+            return FeedRoute(_room_key(blog_id or "", post_id or ""))
         case ["healthz"]:
             return ApiRoute("healthz")
         case ["metrics"]:

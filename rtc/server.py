@@ -260,8 +260,9 @@ class RtcServer:
 
     async def _serve_feed(self, ws: ServerConnection, target: FeedRoute) -> None:
         def deliver(text: str) -> None:
-            transport = ws.transport
-            if transport is not None and transport.get_write_buffer_size() <= self.config.outbox_limit:
+            # A viewer too slow to keep up misses events rather than holding anything back.
+            buffered = ws.transport.get_write_buffer_size() if ws.transport else 0
+            if buffered <= self.config.outbox_limit:
                 broadcast([ws], text)
 
         unsubscribe = self.feed.subscribe(target.key, deliver)

@@ -41,7 +41,8 @@ async def test_two_tabs_of_one_user_are_two_sessions_named_by_their_client_ids(
         join1 = await rtc.wait_event("join", session_id=first.client_id)
         join2 = await rtc.wait_event("join", session_id=second.client_id)
         assert first.client_id != second.client_id
-        assert join2.props["contributors"] == (1,) and join2.props["session_count"] == 2
+        assert join2.props["contributors"] == (1,)
+        assert join2.props["session_count"] == 2
         assert join1.props["wp_user_id"] == join2.props["wp_user_id"] == 1
 
         # A reload is a new Y.Doc: a new session id and a new join.
@@ -62,7 +63,8 @@ async def test_a_third_user_is_blocked_with_4429_and_never_gets_the_document(
         carol = await node.open(rtc.url, ROOM, user=CAROL)
         assert await carol.wait_closed() == (4429, "connection-limit-exceeded")
         blocked = await rtc.wait_event("blocked", session_id=carol.client_id)
-        assert blocked.props["wp_user_id"] == 3 and blocked.props["limit"] == 2
+        assert blocked.props["wp_user_id"] == 3
+        assert blocked.props["limit"] == 2
         # Round trip through the room after the refusal: a fresh joiner syncs, so any
         # reconnect attempt of carol's would have been processed by now.
         dave = await node.open(rtc.url, ROOM, user=ADA)
@@ -70,7 +72,8 @@ async def test_a_third_user_is_blocked_with_4429_and_never_gets_the_document(
         assert await carol.text() == ""
         assert not carol.state.received_remote
         # y-websocket treats 4400-4499 as permanent: one close, then it gives up.
-        assert carol.state.gave_up is not None and len(carol.state.closes) == 1
+        assert carol.state.gave_up is not None
+        assert len(carol.state.closes) == 1
         await rtc.server.flush()
         assert len(rtc.events("blocked")) == 1
         assert rtc.events("connection_error") == []

@@ -10,7 +10,7 @@ from pycrdt import Doc, Text
 from rtc.awareness import AwarenessEntry, decode_awareness, encode_awareness
 from rtc.errors import ProtocolError
 from rtc.history import SessionHistory
-from rtc.protocol import AwarenessMessage, SyncStep1, SyncStep2, SyncUpdate, decode, encode
+from rtc.protocol import AwarenessMessage, SyncStep1, SyncStep2, SyncUpdate, decode
 from rtc.room import (
     Action,
     Blocked,
@@ -42,7 +42,9 @@ def removal(client_id: int, clock: int) -> bytes:
     return encode_awareness([AwarenessEntry(client_id, clock, "null")])
 
 
-def admit(room: Room, connection: int, client_id: int, user: int | None, now: int = 1000) -> list[Action]:
+def admit(
+    room: Room, connection: int, client_id: int, user: int | None, now: int = 1000
+) -> list[Action]:
     room.open(connection, now)
     return room.receive(connection, AwarenessMessage(presence(client_id, user=user)), now)
 
@@ -76,7 +78,8 @@ def test_admission_sends_state_vector_then_presence_and_replays_held_messages() 
     assert [entry.client_id for entry in entries] == [111]
     [joined] = of(Joined, actions)
     assert (joined.session.session_id, joined.session.user_id) == (111, 5)
-    assert joined.contributors == (5,) and joined.session_count == 1
+    assert joined.contributors == (5,)
+    assert joined.session_count == 1
     [held] = room.take_held(1)
     [reply] = room.receive(1, held, 10)
     assert isinstance(decode(reply.data), SyncStep2)  # type: ignore[union-attr]
@@ -135,7 +138,9 @@ def test_a_third_user_is_blocked_but_a_second_tab_is_admitted() -> None:
     [blocked] = of(Blocked, actions)
     assert (blocked.session_id, blocked.user_id, blocked.limit, blocked.limit_kind) == (
         444, 7, 2, "contributors")
-    assert blocked.contributors == (5, 6) and blocked.session_count == 3 and blocked.first
+    assert blocked.contributors == (5, 6)
+    assert blocked.session_count == 3
+    assert blocked.first
     assert of(Close, actions) == [Close(4, 4429, "connection-limit-exceeded")]
     assert not of(Send, actions)  # neither the document nor anyone's presence
     # the same session retrying is refused again, but it is not a new "first" refusal
@@ -188,7 +193,8 @@ def test_a_reconnect_replaces_its_stale_connection_but_strangers_are_refused() -
     actions = admit(room, 2, 111, 5)
     assert Close(1, 4409, "session-replaced") in actions
     assert of(Left, actions)[0].session.connection == 1
-    assert room.session_of(2) is not None and room.session_count == 1
+    assert room.session_of(2) is not None
+    assert room.session_count == 1
     assert of(Close, admit(room, 3, 111, 9)) == [Close(3, 4409, "session-conflict")]
 
 

@@ -12,7 +12,8 @@ def test_room_paths() -> None:
 
 
 @pytest.mark.parametrize("path", ["/rooms/0/1", "/rooms/-1/2", "/rooms/a/2", "/rooms/1/01",
-                                  "/api/rooms/1/x", "/events?blog_id=1", "/rooms/1/99999999999999999999"])
+                                  "/api/rooms/1/x", "/events?blog_id=1",
+                                  "/rooms/1/99999999999999999999"])
 def test_bad_ids_are_400(path: str) -> None:
     with pytest.raises(HttpError) as raised:
         route(path)

@@ -10,7 +10,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from rtc.awareness import decode_awareness
-from rtc.protocol import AwarenessMessage, SyncStep1, SyncStep2, SyncUpdate
+from rtc.protocol import AwarenessMessage, SyncStep1, SyncUpdate
 
 from .clients import TIMEOUT, RawClient, YClient, presence, serve_rtc
 
@@ -47,7 +47,8 @@ async def test_joins_carry_session_ids_and_the_roster(tmp_path: Path) -> None:
                 "session_count": 3,
             }
             roster = (await get(f"{rtc.server.http_url}/api/rooms/7/42")).json()
-            assert roster["contributor_count"] == 2 and roster["session_count"] == 3
+            assert roster["contributor_count"] == 2
+            assert roster["session_count"] == 3
             assert [
                 (c["id"], [s["session_id"] for s in c["sessions"]]) for c in roster["contributors"]
             ] == [(1, [111, 222]), (2, [333])]
@@ -55,7 +56,8 @@ async def test_joins_carry_session_ids_and_the_roster(tmp_path: Path) -> None:
             assert rooms == {"rooms": [
                 {"blog_id": 7, "post_id": 42, "session_count": 3, "contributor_count": 2}]}
         leave = await rtc.wait_event("leave", session_id=111)
-        assert leave.props["clean"] is True and leave.props["updates"] == 0
+        assert leave.props["clean"] is True
+        assert leave.props["updates"] == 0
         assert leave.props["duration_ms"] >= 0
 
 
@@ -212,11 +214,14 @@ async def test_http_errors_come_before_any_upgrade(tmp_path: Path) -> None:
     async with serve_rtc(tmp_path) as rtc:
         base = rtc.server.http_url
         missing = await get(f"{base}/nowhere")
-        assert missing.status_code == 404 and "error" in missing.json()
+        assert missing.status_code == 404
+        assert "error" in missing.json()
         bad = await get(f"{base}/rooms/0/x")
-        assert bad.status_code == 400 and "positive integers" in bad.json()["error"]
+        assert bad.status_code == 400
+        assert "positive integers" in bad.json()["error"]
         health = (await get(f"{base}/healthz")).json()
-        assert health["status"] == "ok" and health["connections"] == 0
+        assert health["status"] == "ok"
+        assert health["connections"] == 0
         with pytest.raises(Exception, match="400"):
             await connect(f"{rtc.url}/abc/1")
 
@@ -224,7 +229,7 @@ async def test_http_errors_come_before_any_upgrade(tmp_path: Path) -> None:
 async def test_metrics_count_what_happened(tmp_path: Path) -> None:
     async with serve_rtc(tmp_path, max_contributors=1) as rtc:
         async with YClient.connect(rtc.room_url(), 111, user=1) as ada:
-            await ada.synced.wait()
+            await ada.wait(ada.synced.is_set)
             async with RawClient.connect(rtc.room_url()) as bob:
                 await bob.join(222, user=2)
                 await bob.closed()
