@@ -179,6 +179,7 @@ json_values = st.recursive(
 property_names = st.from_regex(r"\A[a-z][a-z0-9_]{0,10}\Z")
 
 
+@pytest.mark.slow
 @given(props=st.dictionaries(property_names, json_values, max_size=5))
 def test_any_json_props_round_trip(props: dict[str, Any]) -> None:
     event = Event("jetpack_rtc_join", props)

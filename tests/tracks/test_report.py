@@ -1,0 +1,146 @@
+"""Report queries (tracks.stats) and the `tracks` command, over real SQLite and JSONL stores."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+from tests.tracks.tracks_testing import TIMEOUT
+from tracks import Event, JsonlRecorder, Recorder, SqliteRecorder
+from tracks.cli import format_event, main, parse_duration
+from tracks.stats import Scope, open_store, report
+
+NOW = time.time_ns() // 1_000_000
+DAY = 86_400_000
+
+
+def fixture_events() -> list[Event]:
+    def event(name: str, days_ago: float, **props: object) -> Event:
+        return Event(f"jetpack_rtc_{name}", props, ts=int(NOW - days_ago * DAY))  # type: ignore[arg-type]
+
+    return [
+        # Post (1, 10): two sessions of user 5, one anonymous session.
+        event("join", 1, blog_id=1, post_id=10, session_id="a", wp_user_id=5),
+        event("join", 1, blog_id=1, post_id=10, session_id="b", wp_user_id=5),
+        event("join", 1, blog_id=1, post_id=10, session_id="c"),
+        event("leave", 1, blog_id=1, post_id=10, session_id="a", wp_user_id=5),
+        # Post (1, 11): session "a" again, but in another room: a different session.
+        event("join", 2, blog_id=1, post_id=11, session_id="a", wp_user_id=6),
+        event("blocked", 2, blog_id=1, post_id=11, session_id="d", wp_user_id=7),
+        # Blog 2, long ago.
+        event("join", 30, blog_id=2, post_id=10, session_id="e", wp_user_id=8),
+        event("connection_error", 30, blog_id=2, post_id=10, session_id="e", code=1011),
+        event("connection_error", 1, blog_id=1, post_id=10, session_id="f", code=4403),
+        event("connection_error", 1, blog_id=1, post_id=10, session_id="g", code=4403),
+        event("connection_error", 1, blog_id=1, post_id=10, session_id="h"),
+    ]
+
+
+async def store(recorder: Recorder) -> None:
+    async with recorder:
+        for event in fixture_events():
+            recorder.record(event)
+        with anyio.fail_after(TIMEOUT):
+            await recorder.flush()
+
+
+@pytest.fixture(params=["sqlite", "jsonl"])
+async def source(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    if request.param == "sqlite":
+        path = tmp_path / "events.sqlite"
+        await store(SqliteRecorder(path, flush_interval=0))
+    else:
+        path = tmp_path / "events.jsonl"
+        await store(JsonlRecorder(path, flush_interval=0))
+    return path
+
+
+def test_report_over_everything(source: Path) -> None:
+    with open_store(source) as connection:
+        result = report(connection)
+    assert result.events == 11
+    assert list(result.events_by_name.items()) == [  # most frequent first
+        ("jetpack_rtc_join", 5),
+        ("jetpack_rtc_connection_error", 4),
+        ("jetpack_rtc_blocked", 1),
+        ("jetpack_rtc_leave", 1),
+    ]
+    assert result.unique_sessions == 9  # a@10, b, c, a@11, d, e, f, g, h
+    assert result.unique_users == 4
+    assert result.unique_posts == 3
+    assert result.blocked == 1
+    assert result.connection_errors_by_code == {"4403": 2, "1011": 1, "unknown": 1}
+
+
+def test_report_scopes(source: Path) -> None:
+    with open_store(source) as connection:
+        post = report(connection, Scope(blog_id=1, post_id=10))
+        recent = report(connection, Scope(since_ms=NOW - 7 * DAY))
+    assert (post.events, post.unique_sessions, post.unique_users, post.unique_posts) == (7, 6, 1, 1)
+    assert recent.events == 9
+    assert "1011" not in recent.connection_errors_by_code
+
+
+def test_cli_report_json(source: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", str(source), "--blog-id", "1", "--since", "7d", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    for key in (
+        "events_by_name",
+        "unique_sessions",
+        "unique_users",
+        "unique_posts",
+        "blocked",
+        "connection_errors_by_code",
+    ):
+        assert key in data
+    assert data["unique_posts"] == 2
+    assert data["connection_errors_by_code"] == {"4403": 2, "unknown": 1}
+
+
+def test_cli_report_text(source: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", str(source)]) == 0
+    out = capsys.readouterr().out
+    assert "unique sessions: 9" in out
+    assert "4403: 2" in out
+
+
+def test_cli_tail_prints_one_line_per_event(
+    source: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["tail", str(source), "--no-follow", "-n", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3
+    assert all("jetpack_rtc_connection_error" in line for line in lines)
+    assert main(["tail", str(source), "--no-follow", "--json", "-n", "100"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 11
+
+
+def test_cli_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", str(tmp_path / "missing.sqlite")]) == 2
+    assert "no event store" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["report", "x.sqlite", "--since", "soon"])
+    assert "bad duration" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("text", "ms"),
+    [("90s", 90_000), ("30m", 1_800_000), ("24h", DAY), ("7d", 7 * DAY), ("2w", 14 * DAY)],
+)
+def test_parse_duration(text: str, ms: int) -> None:
+    assert parse_duration(text) == ms
+
+
+@pytest.mark.parametrize("text", ["7", "d", "1.5d", "-1d", "7y", ""])
+def test_parse_duration_rejects(text: str) -> None:
+    with pytest.raises(ValueError, match="bad duration"):
+        parse_duration(text)
+
+
+def test_format_event() -> None:
+    event = Event("jetpack_rtc_join", {"blog_id": 1, "tag": "x"}, ts=1_700_000_000_123)
+    assert format_event(event) == '2023-11-14T22:13:20.123Z jetpack_rtc_join blog_id=1 tag="x"'
