@@ -57,8 +57,10 @@ async def main() -> None:
         async with serve(handler, host, port, max_size=None) as server:
             bound = next(iter(server.sockets)).getsockname()[1]
             print(json.dumps({"port": bound}), flush=True)
-            # Run until the parent closes our stdin (or kills us).
+            # Run until the parent closes our stdin (or kills us); then go at once,
+            # without waiting for rooms to wind down.
             await anyio.to_thread.run_sync(sys.stdin.read)
+            os._exit(0)
 
 
 if __name__ == "__main__":

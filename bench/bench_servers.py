@@ -83,8 +83,13 @@ def running(name: str, workdir: Path) -> Iterator[Server]:
     env = {**os.environ, "HOST": "127.0.0.1", "PORT": "0"}
     with log.open("w") as stderr:
         process = subprocess.Popen(
-            command, cwd=ROOT, env=env, text=True,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
+            command,
+            cwd=ROOT,
+            env=env,
+            text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
         )
     found = threading.Event()
     server = Server(name, process, "", log)
@@ -132,8 +137,14 @@ def run_scenario(server: Server, scenario: str, duration: float) -> dict[str, An
     pid = server.process.pid
     baseline = memory_kb(pid)["VmRSS"]
     command = [
-        "node", str(BENCH / "loadgen.mjs"), "--url", server.url,
-        "--scenario", scenario, "--duration", str(duration),
+        "node",
+        str(BENCH / "loadgen.mjs"),
+        "--url",
+        server.url,
+        "--scenario",
+        scenario,
+        "--duration",
+        str(duration),
     ]
     marks: dict[str, tuple[float, float, int]] = {}
     report: dict[str, Any] = {}
@@ -147,7 +158,9 @@ def run_scenario(server: Server, scenario: str, duration: float) -> dict[str, An
             message = json.loads(line)
             if "phase" in message:
                 marks[message["phase"]] = (
-                    time.monotonic(), cpu_seconds(pid), memory_kb(pid)["VmRSS"]
+                    time.monotonic(),
+                    cpu_seconds(pid),
+                    memory_kb(pid)["VmRSS"],
                 )
             elif "report" in message:
                 report = message["report"]
@@ -175,7 +188,7 @@ def run_scenario(server: Server, scenario: str, duration: float) -> dict[str, An
 
 def summary(scenario: str, r: dict[str, Any]) -> str:
     if "error" in r:
-        return r["error"]
+        return str(r["error"])
     cpu = f"cpu {r.get('server_cpu_percent')}%"
     if scenario in ("room50", "rooms20x5"):
         return (
@@ -206,7 +219,9 @@ def summary(scenario: str, r: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--servers", default="node,pycrdt", help="comma list of " + ",".join(SERVERS))
+    parser.add_argument(
+        "--servers", default="node,pycrdt", help="comma list of " + ",".join(SERVERS)
+    )
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma list")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per scenario")
     parser.add_argument("--json", type=Path, help="also write every report to this file")

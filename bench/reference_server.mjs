@@ -24,9 +24,9 @@ server.listen(port, host, () => {
   process.stdout.write(JSON.stringify({ port: server.address().port }) + '\n')
 })
 
-const stop = () => server.close(() => process.exit(0))
-process.on('SIGTERM', stop)
-process.on('SIGINT', stop)
+// No graceful close: server.close() would wait for upgraded sockets it does not track.
+process.on('SIGTERM', () => process.exit(0))
+process.on('SIGINT', () => process.exit(0))
 // Die with the parent: it holds our stdin open for as long as it wants us.
 process.stdin.on('end', () => process.exit(0))
 process.stdin.resume()
