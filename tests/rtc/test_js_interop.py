@@ -6,7 +6,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from jsclient import NodeClients
+from tests.jsclient import NodeClients
 
 from .clients import TIMEOUT, serve_rtc
 
