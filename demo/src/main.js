@@ -72,6 +72,8 @@ const refreshServerRoster = async (identity) => {
 
 const showBlocked = async (identity) => {
   ui.blocked.hidden = false
+  // Edits made now would stay in this tab only: nothing is sent until we are admitted.
+  ui.editor.readOnly = true
   ui.blockedText.textContent = 'This post is full.'
   const room = await refreshServerRoster(identity)
   if (room && session?.identity === identity) {
@@ -102,6 +104,7 @@ const start = (identity) => {
   ui.room.textContent = `blog ${identity.blog} · post ${identity.post}`
   ui.sessionId.textContent = String(doc.clientID)
   ui.blocked.hidden = true
+  ui.editor.readOnly = false
   ui.closeInfo.textContent = ''
   ui.serverRoster.textContent = ''
   document.title = `${identity.name} · post ${identity.post} · rtc demo`
@@ -196,6 +199,7 @@ ui.form.addEventListener('submit', (event) => {
 
 ui.tryAgain.addEventListener('click', () => {
   ui.blocked.hidden = true
+  ui.editor.readOnly = false
   setStatus('connecting')
   session?.provider.connect()
 })
