@@ -9,7 +9,7 @@ from typing import Any
 
 import anyio
 import pytest
-from jsclient import TIMEOUT, CloseEvent, JsClient, NodeClients, reference_server
+from tests.jsclient import TIMEOUT, CloseEvent, JsClient, NodeClients, reference_server
 from websockets.asyncio.server import ServerConnection, serve
 
 pytestmark = [pytest.mark.node, pytest.mark.slow]
