@@ -17,17 +17,25 @@ SessionKey = tuple[int, int, int]
 
 @dataclass(frozen=True, slots=True)
 class RecentEnd:
-    """How a session's previous connection ended."""
+    """How a session's previous connection ended.
+
+    Attributes:
+        ended_at_ms: when.
+        abnormal: whether it ended without a clean close.
+        awareness_clock: the clock of the presence removal the server broadcast, if any.
+    """
 
     ended_at_ms: int
     abnormal: bool
+    awareness_clock: int | None = None
 
 
 class SessionHistory:
     """Recent session ends (to flag reconnects) and refused sessions (to record one block each).
 
     Args:
-        reconnect_window_ms: a join within this long after the same session ended is a reconnect.
+        ends_memory_ms: how long a session's end is remembered (peers remember the clock of
+            its presence removal for as long as they live; a reconnect must outbid it).
         blocked_memory_ms: how long a refused session is remembered, so that a client that
             keeps retrying records one `blocked` event, not one per attempt.
         max_entries: a hard cap per table; the oldest entries go first.
@@ -36,25 +44,27 @@ class SessionHistory:
     def __init__(
         self,
         *,
-        reconnect_window_ms: int = 5 * 60_000,
+        ends_memory_ms: int = 24 * 3600_000,
         blocked_memory_ms: int = 60 * 60_000,
         max_entries: int = 100_000,
     ) -> None:
-        if reconnect_window_ms < 0 or blocked_memory_ms < 0 or max_entries < 1:
+        if ends_memory_ms < 0 or blocked_memory_ms < 0 or max_entries < 1:
             raise ValueError("history windows must be >= 0 and max_entries >= 1")
-        self._reconnect_window_ms = reconnect_window_ms
+        self._ends_memory_ms = ends_memory_ms
         self._blocked_memory_ms = blocked_memory_ms
         self._max_entries = max_entries
         self._ends: OrderedDict[SessionKey, RecentEnd] = OrderedDict()
         self._blocked: OrderedDict[SessionKey, int] = OrderedDict()
 
-    def note_end(self, key: SessionKey, now_ms: int, *, abnormal: bool) -> None:
+    def note_end(
+        self, key: SessionKey, now_ms: int, *, abnormal: bool, awareness_clock: int | None = None
+    ) -> None:
         self._ends.pop(key, None)
-        self._ends[key] = RecentEnd(now_ms, abnormal)
+        self._ends[key] = RecentEnd(now_ms, abnormal, awareness_clock)
         self._expire(now_ms)
 
     def previous_end(self, key: SessionKey, now_ms: int) -> RecentEnd | None:
-        """The end of this session's previous connection, if it was within the window."""
+        """The end of this session's previous connection, if it is still remembered."""
         self._expire(now_ms)
         return self._ends.get(key)
 
@@ -70,7 +80,7 @@ class SessionHistory:
         # Both tables are in time order (entries are appended as time goes on).
         while self._ends:
             key, end = next(iter(self._ends.items()))
-            if self._keep(len(self._ends), now_ms - end.ended_at_ms, self._reconnect_window_ms):
+            if self._keep(len(self._ends), now_ms - end.ended_at_ms, self._ends_memory_ms):
                 break
             del self._ends[key]
         while self._blocked:

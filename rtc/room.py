@@ -318,6 +318,7 @@ class Room:
         if session is None:
             return []
         actions: list[Action] = []
+        removal = None
         if self._by_session_id.get(session.session_id) == connection:
             del self._by_session_id[session.session_id]
             removal = self._awareness.remove(session.session_id)
@@ -326,7 +327,10 @@ class Room:
                     Broadcast(_awareness_message((removal,)), tuple(self._sessions))
                 )
         self._history.note_end(
-            (self.key.blog_id, self.key.post_id, session.session_id), now_ms, abnormal=not clean
+            (self.key.blog_id, self.key.post_id, session.session_id),
+            now_ms,
+            abnormal=not clean,
+            awareness_clock=removal.clock if removal is not None else None,
         )
         actions.append(Left(self.key, session, now_ms, clean))
         return actions
@@ -397,6 +401,16 @@ class Room:
         previous_end = self._history.previous_end(
             (self.key.blog_id, self.key.post_id, session_id), now_ms
         )
+        if (
+            previous_end is not None
+            and previous_end.awareness_clock is not None
+            and announce.clock <= previous_end.awareness_clock
+        ):
+            # A reconnecting Y.Doc re-announces at its old clock, which every peer ignores
+            # after our removal. Telling it "you are gone" at the removal clock makes
+            # y-protocols bump its clock and re-send, so its presence reappears at once.
+            tombstone = AwarenessEntry(session_id, previous_end.awareness_clock, "null")
+            actions.append(Send(connection, _awareness_message((tombstone,))))
         actions.append(
             Joined(self.key, session, self.contributor_ids(), len(self._sessions), previous_end)
         )

@@ -9,8 +9,9 @@ from typing import Any
 
 import anyio
 import pytest
-from tests.jsclient import TIMEOUT, CloseEvent, JsClient, NodeClients, reference_server
 from websockets.asyncio.server import ServerConnection, serve
+
+from tests.jsclient import TIMEOUT, CloseEvent, JsClient, NodeClients, reference_server
 
 pytestmark = [pytest.mark.node, pytest.mark.slow]
 

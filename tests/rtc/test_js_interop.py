@@ -6,6 +6,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+
 from tests.jsclient import NodeClients
 
 from .clients import TIMEOUT, serve_rtc
@@ -122,3 +123,20 @@ async def test_the_document_survives_a_server_restart(tmp_path: Path) -> None:
         async with serve_rtc(tmp_path) as rtc:
             bob = await node.open(rtc.url, ROOM, user=BOB)
             await bob.wait_text("kept across restarts")
+
+
+async def test_a_network_blip_brings_presence_back_at_once_as_a_reconnect(
+    tmp_path: Path,
+) -> None:
+    async with serve_rtc(tmp_path) as rtc, NodeClients() as node:
+        ada = await node.open(rtc.url, ROOM, user=ADA)
+        bob = await node.open(rtc.url, ROOM, user=BOB)
+        await ada.wait_awareness(lambda s: bob.client_id in s)
+        await bob.terminate(reconnect=True)
+        await ada.wait_awareness(lambda s: bob.client_id not in s)
+        # Well before y-websocket's 15 s awareness renewal: the server makes the reconnecting
+        # doc outbid its own removal.
+        with anyio.fail_after(5.0):
+            await ada.wait_awareness(lambda s: bob.client_id in s)
+        join = await rtc.wait_event("join", session_id=bob.client_id, reconnect=True)
+        assert join.props["session_count"] == 2
