@@ -467,3 +467,55 @@ async def test_try_again_retries_once_and_is_blocked_again(
     events = await server.stop()
     # Same session retrying: still one blocked event (issue 3, item 11).
     assert len(named(events, "jetpack_rtc_blocked")) == 1
+
+
+async def test_without_a_query_each_tab_is_a_different_random_user(
+    start_server: ServerFactory, context: BrowserContext
+) -> None:
+    server = await start_server()
+    first, second = await context.new_page(), await context.new_page()
+    await first.goto(f"{server.base}/")
+    await second.goto(f"{server.base}/demo")
+    for page in (first, second):
+        await expect(page.get_by_test_id("status")).to_have_text("synced")
+        await expect(page.get_by_test_id("contributor")).to_have_count(2)
+    users = [await page.input_value('input[name="user"]') for page in (first, second)]
+    assert users[0] != users[1]
+    # The made-up user is put in the address bar, so a reload keeps it.
+    assert f"user={users[0]}" in first.url
+    await first.reload()
+    await expect(first.get_by_test_id("status")).to_have_text("synced")
+    assert await first.input_value('input[name="user"]') == users[0]
+
+
+async def test_changing_the_room_in_the_form_reconnects(
+    start_server: ServerFactory, context: BrowserContext
+) -> None:
+    server = await start_server()
+    ada = await open_tab(context, server, user=7, name="Ada")
+    grace = await open_tab(context, server, user=8, name="Grace", post=43)
+    before = await ada.read_session_id()
+
+    form = ada.page.get_by_test_id("identity-form")
+    await form.locator('input[name="post"]').fill("43")
+    await form.locator('input[name="name"]').fill("Ada L.")
+    await ada.page.get_by_test_id("reconnect").click()
+
+    await expect(ada.page.get_by_test_id("room")).to_have_text("blog 1 · post 43")
+    await expect(ada.page.get_by_test_id("status")).to_have_text("synced")
+    after = await ada.read_session_id()
+    assert after != before
+    assert "post=43" in ada.page.url
+    roster = grace.page.get_by_test_id("contributor")
+    await expect(roster.filter(has_text="Ada L.")).to_have_count(1)
+    await expect(feed_item(grace.page, "jetpack_rtc_join", after)).to_have_count(1)
+    # The feed now shows post 43's events only: the old room's join is not there.
+    await expect(feed_item(ada.page, "jetpack_rtc_join", after)).to_have_count(1)
+    await expect(feed_item(ada.page, "jetpack_rtc_join", before)).to_have_count(0)
+
+    events = await server.stop()
+    rooms = {(e.props["post_id"], e.props["session_id"]) for e in named(events, "jetpack_rtc_join")}
+    assert (42, before) in rooms
+    assert (43, after) in rooms
+    leaves = [e.props["session_id"] for e in named(events, "jetpack_rtc_leave")]
+    assert before in leaves
