@@ -14,6 +14,7 @@ from pathlib import Path
 import anyio
 
 from .config import ConfigError, ServerConfig
+from .extensions.auth import issue
 from .server import RtcServer
 
 __all__ = ["main"]
@@ -94,15 +95,85 @@ def _parser() -> argparse.ArgumentParser:
         "--log-level", "logging level", d.log_level,
         choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper,
     )
+    option(
+        "--secret",
+        "HS256 secret (32+ bytes) for room tokens; every connection then needs "
+        "?token= (see `rtc token`); without it the server runs open",
+        "none",
+    )
+    option(
+        "--allowed-origin",
+        "Origin a browser handshake may come from, repeatable; others get HTTP 403; "
+        "clients without an Origin are let in only when tokens are on",
+        "any", action="append", dest="allowed_origins", metavar="ORIGIN",
+    )
+    option(
+        "--max-messages-per-second",
+        "a connection's sustained message allowance (awareness echoes count 1/20); "
+        "beyond it the connection is closed with 1008 rate-limited",
+        d.max_messages_per_second, type=float,
+    )
+    option("--message-burst", "messages a connection may send at once", d.message_burst,
+           type=int)
+    option(
+        "--max-connections-per-ip", "open connections from one address (HTTP 429), 0 = unlimited",
+        d.max_connections_per_ip, type=int,
+    )
+    option("--max-rooms", "rooms loaded at once (close 4503), 0 = unlimited", d.max_rooms,
+           type=int)
+    option(
+        "--max-connections", "open connections in total (HTTP 503), 0 = unlimited",
+        d.max_connections, type=int,
+    )
+
+    token = commands.add_parser(
+        "token",
+        help="print a room token (JWT, HS256) for integrators and the demo",
+        description="Print a token that lets a user into one post's room (or every post of "
+        "a blog with --post-id '*').",
+    )
+    token.add_argument("--secret", default=os.environ.get("RTC_SECRET"),
+                       help="the server's secret [RTC_SECRET]")
+    token.add_argument("--blog-id", type=int, required=True)
+    token.add_argument("--post-id", required=True, help="a post id, or '*' for every post")
+    token.add_argument("--user-id", type=int, required=True)
+    token.add_argument("--name", help="display name carried in the token")
+    token.add_argument("--ttl", default="1h", type=_duration,
+                       help="lifetime: seconds, or with a unit: 90s, 15m, 1h, 7d (default: 1h)")
     return parser
+
+
+def _duration(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        if text and text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r}") from None
+
+
+def _token(args: argparse.Namespace) -> int:
+    if not args.secret:
+        print("rtc token: --secret (or RTC_SECRET) is required", file=sys.stderr)
+        return 2
+    post_id = None if args.post_id == "*" else int(args.post_id)
+    print(
+        issue(
+            args.secret, blog_id=args.blog_id, post_id=post_id, user_id=args.user_id,
+            ttl_seconds=args.ttl, name=args.name,
+        )
+    )
+    return 0
 
 
 def _config(args: argparse.Namespace, environ: dict[str, str]) -> ServerConfig:
     """Flags given on the command line win over RTC_* variables, which win over defaults."""
     values = ServerConfig.from_env(environ)
     given = {name: value for name, value in vars(args).items() if name != "command"}
-    if "recorders" in given:
-        given["recorders"] = tuple(given["recorders"])
+    for name in ("recorders", "allowed_origins"):
+        if name in given:
+            given[name] = tuple(given[name])
     values.update(given)
     return ServerConfig(**values)  # type: ignore[arg-type]
 
@@ -117,6 +188,12 @@ async def _serve(config: ServerConfig) -> None:
         print(f"  Stats:     http://{base}/api/rooms  http://{base}/metrics", flush=True)
         for recorder in server.recorders:
             print(f"  Events:    {recorder.description}", flush=True)
+        if config.secret is None:
+            print(
+                "  WARNING: no --secret: the server runs OPEN. Anyone who can reach it can join "
+                "any room as any user. Set RTC_SECRET for production.",
+                flush=True,
+            )
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
                 print(f"rtc: {signal.Signals(signum).name}, shutting down", flush=True)
@@ -125,6 +202,8 @@ async def _serve(config: ServerConfig) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "token":
+        return _token(args)
     try:
         config = _config(args, dict(os.environ))
     except (ConfigError, ValueError, TypeError) as error:

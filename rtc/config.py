@@ -39,6 +39,14 @@ class ServerConfig:
         store_flush_interval: seconds between batched writes of document updates.
         demo_dir: folder the demo page is served from.
         log_level: logging level name.
+        secret: HS256 secret for room tokens; None runs the server open (no tokens).
+        allowed_origins: Origins a browser handshake may come from; empty allows any.
+        max_messages_per_second: a connection's sustained message allowance (1008 beyond).
+        message_burst: messages a connection may send at once.
+        max_connections_per_ip: open connections from one client address (HTTP 429 beyond),
+            0 = unlimited.
+        max_rooms: rooms loaded at once (4503 beyond), 0 = unlimited.
+        max_connections: open connections in total (HTTP 503 beyond), 0 = unlimited.
     """
 
     host: str = "127.0.0.1"
@@ -57,21 +65,37 @@ class ServerConfig:
     store_flush_interval: float = 0.1
     demo_dir: Path = field(default_factory=lambda: Path(__file__).resolve().parent.parent / "demo")
     log_level: str = "INFO"
+    secret: str | None = field(default=None, repr=False)
+    allowed_origins: tuple[str, ...] = ()
+    max_messages_per_second: float = 300.0
+    message_burst: int = 600
+    max_connections_per_ip: int = 0
+    max_rooms: int = 0
+    max_connections: int = 0
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be 0-65535, got {self.port}")
-        for name in ("max_contributors", "max_connections_per_room"):
+        for name in (
+            "max_contributors", "max_connections_per_room", "max_connections_per_ip",
+            "max_rooms", "max_connections",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0 (0 = unlimited)")
-        for name in ("max_message_size", "outbox_limit"):
+        for name in ("max_message_size", "outbox_limit", "message_burst"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1")
-        for name in ("ping_interval", "ping_timeout", "announce_timeout", "store_flush_interval"):
+        for name in (
+            "ping_interval", "ping_timeout", "announce_timeout", "store_flush_interval",
+            "max_messages_per_second",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0")
         if self.room_grace < 0:
             raise ConfigError("room_grace must be >= 0")
+        if self.secret is not None and len(self.secret.encode()) < 32:
+            # RFC 7518 §3.2: an HS256 key must be at least as long as the hash (32 bytes).
+            raise ConfigError("secret must be at least 32 bytes (RFC 7518 §3.2)")
 
     @property
     def recorder_urls(self) -> tuple[str, ...]:
@@ -85,11 +109,12 @@ class ServerConfig:
     def from_env(cls, environ: Mapping[str, str], prefix: str = "RTC_") -> dict[str, object]:
         """Read `RTC_<FIELD>` variables into keyword arguments (bad values fail fast).
 
-        `RTC_RECORDER` holds one URL or several separated by spaces or commas.
+        `RTC_RECORDER` and `RTC_ALLOWED_ORIGIN` hold one value or several separated by spaces
+        or commas.
         """
         values: dict[str, object] = {}
         for spec in fields(cls):
-            env_name = prefix + ("RECORDER" if spec.name == "recorders" else spec.name.upper())
+            env_name = prefix + _ENV_NAMES.get(spec.name, spec.name.upper())
             raw = environ.get(env_name)
             if raw is None or raw == "":
                 continue
@@ -97,12 +122,15 @@ class ServerConfig:
         return values
 
 
+_ENV_NAMES = {"recorders": "RECORDER", "allowed_origins": "ALLOWED_ORIGIN"}
+
+
 def _parse(env_name: str, name: str, raw: str) -> object:
-    if name == "recorders":
+    if name in ("recorders", "allowed_origins"):
         return tuple(part for part in raw.replace(",", " ").split() if part)
     if name in ("data_dir", "demo_dir"):
         return Path(raw)
-    if name in ("host", "event_prefix", "log_level"):
+    if name in ("host", "event_prefix", "log_level", "secret"):
         return raw
     kind = float if name in _FLOAT_FIELDS else int
     try:
@@ -112,5 +140,8 @@ def _parse(env_name: str, name: str, raw: str) -> object:
 
 
 _FLOAT_FIELDS = frozenset(
-    {"ping_interval", "ping_timeout", "announce_timeout", "room_grace", "store_flush_interval"}
+    {
+        "ping_interval", "ping_timeout", "announce_timeout", "room_grace",
+        "store_flush_interval", "max_messages_per_second",
+    }
 )

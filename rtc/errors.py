@@ -11,6 +11,7 @@ __all__ = [
     "CloseCode",
     "MessageTooBigError",
     "ProtocolError",
+    "RateLimitedError",
     "RtcError",
     "UnsupportedDataError",
 ]
@@ -27,9 +28,12 @@ class CloseCode:
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
     TRY_AGAIN_LATER = 1013
+    AUTHENTICATION_FAILED = 4401
+    FORBIDDEN = 4403
     ANNOUNCE_TIMEOUT = 4408
     SESSION_CONFLICT = 4409
     LIMIT_EXCEEDED = 4429
+    SERVER_BUSY = 4503
 
 
 class RtcError(Exception):
@@ -70,6 +74,14 @@ class MessageTooBigError(RtcError):
     close_code = CloseCode.MESSAGE_TOO_BIG
     reason = "message-too-big"
     error_code = "message-too-big"
+
+
+class RateLimitedError(RtcError):
+    """The peer sent messages faster than its allowance."""
+
+    close_code = CloseCode.POLICY_VIOLATION
+    reason = "rate-limited"
+    error_code = "rate-limited"
 
 
 class AnnounceTimeoutError(RtcError):

@@ -137,6 +137,12 @@ class Metrics:
             ["what"],
             registry=r,
         )
+        self.limit_refusals = Counter(
+            "rtc_limit_refusals",
+            "Connections or messages refused by a server limit, by limit.",
+            ["limit"],
+            registry=r,
+        )
         self.http_errors = Counter(
             "rtc_http_errors", "HTTP requests refused, by status.", ["status"], registry=r
         )

@@ -8,9 +8,11 @@ closed with 1013 so that it holds back nobody else. No task per message.
 from __future__ import annotations
 
 import contextlib
+import heapq
 import itertools
 import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -26,17 +28,26 @@ from tracks import Recorder, open_recorder
 
 from . import http
 from .config import ServerConfig
-from .errors import AnnounceTimeoutError, CloseCode, RtcError, UnsupportedDataError
+from .errors import (
+    AnnounceTimeoutError,
+    CloseCode,
+    RateLimitedError,
+    RtcError,
+    UnsupportedDataError,
+)
+from .extensions.auth import Grant, verify
 from .extensions.tracking import Tracking
 from .feed import EventFeed
 from .history import SessionHistory
 from .metrics import LiveFigures, Metrics, RecorderFigures
 from .protocol import decode
+from .ratelimit import TokenBucket
 from .room import (
     Action,
     Blocked,
     Broadcast,
     Close,
+    Identity,
     Joined,
     Left,
     Note,
@@ -57,8 +68,15 @@ logger = logging.getLogger(__name__)
 _CLEAN_CODES = frozenset({1000, 1001, 1005})
 # Close codes the server sends that are a decision, not a failure: no connection_error.
 _DECISIONS = frozenset(
-    {CloseCode.GOING_AWAY, CloseCode.LIMIT_EXCEEDED, CloseCode.SESSION_CONFLICT}
+    {
+        CloseCode.GOING_AWAY,
+        CloseCode.LIMIT_EXCEEDED,
+        CloseCode.SESSION_CONFLICT,
+        CloseCode.AUTHENTICATION_FAILED,  # only as "token-expired": failures carry an error
+        CloseCode.FORBIDDEN,  # only as "revoked"
+    }
 )
+_ECHO_COST = 0.05  # an awareness echo costs a twentieth of a message against the rate limit
 
 
 def _now_ms() -> int:
@@ -72,6 +90,8 @@ class _Peer:
     route: RoomRoute
     room: Room
     connected_at_ms: int
+    bucket: TokenBucket
+    grant: Grant | None = None
     close_code: int | None = None
     close_reason: str = ""
     error: RtcError | None = None
@@ -94,6 +114,9 @@ class RtcServer:
         self._ids = itertools.count(1)
         self._peers: dict[int, _Peer] = {}
         self._routes: dict[ServerConnection, Route] = {}
+        self._per_address: Counter[str] = Counter()
+        self._open_connections = 0
+        self._expiries: list[tuple[float, int]] = []
         self._server: Server | None = None
         self._started = time.monotonic()
         self.feed = EventFeed()
@@ -135,6 +158,8 @@ class RtcServer:
             self._tracking = Tracking(
                 self.recorders, feed=self.feed, metrics=self.metrics, prefix=config.event_prefix
             )
+            if config.secret is not None:
+                self._task_group.start_soon(self._expire_tokens)
             self._server = await serve(
                 self._handle,
                 config.host,
@@ -200,8 +225,12 @@ class RtcServer:
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         try:
             target = route(request.path)
+            if isinstance(target, RoomRoute | FeedRoute):
+                self._admit_handshake(connection, request)
         except HttpError as error:
             self.metrics.http_errors.labels(str(error.status)).inc()
+            path = request.path.split("?")[0]
+            logger.info("HTTP %d for %s: %s", error.status, path, error.message)
             return http.error_response(connection, error.status, error.message)
         if isinstance(target, RoomRoute | FeedRoute):
             self._routes[connection] = target
@@ -214,6 +243,33 @@ class RtcServer:
                 on_missing=self.metrics.http_errors.labels("404").inc,
             )
         return self._api(connection, target)
+
+    def _admit_handshake(self, connection: ServerConnection, request: Request) -> None:
+        """Refuse a WebSocket handshake early: foreign Origins, too many connections.
+
+        Raises:
+            HttpError: 403, 429 or 503.
+        """
+        config = self.config
+        origin = request.headers.get("Origin")
+        if config.allowed_origins:
+            if origin is None and config.secret is None:
+                # Without tokens, only a browser on an allowed page may connect.
+                raise HttpError(403, "an Origin header is required")
+            if origin is not None and origin not in config.allowed_origins:
+                self.metrics.limit_refusals.labels("origin").inc()
+                # Cross-site WebSocket hijacking: another site's page in a user's browser.
+                raise HttpError(403, f"origin not allowed: {origin}")
+        if config.max_connections and self._open_connections >= config.max_connections:
+            self.metrics.limit_refusals.labels("connections").inc()
+            raise HttpError(503, "the server is at its connection limit; try again later")
+        address = _address_of(connection)
+        if (
+            config.max_connections_per_ip
+            and self._per_address[address] >= config.max_connections_per_ip
+        ):
+            self.metrics.limit_refusals.labels("connections_per_ip").inc()
+            raise HttpError(429, "too many connections from this address")
 
     def _api(self, connection: ServerConnection, target: ApiRoute) -> Response:
         if target.name == "metrics":
@@ -253,10 +309,19 @@ class RtcServer:
 
     async def _handle(self, ws: ServerConnection) -> None:
         target = self._routes.pop(ws, None)
-        if isinstance(target, FeedRoute):
-            await self._serve_feed(ws, target)
-        elif isinstance(target, RoomRoute):
-            await self._serve_room(ws, target)
+        address = _address_of(ws)
+        self._per_address[address] += 1
+        self._open_connections += 1
+        try:
+            if isinstance(target, FeedRoute):
+                await self._serve_feed(ws, target)
+            elif isinstance(target, RoomRoute):
+                await self._serve_room(ws, target)
+        finally:
+            self._open_connections -= 1
+            self._per_address[address] -= 1
+            if not self._per_address[address]:
+                del self._per_address[address]
 
     async def _serve_feed(self, ws: ServerConnection, target: FeedRoute) -> None:
         def deliver(text: str) -> None:
@@ -275,10 +340,53 @@ class RtcServer:
             unsubscribe()
 
     async def _serve_room(self, ws: ServerConnection, target: RoomRoute) -> None:
+        connection_id = next(self._ids)
+        connected_at_ms = _now_ms()
+        grant = None
+        if self.config.secret is not None:
+            try:
+                grant = verify(target.token, self.config.secret, target.key, now=time.time())
+            except RtcError as error:
+                # Refused before the room: no document, no presence, no session.
+                logger.info("connection %d refused: %s (%s)", connection_id, error.error_code,
+                            error.detail)
+                self.metrics.closes.labels(str(error.close_code)).inc()
+                self._tracking.connection_error(
+                    target.key,
+                    connection=connection_id,
+                    connected_at_ms=connected_at_ms,
+                    session=None,
+                    error_code=error.error_code,
+                    close_code=error.close_code,
+                )
+                await ws.close(error.close_code, error.reason)
+                return
+        if (
+            self.config.max_rooms
+            and self._rooms.get(target.key) is None
+            and len(self._rooms) >= self.config.max_rooms
+        ):
+            logger.warning("room %s refused: %d rooms loaded", target.key, len(self._rooms))
+            self.metrics.limit_refusals.labels("rooms").inc()
+            self.metrics.closes.labels(str(CloseCode.SERVER_BUSY)).inc()
+            await ws.close(CloseCode.SERVER_BUSY, "too-many-rooms")
+            return
         room = await self._rooms.acquire(target.key)
-        peer = _Peer(next(self._ids), ws, target, room, _now_ms())
-        room.open(peer.id, peer.connected_at_ms)
+        config = self.config
+        peer = _Peer(
+            connection_id,
+            ws,
+            target,
+            room,
+            connected_at_ms,
+            TokenBucket(config.max_messages_per_second, config.message_burst, time.monotonic()),
+            grant,
+        )
+        identity = Identity(grant.user_id, grant.name) if grant is not None else None
+        room.open(peer.id, peer.connected_at_ms, identity=identity)
         self._peers[peer.id] = peer
+        if grant is not None:
+            heapq.heappush(self._expiries, (grant.expires_at, peer.id))
         logger.info("connection %d opened to room %s", peer.id, target.key)
         try:
             with anyio.move_on_after(self.config.announce_timeout) as announce:
@@ -307,7 +415,13 @@ class RtcServer:
             room = peer.room
             admitted = room.session_of(peer.id) is not None
             now = _now_ms()
-            self._carry_out(peer, room.receive(peer.id, decode(data), now))
+            actions = room.receive(peer.id, decode(data), now)
+            self._carry_out(peer, actions)
+            echo = any(isinstance(action, Note) and action.what == "awareness-echo"
+                       for action in actions)
+            if not peer.bucket.take(time.monotonic(), _ECHO_COST if echo else 1.0):
+                self.metrics.limit_refusals.labels("messages").inc()
+                raise RateLimitedError(f"over {self.config.max_messages_per_second:g} messages/s")
             if not admitted and room.session_of(peer.id) is not None:
                 for held in room.take_held(peer.id):
                     self._carry_out(peer, room.receive(peer.id, held, now))
@@ -428,6 +542,19 @@ class RtcServer:
                 return None, sent.code, True
         return "abnormal-closure", 1006, False
 
+    async def _expire_tokens(self) -> None:
+        """Close connections whose token expired (one task for all of them)."""
+        while True:
+            now = time.time()
+            while self._expiries and self._expiries[0][0] <= now:
+                _, connection = heapq.heappop(self._expiries)
+                peer = self._peers.get(connection)
+                if peer is not None:
+                    logger.info("connection %d: token expired", connection)
+                    self._close(peer, CloseCode.AUTHENTICATION_FAILED, "token-expired")
+            delay = self._expiries[0][0] - now if self._expiries else 1.0
+            await anyio.sleep(min(max(delay, 0.01), 1.0))
+
     # --- figures -----------------------------------------------------------------------
 
     def _live_figures(self) -> LiveFigures:
@@ -457,3 +584,8 @@ class RtcServer:
                 )
             )
         return figures
+
+
+def _address_of(connection: ServerConnection) -> str:
+    address = connection.remote_address
+    return str(address[0]) if address else "unknown"
