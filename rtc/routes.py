@@ -44,7 +44,7 @@ class FeedRoute:
 
 @dataclass(frozen=True, slots=True)
 class ApiRoute:
-    """A JSON or text endpoint: `healthz`, `metrics`, `rooms`, `room`."""
+    """A JSON or text endpoint: `healthz`, `metrics`, `rooms`, `room`, `kick` (POST)."""
 
     name: str
     key: RoomKey | None = None
@@ -96,6 +96,8 @@ def route(target: str) -> Route:
             return ApiRoute("rooms")
         case ["api", "rooms", blog, post]:
             return ApiRoute("room", _room_key(blog, post))
+        case ["api", "rooms", blog, post, "kick"]:
+            return ApiRoute("kick", _room_key(blog, post))
         case [] | ["demo"]:
             return StaticRoute("index.html")
         case ["demo", *rest] if all(_safe(segment) for segment in rest):

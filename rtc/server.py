@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import heapq
+import hmac
 import itertools
+import json
 import logging
 import time
 from collections import Counter
@@ -28,6 +30,7 @@ from tracks import Recorder, open_recorder
 
 from . import http
 from .config import ServerConfig
+from .connection import PlainRequest, PlainResponse, connection_class
 from .errors import (
     AnnounceTimeoutError,
     CloseCode,
@@ -171,6 +174,7 @@ class RtcServer:
                 close_timeout=3,
                 # Compression costs a zlib context per connection; y-websocket frames are small.
                 compression=None,
+                create_connection=connection_class(self._plain_request),
             )
         except BaseException:
             await stack.aclose()
@@ -271,6 +275,49 @@ class RtcServer:
             self.metrics.limit_refusals.labels("connections_per_ip").inc()
             raise HttpError(429, "too many connections from this address")
 
+    def _plain_request(self, request: PlainRequest) -> PlainResponse:
+        """Requests other than GET: the admin API."""
+        try:
+            target = route(request.target)
+            if not (isinstance(target, ApiRoute) and target.name == "kick"):
+                raise HttpError(405, f"{request.method} is not allowed here")
+            if request.method != "POST":
+                raise HttpError(405, "use POST")
+            return self._kick(target, request)
+        except HttpError as error:
+            self.metrics.http_errors.labels(str(error.status)).inc()
+            logger.info("HTTP %d for %s %s: %s", error.status, request.method,
+                        request.target.split("?")[0], error.message)
+            body = json.dumps({"error": error.message, "status": error.status}).encode()
+            return PlainResponse(error.status, body)
+
+    def _kick(self, target: ApiRoute, request: PlainRequest) -> PlainResponse:
+        """Close a user's sessions in a room with 4403 `revoked` (permissions changed)."""
+        secret = self.config.secret
+        if secret is None:
+            raise HttpError(403, "kicking needs the server to run with --secret")
+        supplied = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(supplied.encode(), secret.encode()):
+            raise HttpError(401, "Authorization: Bearer <secret> required")
+        try:
+            user_id = json.loads(request.body)["user_id"]
+        except (ValueError, TypeError, KeyError):
+            raise HttpError(400, 'body must be JSON {"user_id": N}') from None
+        if not isinstance(user_id, int) or isinstance(user_id, bool) or user_id <= 0:
+            raise HttpError(400, "user_id must be a positive integer")
+        assert target.key is not None  # the router gives "kick" a key
+        room = self._rooms.get(target.key)
+        closed = 0
+        for session in room.sessions() if room is not None else ():
+            peer = self._peers.get(session.connection)
+            if session.user_id == user_id and peer is not None:
+                self._close(peer, CloseCode.FORBIDDEN, "revoked")
+                closed += 1
+        logger.info("room %s: user %d kicked (%d sessions)", target.key, user_id, closed)
+        payload = {"blog_id": target.key.blog_id, "post_id": target.key.post_id,
+                   "user_id": user_id, "closed": closed}
+        return PlainResponse(200, json.dumps(payload).encode())
+
     def _api(self, connection: ServerConnection, target: ApiRoute) -> Response:
         if target.name == "metrics":
             return http.text_response(
@@ -300,6 +347,8 @@ class RtcServer:
                 for room in sorted(self._rooms.loaded(), key=lambda room: room.key)
             ]
             return http.json_response(connection, 200, {"rooms": rooms})
+        if target.name == "kick":
+            return http.error_response(connection, 405, "use POST")
         assert target.key is not None  # the router gives "room" a key
         return http.json_response(
             connection, 200, http.room_json(target.key, self._rooms.get(target.key))

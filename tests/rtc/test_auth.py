@@ -148,3 +148,30 @@ async def test_connection_and_room_caps(tmp_path: Path) -> None:
             with pytest.raises(InvalidStatus) as busy:
                 await connect(rtc.room_url())
             assert busy.value.response.status_code == 503
+
+
+@pytest.mark.slow
+async def test_an_admin_can_revoke_a_users_sessions(tmp_path: Path) -> None:
+    async with serve_rtc(tmp_path, secret=SECRET) as rtc:
+        url = f"{rtc.server.http_url}/api/rooms/7/42/kick"
+        async with (
+            RawClient.connect(f"{rtc.room_url()}?token={token(user_id=5)}") as mallory,
+            RawClient.connect(f"{rtc.room_url()}?token={token(user_id=6)}") as ada,
+            httpx.AsyncClient(timeout=TIMEOUT) as client,
+        ):
+            await mallory.join(555, user=5)
+            await ada.join(666, user=6)
+            await mallory.barrier()
+            await ada.barrier()
+            unauthorised = await client.post(url, json={"user_id": 5})
+            assert unauthorised.status_code == 401
+            admin = {"Authorization": f"Bearer {SECRET}"}
+            bad = await client.post(url, content=b"{", headers=admin)
+            assert bad.status_code == 400
+            kicked = await client.post(url, json={"user_id": 5}, headers=admin)
+            assert kicked.status_code == 200
+            assert kicked.json() == {"blog_id": 7, "post_id": 42, "user_id": 5, "closed": 1}
+            assert await mallory.closed() == (4403, "revoked")
+            await ada.barrier()  # everyone else carries on
+            assert (await client.get(url)).status_code == 405
+            assert (await client.post(f"{rtc.server.http_url}/api/rooms")).status_code == 405
