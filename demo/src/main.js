@@ -12,9 +12,10 @@ import { remoteCursors } from './remote-cursors.js'
 import { contributorsOf, renderRoster } from './roster.js'
 import { eventFeed } from './feed.js'
 
-// The server's "room full" close (issue 3, admission): permanent, in y-websocket's 4400-4499
-// do-not-retry range.
+// The server's "room full" close (issue 3, admission). Like every 4400-4499 close it is
+// permanent: y-websocket does not retry it, and neither do we.
 const BLOCKED_CODE = 4429
+const isPermanent = (code) => code >= 4400 && code < 4500
 
 const $ = (testid) => document.querySelector(`[data-testid="${testid}"]`)
 
@@ -24,6 +25,8 @@ const params = new URLSearchParams(location.search)
 const serverHost = params.get('server') ?? location.host
 const wsBase = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${serverHost}`
 const httpBase = `${location.protocol}//${serverHost}`
+// The room URL's optional query parameters (issue 3): passed through as given.
+const roomParams = Object.fromEntries(['token', 'post_type'].filter((key) => params.has(key)).map((key) => [key, params.get(key)]))
 
 const ui = {
   form: $('identity-form'),
@@ -70,10 +73,15 @@ const refreshServerRoster = async (identity) => {
   }
 }
 
-const showBlocked = async (identity) => {
+const showBlocked = async (identity, { code, reason }) => {
   ui.blocked.hidden = false
   // Edits made now would stay in this tab only: nothing is sent until we are admitted.
   ui.editor.readOnly = true
+  if (code !== BLOCKED_CODE) {
+    // Refused for another reason (a bad or expired token, a kick): say which, offer a retry.
+    ui.blockedText.textContent = `The server closed this tab's connection for good: ${code} ${reason}.`
+    return
+  }
   ui.blockedText.textContent = 'This post is full.'
   const room = await refreshServerRoster(identity)
   if (room && session?.identity === identity) {
@@ -90,7 +98,8 @@ const start = (identity) => {
   // or the two-tab test would prove nothing about the server.
   const provider = new WebsocketProvider(`${wsBase}/rooms`, `${identity.blog}/${identity.post}`, doc, {
     connect: false,
-    disableBc: true
+    disableBc: true,
+    params: roomParams
   })
   // The server admits a connection on its first awareness update, which names the session and
   // the user (the Gutenberg `collaboratorInfo` convention), so it must be set before connecting.
@@ -153,10 +162,10 @@ const start = (identity) => {
     debug.closes.push({ code: event.code, reason })
     ui.closeInfo.textContent = `last close: ${event.code}${reason === '' ? '' : ` ${reason}`} at ${new Date().toLocaleTimeString()}`
     setStatus('closed', `${event.code}${reason === '' ? '' : ` ${reason}`}`)
-    if (event.code === BLOCKED_CODE) {
-      // y-websocket 3.x already stops on 44xx; older ones loop. Never retry a full room by ourselves.
+    if (isPermanent(event.code)) {
+      // y-websocket 3.x already stops on 44xx; older ones loop. Never retry by ourselves.
       provider.shouldConnect = false
-      showBlocked(identity)
+      showBlocked(identity, { code: event.code, reason })
     }
   })
 
@@ -181,8 +190,12 @@ const feed = eventFeed(ui.feed, {
   }
 })
 
-const addressOf = (identity) =>
-  `?${toQuery(identity)}${params.has('server') ? `&server=${encodeURIComponent(serverHost)}` : ''}`
+// The address bar keeps the page's own options (server, token, post_type) across a room change.
+const addressOf = (identity) => {
+  const query = new URLSearchParams(toQuery(identity))
+  for (const key of ['server', 'token', 'post_type']) if (params.has(key)) query.set(key, params.get(key))
+  return `?${query}`
+}
 
 const fillForm = (identity) => {
   for (const key of ['blog', 'post', 'user', 'name']) ui.form.elements[key].value = String(identity[key])
