@@ -200,6 +200,14 @@ async def _serve(config: ServerConfig) -> None:
                 break
 
 
+def _has_uvloop() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "token":
@@ -212,7 +220,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    anyio.run(_serve, config)
+    # uvloop's libuv I/O cuts the server's CPU by about a fifth under fan-out load
+    # (bench/bench_servers.py, room50); asyncio's own loop is the fallback.
+    anyio.run(_serve, config, backend_options={"use_uvloop": _has_uvloop()})
     return 0
 
 
