@@ -194,11 +194,16 @@ class SqliteRecorder(Tracker):
 
     Args:
         path: the database file; created and migrated on first write.
-        **options: engine knobs (`TrackerOptions`); ``batch_size`` defaults to 1000.
+        **options: engine knobs (`TrackerOptions`); ``batch_size`` defaults to 20,000
+            and ``queue_size`` to 100,000: random event ids spread every commit over
+            the whole UNIQUE index, so fewer, larger transactions are what sustain
+            ingest (a batch only grows that large under load; ``flush_interval``
+            still bounds the wait).
     """
 
     def __init__(self, path: str | Path, **options: Unpack[TrackerOptions]) -> None:
-        options.setdefault("batch_size", 1000)
+        options.setdefault("batch_size", 20_000)
+        options.setdefault("queue_size", 100_000)
         super().__init__(SqliteSink(path), **options)
 
 

@@ -6,7 +6,7 @@ beside these without touching them. `report()` bundles the figures the CLI shows
 
 Event kinds are recognised by name suffix (``*_blocked``, ``*_connection_error``),
 so the queries do not depend on the server's prefix. A connection error's code
-is its ``code`` property.
+is its ``error_code`` property (the server's), else ``close_code``, else ``code``.
 """
 
 from __future__ import annotations
@@ -128,10 +128,12 @@ def blocked(connection: sqlite3.Connection, scope: Scope) -> int:
 
 
 def connection_errors_by_code(connection: sqlite3.Connection, scope: Scope) -> dict[str, int]:
-    """``*_connection_error`` events per ``code`` property (``"unknown"`` without one)."""
+    """``*_connection_error`` events per error code (``"unknown"`` without one)."""
     where, params = scope.where()
     rows = connection.execute(
-        "SELECT COALESCE(CAST(json_extract(props, '$.code') AS TEXT), 'unknown') AS code,"
+        "SELECT COALESCE(CAST(COALESCE(json_extract(props, '$.error_code'),"
+        " json_extract(props, '$.close_code'), json_extract(props, '$.code')) AS TEXT),"
+        " 'unknown') AS code,"
         f" COUNT(*) AS n FROM events{where} AND name LIKE ? ESCAPE '\\'"
         " GROUP BY code ORDER BY n DESC, code",
         [*params, _suffix_like(CONNECTION_ERROR_SUFFIX)],

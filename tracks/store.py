@@ -72,12 +72,10 @@ def _read_sqlite(path: Path, *, after_id: int | None) -> Iterator[Event]:
     connection = schema.connect(path, readonly=True)
     try:
         if after_id is None:
-            cursor = connection.execute(
-                "SELECT event_id, name, ts, props FROM events ORDER BY ts, id"
-            )
+            cursor = connection.execute(f"SELECT {schema.SELECT_EVENT} FROM events ORDER BY ts, id")
         else:
             cursor = connection.execute(
-                "SELECT event_id, name, ts, props FROM events WHERE id > ? ORDER BY id",
+                f"SELECT {schema.SELECT_EVENT} FROM events WHERE id > ? ORDER BY id",
                 (after_id,),
             )
         for row in cursor:
@@ -132,7 +130,7 @@ def _follow_sqlite(
         row = connection.execute("SELECT MAX(id) FROM events").fetchone()
         newest = row[0] or 0
         rows = connection.execute(
-            "SELECT id, event_id, name, ts, props FROM events WHERE id > ? ORDER BY id",
+            f"SELECT id, {schema.SELECT_EVENT} FROM events WHERE id > ? ORDER BY id",
             (max(newest - last, 0),),
         ).fetchall()
         while True:
@@ -143,7 +141,7 @@ def _follow_sqlite(
                 return
             time.sleep(poll_interval)
             rows = connection.execute(
-                "SELECT id, event_id, name, ts, props FROM events WHERE id > ? ORDER BY id",
+                f"SELECT id, {schema.SELECT_EVENT} FROM events WHERE id > ? ORDER BY id",
                 (newest,),
             ).fetchall()
     finally:

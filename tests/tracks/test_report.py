@@ -33,9 +33,17 @@ def fixture_events() -> list[Event]:
         event("blocked", 2, blog_id=1, post_id=11, session_id="d", wp_user_id=7),
         # Blog 2, long ago.
         event("join", 30, blog_id=2, post_id=10, session_id="e", wp_user_id=8),
-        event("connection_error", 30, blog_id=2, post_id=10, session_id="e", code=1011),
-        event("connection_error", 1, blog_id=1, post_id=10, session_id="f", code=4403),
-        event("connection_error", 1, blog_id=1, post_id=10, session_id="g", code=4403),
+        event("connection_error", 30, blog_id=2, post_id=10, session_id="e", close_code=1011),
+        event("connection_error", 1, blog_id=1, post_id=10, session_id="f", error_code="auth"),
+        event(
+            "connection_error",
+            1,
+            blog_id=1,
+            post_id=10,
+            session_id="g",
+            error_code="auth",
+            close_code=4403,
+        ),
         event("connection_error", 1, blog_id=1, post_id=10, session_id="h"),
     ]
 
@@ -73,7 +81,7 @@ def test_report_over_everything(source: Path) -> None:
     assert result.unique_users == 4
     assert result.unique_posts == 3
     assert result.blocked == 1
-    assert result.connection_errors_by_code == {"4403": 2, "1011": 1, "unknown": 1}
+    assert result.connection_errors_by_code == {"auth": 2, "1011": 1, "unknown": 1}
 
 
 def test_report_scopes(source: Path) -> None:
@@ -98,14 +106,14 @@ def test_cli_report_json(source: Path, capsys: pytest.CaptureFixture[str]) -> No
     ):
         assert key in data
     assert data["unique_posts"] == 2
-    assert data["connection_errors_by_code"] == {"4403": 2, "unknown": 1}
+    assert data["connection_errors_by_code"] == {"auth": 2, "unknown": 1}
 
 
 def test_cli_report_text(source: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["report", str(source)]) == 0
     out = capsys.readouterr().out
     assert "unique sessions: 9" in out
-    assert "4403: 2" in out
+    assert "auth: 2" in out
 
 
 def test_cli_tail_prints_one_line_per_event(

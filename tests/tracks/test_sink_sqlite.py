@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from collections.abc import Iterable
@@ -43,17 +44,10 @@ async def test_events_land_in_indexed_columns(tmp_path: Path) -> None:
     assert recorder.description == f"sqlite://{path}"
     assert query(
         path, "SELECT name, ts, blog_id, post_id, session_id, wp_user_id, props FROM events"
-    ) == [
-        (
-            "jetpack_rtc_join",
-            1_700_000_000_000,
-            7,
-            8,
-            "123",
-            9,
-            '{"blog_id":7,"post_id":8,"session_id":123,"wp_user_id":9,"extra":[1]}',
-        )
-    ]
+    ) == [("jetpack_rtc_join", 1_700_000_000_000, 7, 8, 123, 9, '{"extra":[1]}')]
+    # The view shows the full properties as JSON.
+    (props,) = query(path, "SELECT props FROM events_json")[0]
+    assert json.loads(props) == event.props_json()
     assert list(read_events(path)) == [event]
 
 
@@ -142,3 +136,18 @@ async def test_an_unwritable_store_is_retried_then_dropped_and_counted(tmp_path:
         retry=RetryPolicy(max_attempts=2, base_delay=0.001, jitter=0),
     )
     assert (recorder.stats.dropped, recorder.stats.written) == (3, 0)
+
+
+async def test_promoted_props_round_trip_whatever_their_type(tmp_path: Path) -> None:
+    path = tmp_path / "events.sqlite"
+    odd = [
+        Event("jetpack_rtc_join", {"blog_id": "b1", "post_id": 2.5, "session_id": "s"}),
+        Event("jetpack_rtc_join", {"blog_id": True, "wp_user_id": [1, 2], "session_id": 7}),
+        Event("jetpack_rtc_join", {"other": {"blog_id": 1}}),
+    ]
+    await record_all(path, odd)
+    assert sorted(read_events(path), key=odd.index) == odd
+    for event, (props,) in zip(
+        odd, query(path, "SELECT props FROM events_json ORDER BY id"), strict=True
+    ):
+        assert json.loads(props) == event.props_json()
