@@ -138,8 +138,13 @@ class RtcServer:
         try:
             if self._given_recorders is None:
                 opened = []
-                for url in config.recorder_urls:
-                    opened.append(await stack.enter_async_context(open_recorder(url)))
+                for index, url in enumerate(config.recorder_urls):
+                    options: dict[str, object] = {}
+                    if url.startswith(("http://", "https://")):
+                        # A backend outage longer than the retries must not lose events.
+                        options["spool"] = config.data_dir / "spool" / f"recorder-{index}"
+                    recorder = open_recorder(url, **options)
+                    opened.append(await stack.enter_async_context(recorder))
                 self.recorders = tuple(opened)
             self._store = await stack.enter_async_context(
                 DocumentStore(
