@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -14,6 +13,7 @@ import anyio
 
 from tracks.event import Event
 from tracks.recorder import Recorder, RecorderStats
+from tracks.sampling import session_in_sample
 
 __all__ = ["FanoutRecorder", "SampledRecorder", "session_key"]
 
@@ -94,32 +94,30 @@ def session_key(event: Event) -> str:
 class SampledRecorder:
     """Keeps a deterministic fraction of sessions, and every event of a kept session.
 
-    Whether a session is kept depends only on ``salt`` and its `session_key`, so
-    every process with the same settings keeps the same sessions.
+    Whether a session is kept depends only on its ``blog_id``, ``post_id`` and
+    ``session_id`` (`tracks.sampling.session_in_sample`), so every process, the stream
+    router and the browser client keep the same sessions at the same rate.
 
     Args:
         recorder: where kept events go.
         rate: fraction of sessions to keep, in [0, 1].
-        salt: changes which sessions fall in the sample.
     """
 
-    def __init__(self, recorder: Recorder, rate: float, *, salt: str = "") -> None:
+    def __init__(self, recorder: Recorder, rate: float) -> None:
         if not 0 <= rate <= 1:
             raise ValueError(f"rate must be within [0, 1], got {rate}")
         self.recorder = recorder
         self.rate = rate
         self.description = f"{recorder.description} (sampling {rate:.0%} of sessions)"
-        self._salt = salt.encode()
-        self._threshold = int(rate * 2**64)
         self.kept = 0
         self.skipped = 0
 
     def keeps(self, event: Event) -> bool:
         """Whether this event's session is in the sample."""
-        digest = hashlib.blake2b(
-            session_key(event).encode(), digest_size=8, key=self._salt[:64]
-        ).digest()
-        return int.from_bytes(digest, "big") < self._threshold
+        props = event.props
+        return session_in_sample(
+            props.get("blog_id"), props.get("post_id"), props.get("session_id"), self.rate
+        )
 
     def record(self, event: Event) -> None:
         try:
