@@ -47,6 +47,9 @@ class ServerConfig:
             0 = unlimited.
         max_rooms: rooms loaded at once (4503 beyond), 0 = unlimited.
         max_connections: open connections in total (HTTP 503 beyond), 0 = unlimited.
+        ingest_window: seconds of the dedupe bucket for client events sent without an id.
+        ingest_rate: client event batches per second one address may post (429 beyond).
+        ingest_burst: batches one address may post at once.
     """
 
     host: str = "127.0.0.1"
@@ -72,6 +75,9 @@ class ServerConfig:
     max_connections_per_ip: int = 0
     max_rooms: int = 0
     max_connections: int = 0
+    ingest_window: float = 3600.0
+    ingest_rate: float = 5.0
+    ingest_burst: int = 20
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -82,12 +88,12 @@ class ServerConfig:
         ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0 (0 = unlimited)")
-        for name in ("max_message_size", "outbox_limit", "message_burst"):
+        for name in ("max_message_size", "outbox_limit", "message_burst", "ingest_burst"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1")
         for name in (
             "ping_interval", "ping_timeout", "announce_timeout", "store_flush_interval",
-            "max_messages_per_second",
+            "max_messages_per_second", "ingest_window", "ingest_rate",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0")
@@ -142,6 +148,6 @@ def _parse(env_name: str, name: str, raw: str) -> object:
 _FLOAT_FIELDS = frozenset(
     {
         "ping_interval", "ping_timeout", "announce_timeout", "room_grace",
-        "store_flush_interval", "max_messages_per_second",
+        "store_flush_interval", "max_messages_per_second", "ingest_window", "ingest_rate",
     }
 )

@@ -120,6 +120,18 @@ class Metrics:
         self.events_recorded = Counter(
             "rtc_events_recorded", "Events handed to the recorders, by name.", ["name"], registry=r
         )
+        self.events_not_captured = Counter(
+            "rtc_events_not_captured",
+            "Events left out by capture control (blog switched off or sampled out), by name.",
+            ["name"],
+            registry=r,
+        )
+        self.ingest = Counter(
+            "rtc_ingest_events",
+            "Client events received at /api/events, by outcome.",
+            ["outcome"],
+            registry=r,
+        )
         self.recorder_failures = Counter(
             "rtc_recorder_failures", "Recorder calls that raised (and were contained).", registry=r
         )

@@ -44,10 +44,13 @@ class FeedRoute:
 
 @dataclass(frozen=True, slots=True)
 class ApiRoute:
-    """A JSON or text endpoint: `healthz`, `metrics`, `rooms`, `room`, `kick` (POST)."""
+    """A JSON or text endpoint: `healthz`, `metrics`, `rooms`, `room`, `kick` (POST),
+    `events` (POST), `streams`, `capture`, `capture_blog` (PUT/POST), `session`."""
 
     name: str
     key: RoomKey | None = None
+    blog_id: int | None = None
+    session_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +67,19 @@ def _room_key(blog: str, post: str) -> RoomKey:
     if not (_ID.fullmatch(blog) and _ID.fullmatch(post)):
         raise HttpError(400, "blog_id and post_id must be positive integers")
     return RoomKey(int(blog), int(post))
+
+
+def _positive(text: str) -> int:
+    if not _ID.fullmatch(text):
+        raise HttpError(400, "ids must be positive integers")
+    return int(text)
+
+
+def _session_id(text: str) -> int:
+    # A Yjs clientID is a uint32; 0 is possible in principle.
+    if not (text.isdigit() and len(text) <= 10):
+        raise HttpError(400, "session_id must be a non-negative integer")
+    return int(text)
 
 
 def _single(query: dict[str, list[str]], name: str) -> str | None:
@@ -98,6 +114,20 @@ def route(target: str) -> Route:
             return ApiRoute("room", _room_key(blog, post))
         case ["api", "rooms", blog, post, "kick"]:
             return ApiRoute("kick", _room_key(blog, post))
+        case ["api", "events"]:
+            return ApiRoute("events")
+        case ["api", "streams"]:
+            blog_id = _single(query, "blog_id")
+            return ApiRoute("streams", blog_id=_positive(blog_id) if blog_id else None)
+        case ["api", "capture"]:
+            return ApiRoute("capture")
+        case ["api", "capture", blog]:
+            return ApiRoute("capture_blog", blog_id=_positive(blog))
+        case ["api", "sessions", blog, post, session]:
+            return ApiRoute("session", _room_key(blog, post), session_id=_session_id(session))
+        case ["sessions", blog, post, session]:
+            _room_key(blog, post), _session_id(session)
+            return StaticRoute("session.html")
         case [] | ["demo"]:
             return StaticRoute("index.html")
         case ["demo", *rest] if all(_safe(segment) for segment in rest):

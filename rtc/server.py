@@ -9,26 +9,30 @@ from __future__ import annotations
 
 import contextlib
 import heapq
-import hmac
 import itertools
 import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Self
 
 import anyio
 from anyio.abc import TaskGroup
 from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
+from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from tracks import Recorder, open_recorder
+from tracks.store import locate
 
 from . import http
+from .analytics_api import AnalyticsApi
+from .capture import CaptureSettings
 from .config import ServerConfig
 from .connection import PlainRequest, PlainResponse, connection_class
 from .errors import (
@@ -56,6 +60,7 @@ from .room import (
     Note,
     Persist,
     Room,
+    RoomKey,
     RoomLimits,
     Send,
 )
@@ -129,6 +134,7 @@ class RtcServer:
         self._rooms: RoomRegistry
         self._store: DocumentStore
         self._tracking: Tracking
+        self._analytics: AnalyticsApi
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -163,8 +169,20 @@ class RtcServer:
                 grace=config.room_grace,
                 task_group=self._task_group,
             )
+            capture = CaptureSettings(config.data_dir / "capture.json")
             self._tracking = Tracking(
-                self.recorders, feed=self.feed, metrics=self.metrics, prefix=config.event_prefix
+                self.recorders,
+                feed=self.feed,
+                metrics=self.metrics,
+                prefix=config.event_prefix,
+                capture=capture,
+            )
+            self._analytics = AnalyticsApi(
+                config,
+                tracking=self._tracking,
+                metrics=self.metrics,
+                capture=capture,
+                event_store=self._event_store_path(),
             )
             if config.secret is not None:
                 self._task_group.start_soon(self._expire_tokens)
@@ -231,7 +249,9 @@ class RtcServer:
 
     # --- HTTP --------------------------------------------------------------------------
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    def _process_request(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | Awaitable[Response] | None:
         try:
             target = route(request.path)
             if isinstance(target, RoomRoute | FeedRoute):
@@ -251,7 +271,7 @@ class RtcServer:
                 target.path,
                 on_missing=self.metrics.http_errors.labels("404").inc,
             )
-        return self._api(connection, target)
+        return self._api(connection, target, request.headers)
 
     def _admit_handshake(self, connection: ServerConnection, request: Request) -> None:
         """Refuse a WebSocket handshake early: foreign Origins, too many connections.
@@ -281,14 +301,24 @@ class RtcServer:
             raise HttpError(429, "too many connections from this address")
 
     def _plain_request(self, request: PlainRequest) -> PlainResponse:
-        """Requests other than GET: the admin API."""
+        """Requests other than GET: ingest, capture control and the admin API."""
         try:
             target = route(request.target)
-            if not (isinstance(target, ApiRoute) and target.name == "kick"):
-                raise HttpError(405, f"{request.method} is not allowed here")
-            if request.method != "POST":
-                raise HttpError(405, "use POST")
-            return self._kick(target, request)
+            method = request.method
+            name = target.name if isinstance(target, ApiRoute) else None
+            analytics = self._analytics
+            if name == "events" and method == "OPTIONS":
+                return analytics.preflight(request)
+            if name == "events" and method == "POST":
+                return analytics.ingest(request)
+            if name == "capture_blog" and method in ("PUT", "POST"):
+                assert isinstance(target, ApiRoute)
+                assert target.blog_id is not None
+                return analytics.set_capture(request, target.blog_id)
+            if name == "kick" and method == "POST":
+                assert isinstance(target, ApiRoute)
+                return self._kick(target, request)
+            raise HttpError(405, f"{method} is not allowed here")
         except HttpError as error:
             self.metrics.http_errors.labels(str(error.status)).inc()
             logger.info("HTTP %d for %s %s: %s", error.status, request.method,
@@ -296,14 +326,15 @@ class RtcServer:
             body = json.dumps({"error": error.message, "status": error.status}).encode()
             return PlainResponse(error.status, body)
 
+    async def _timeline(
+        self, connection: ServerConnection, key: RoomKey, session_id: int
+    ) -> Response:
+        status, payload = await self._analytics.timeline(key, session_id)
+        return http.json_response(connection, status, payload)
+
     def _kick(self, target: ApiRoute, request: PlainRequest) -> PlainResponse:
         """Close a user's sessions in a room with 4403 `revoked` (permissions changed)."""
-        secret = self.config.secret
-        if secret is None:
-            raise HttpError(403, "kicking needs the server to run with --secret")
-        supplied = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(supplied.encode(), secret.encode()):
-            raise HttpError(401, "Authorization: Bearer <secret> required")
+        self._analytics.authorise(request.headers.get("authorization", ""))
         try:
             user_id = json.loads(request.body)["user_id"]
         except (ValueError, TypeError, KeyError):
@@ -323,7 +354,9 @@ class RtcServer:
                    "user_id": user_id, "closed": closed}
         return PlainResponse(200, json.dumps(payload).encode())
 
-    def _api(self, connection: ServerConnection, target: ApiRoute) -> Response:
+    def _api(
+        self, connection: ServerConnection, target: ApiRoute, request_headers: Headers
+    ) -> Response | Awaitable[Response]:
         if target.name == "metrics":
             return http.text_response(
                 connection, 200, self.metrics.render(), "text/plain; version=0.0.4; charset=utf-8"
@@ -352,8 +385,22 @@ class RtcServer:
                 for room in sorted(self._rooms.loaded(), key=lambda room: room.key)
             ]
             return http.json_response(connection, 200, {"rooms": rooms})
-        if target.name == "kick":
+        if target.name in ("kick", "events", "capture_blog"):
             return http.error_response(connection, 405, "use POST")
+        if target.name == "capture":
+            try:
+                self._analytics.authorise(request_headers.get("Authorization", ""))
+            except HttpError as error:
+                return http.error_response(connection, error.status, error.message)
+            capture = self._analytics.capture.to_json()
+            return http.json_response(connection, 200, {"blogs": capture})
+        if target.name == "streams":
+            view = self._analytics.streams_view(target.blog_id)
+            return http.json_response(connection, 200, view)
+        if target.name == "session":
+            assert target.key is not None
+            assert target.session_id is not None
+            return self._timeline(connection, target.key, target.session_id)
         assert target.key is not None  # the router gives "room" a key
         return http.json_response(
             connection, 200, http.room_json(target.key, self._rooms.get(target.key))
@@ -608,6 +655,13 @@ class RtcServer:
                     self._close(peer, CloseCode.AUTHENTICATION_FAILED, "token-expired")
             delay = self._expiries[0][0] - now if self._expiries else 1.0
             await anyio.sleep(min(max(delay, 0.01), 1.0))
+
+    def _event_store_path(self) -> Path | None:
+        """The first SQLite recorder's file: where timelines and stats are read from."""
+        for url in self.config.recorder_urls:
+            if url.startswith("sqlite://"):
+                return locate(url)[1]
+        return None
 
     # --- figures -----------------------------------------------------------------------
 

@@ -14,7 +14,9 @@ import uuid
 from collections.abc import Mapping, Sequence
 
 from tracks import Event, JSONValue, Recorder
+from tracks.sampling import session_in_sample
 
+from ..capture import CaptureSettings
 from ..feed import EventFeed
 from ..metrics import Metrics
 from ..room import Blocked, Joined, Left, RoomKey, Session
@@ -49,8 +51,10 @@ class Tracking:
         metrics: Metrics,
         prefix: str = "jetpack_rtc_",
         instance: str | None = None,
+        capture: CaptureSettings | None = None,
     ) -> None:
         self._recorders = tuple(recorders)
+        self._capture = capture
         self._feed = feed
         self._metrics = metrics
         self._prefix = prefix
@@ -175,7 +179,29 @@ class Tracking:
             logger.exception("could not build a %s event; not recorded", name)
             self._metrics.recorder_failures.inc()
             return
-        self._metrics.events_recorded.labels(name).inc()
+        self.record(event, room)
+
+    def captured(self, event: Event) -> bool:
+        """Whether capture control lets this event through (its blog's switch and sample)."""
+        if self._capture is None:
+            return True
+        blog_id = event.props.get("blog_id")
+        if not isinstance(blog_id, int):
+            return True
+        settings = self._capture.for_blog(blog_id)
+        if not settings.enabled:
+            return False
+        return settings.sample_rate >= 1.0 or session_in_sample(
+            blog_id, event.props.get("post_id"), event.props.get("session_id"),
+            settings.sample_rate,
+        )
+
+    def record(self, event: Event, room: RoomKey | None) -> bool:
+        """Hand an event to every recorder and the live feed; False when capture drops it."""
+        if not self.captured(event):
+            self._metrics.events_not_captured.labels(event.name).inc()
+            return False
+        self._metrics.events_recorded.labels(event.name).inc()
         for index, recorder in enumerate(self._recorders):
             try:
                 recorder.record(event)
@@ -187,4 +213,6 @@ class Tracking:
                     self._failing.add(index)
             else:
                 self._failing.discard(index)
-        self._feed.publish(room, event.to_json())
+        if room is not None:
+            self._feed.publish(room, event.to_json())
+        return True

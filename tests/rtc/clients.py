@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from rtc.protocol import (
     decode,
     encode,
 )
-from tracks import Event, MemoryRecorder
+from tracks import Event, MemoryRecorder, Recorder, SqliteRecorder
 
 TIMEOUT = 10.0 * float(os.environ.get("RTC_TEST_TIMEOUT_FACTOR", "1"))
 
@@ -61,12 +61,19 @@ class Running:
 
 
 @asynccontextmanager
-async def serve_rtc(data_dir: Path, **options: Any) -> AsyncIterator[Running]:
+async def serve_rtc(data_dir: Path, *, sqlite: bool = False, **options: Any) -> AsyncIterator[Running]:
+    """A server recording to a MemoryRecorder (and, with `sqlite`, to its default store too)."""
     options.setdefault("port", 0)
     options.setdefault("room_grace", 0.05)
     options.setdefault("store_flush_interval", 0.01)
     config = ServerConfig(data_dir=data_dir, **options)
-    async with MemoryRecorder() as recorder, RtcServer(config, recorders=[recorder]) as server:
+    async with AsyncExitStack() as stack:
+        recorder = await stack.enter_async_context(MemoryRecorder())
+        recorders: list[Recorder] = [recorder]
+        if sqlite:
+            store = SqliteRecorder(data_dir / "events.sqlite", flush_interval=0.01)
+            recorders.append(await stack.enter_async_context(store))
+        server = await stack.enter_async_context(RtcServer(config, recorders=recorders))
         yield Running(server, recorder)
 
 

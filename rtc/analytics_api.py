@@ -1,0 +1,255 @@
+"""The analytics side of the HTTP API: client event ingest, capture control, session timelines.
+
+Ingest is best-effort for the browser: it validates, hands events to the recorders (which
+only enqueue) and answers 202 at once; invalid events are reported in the body, not stored.
+No IP address is stored: the per-address rate limit lives in memory only.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import anyio
+
+from tracks import JSONValue
+from tracks.timeline import session_timeline
+
+from .capture import BlogCapture, CaptureSettings
+from .config import ServerConfig
+from .connection import PlainRequest, PlainResponse
+from .errors import RtcError
+from .extensions.auth import verify
+from .extensions.tracking import Tracking
+from .ingest import BatchError, RecentIds, Rejection, parse_batch
+from .metrics import Metrics
+from .ratelimit import TokenBucket
+from .room import RoomKey
+from .routes import HttpError
+
+__all__ = ["AnalyticsApi"]
+
+logger = logging.getLogger(__name__)
+
+MAX_BATCH_EVENTS = 500
+MAX_EVENT_AGE_MS = 7 * 86_400_000
+MAX_TRACKED_ADDRESSES = 10_000
+
+
+def _json(status: int, payload: object, headers: dict[str, str] | None = None) -> PlainResponse:
+    return PlainResponse(status, json.dumps(payload).encode(), headers=headers or {})
+
+
+@dataclass(frozen=True, slots=True)
+class _Query:
+    values: dict[str, list[str]]
+
+    def get(self, name: str) -> str | None:
+        found = self.values.get(name)
+        return found[-1] if found else None
+
+
+class AnalyticsApi:
+    """Handlers for `/api/events`, `/api/capture` and `/api/sessions/...`.
+
+    Args:
+        config: the server configuration (secret, origins, ingest limits).
+        tracking: where accepted events are recorded.
+        metrics: counters.
+        capture: per-blog capture settings.
+        event_store: the SQLite event store timelines are read from, if any.
+    """
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        tracking: Tracking,
+        metrics: Metrics,
+        capture: CaptureSettings,
+        event_store: Path | None,
+    ) -> None:
+        self._config = config
+        self._tracking = tracking
+        self._metrics = metrics
+        self.capture = capture
+        self._event_store = event_store
+        self._recent = RecentIds()
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+
+    # --- CORS ----------------------------------------------------------------------------
+
+    def cors_headers(self, request: PlainRequest) -> dict[str, str]:
+        """CORS for a browser on another origin; refuses origins not allowed.
+
+        Raises:
+            HttpError: 403 for an Origin outside `--allowed-origin`.
+        """
+        origin = request.headers.get("origin")
+        if origin is None:
+            return {}
+        if self._config.allowed_origins and origin not in self._config.allowed_origins:
+            raise HttpError(403, f"origin not allowed: {origin}")
+        return {
+            "Access-Control-Allow-Origin": origin,
+            "Access-Control-Allow-Credentials": "true",
+            "Access-Control-Allow-Methods": "POST, OPTIONS",
+            "Access-Control-Allow-Headers": "Content-Type, Authorization",
+            "Access-Control-Max-Age": "600",
+            "Vary": "Origin",
+        }
+
+    def preflight(self, request: PlainRequest) -> PlainResponse:
+        return PlainResponse(204, headers=self.cors_headers(request))
+
+    # --- ingest --------------------------------------------------------------------------
+
+    def ingest(self, request: PlainRequest) -> PlainResponse:
+        """`POST /api/events`: validate, deduplicate and record a browser's batch."""
+        headers = self.cors_headers(request)
+        if not self._allow(request.remote_address):
+            self._metrics.limit_refusals.labels("ingest").inc()
+            raise HttpError(429, "too many batches from this address; retry later")
+        now_ms = int(time.time() * 1000)
+        try:
+            events, rejections = parse_batch(
+                request.body,
+                max_events=MAX_BATCH_EVENTS,
+                window_ms=int(self._config.ingest_window * 1000),
+                now_ms=now_ms,
+                max_age_ms=MAX_EVENT_AGE_MS,
+            )
+        except BatchError as error:
+            raise HttpError(400, str(error)) from None
+        token = _Query(parse_qs(urlsplit(request.target).query)).get("token") or (
+            request.headers.get("authorization", "").removeprefix("Bearer ").strip() or None
+        )
+        accepted = duplicates = dropped = 0
+        for index, event in events:
+            room = _room_of(event.props)
+            reason = self._refusal(room, token)
+            if reason is not None:
+                rejections.append(Rejection(index, reason))
+                continue
+            if not self._recent.add(event.event_id):
+                duplicates += 1
+                continue
+            if self._tracking.record(event, room):
+                accepted += 1
+            else:
+                dropped += 1
+        rejections.sort(key=lambda rejection: rejection.index)
+        for outcome, count in (
+            ("accepted", accepted), ("duplicate", duplicates), ("dropped", dropped),
+            ("rejected", len(rejections)),
+        ):
+            if count:
+                self._metrics.ingest.labels(outcome).inc(count)
+        return _json(
+            202,
+            {
+                "accepted": accepted,
+                "duplicates": duplicates,
+                "dropped": dropped,
+                "rejected": [rejection.to_json() for rejection in rejections],
+            },
+            headers,
+        )
+
+    def _refusal(self, room: RoomKey | None, token: str | None) -> str | None:
+        secret = self._config.secret
+        if secret is None:
+            return None
+        if room is None:
+            return "blog_id and post_id are required when tokens are on"
+        try:
+            verify(token, secret, room, now=time.time())
+        except RtcError as error:
+            return error.error_code
+        return None
+
+    def _allow(self, address: str) -> bool:
+        bucket = self._buckets.pop(address, None)
+        now = time.monotonic()
+        if bucket is None:
+            bucket = TokenBucket(self._config.ingest_rate, self._config.ingest_burst, now)
+        self._buckets[address] = bucket  # most recent last
+        if len(self._buckets) > MAX_TRACKED_ADDRESSES:
+            self._buckets.popitem(last=False)
+        return bucket.take(now)
+
+    # --- capture control -------------------------------------------------------------------
+
+    def authorise(self, authorization: str) -> None:
+        """Admin endpoints take `Authorization: Bearer <secret>`.
+
+        Raises:
+            HttpError: 403 when the server has no secret, 401 for a wrong one.
+        """
+        secret = self._config.secret
+        if secret is None:
+            raise HttpError(403, "the admin API needs the server to run with --secret")
+        supplied = authorization.removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(supplied.encode(), secret.encode()):
+            raise HttpError(401, "Authorization: Bearer <secret> required")
+
+    def set_capture(self, request: PlainRequest, blog_id: int) -> PlainResponse:
+        """`PUT|POST /api/capture/{blog_id}` with `{"enabled": bool, "sample_rate": 0..1}`."""
+        self.authorise(request.headers.get("authorization", ""))
+        try:
+            body = json.loads(request.body or b"{}")
+            current = self.capture.for_blog(blog_id)
+            enabled = body.get("enabled", current.enabled)
+            rate = body.get("sample_rate", current.sample_rate)
+            if not isinstance(enabled, bool) or not isinstance(rate, int | float):
+                raise TypeError
+            settings = BlogCapture(enabled=enabled, sample_rate=float(rate))
+        except (ValueError, TypeError, AttributeError):
+            raise HttpError(
+                400, 'body must be {"enabled": true|false, "sample_rate": 0..1}'
+            ) from None
+        self.capture.set(blog_id, settings)
+        return _json(200, {"blog_id": blog_id, **settings.to_json()})
+
+    def streams_view(self, blog_id: int | None) -> dict[str, object]:
+        """`GET /api/streams`: what a browser needs to sample and send like the server."""
+        view: dict[str, object] = {
+            "endpoint": "/api/events",
+            "streams": {
+                "presence": {
+                    "events": ["jetpack_rtc_connection_error"],
+                    "sample_rate": 1.0,
+                }
+            },
+        }
+        if blog_id is not None:
+            view["capture"] = {"blog_id": blog_id, **self.capture.for_blog(blog_id).to_json()}
+        return view
+
+    # --- session timelines -----------------------------------------------------------------
+
+    async def timeline(self, key: RoomKey, session_id: int) -> tuple[int, object]:
+        """`GET /api/sessions/{blog_id}/{post_id}/{session_id}`: (status, JSON)."""
+        store = self._event_store
+        if store is None or not store.exists():
+            return 404, {"error": "no SQLite event store to read sessions from", "status": 404}
+        found = await anyio.to_thread.run_sync(
+            session_timeline, store, key.blog_id, key.post_id, session_id
+        )
+        if found is None:
+            return 404, {"error": f"no events of session {session_id} in {key}", "status": 404}
+        return 200, found
+
+
+def _room_of(props: Mapping[str, JSONValue]) -> RoomKey | None:
+    blog_id, post_id = props.get("blog_id"), props.get("post_id")
+    if isinstance(blog_id, int) and isinstance(post_id, int) and blog_id > 0 and post_id > 0:
+        return RoomKey(blog_id, post_id)
+    return None

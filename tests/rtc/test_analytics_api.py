@@ -1,0 +1,203 @@
+"""Client ingest, capture control and session timelines, against a real server."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from rtc.extensions.auth import issue
+from rtc.ingest import bucket_event_id
+from tracks import read_events
+
+from .clients import TIMEOUT, RawClient, serve_rtc
+
+pytestmark = pytest.mark.slow
+
+SECRET = "correct horse battery staple, 32+ bytes long"
+ADMIN = {"Authorization": f"Bearer {SECRET}"}
+
+
+def client_error(session_id: int = 111, event_id: str | None = None, **props: Any) -> dict:
+    event: dict[str, Any] = {
+        "name": "jetpack_rtc_connection_error",
+        "ts": int(time.time() * 1000),
+        "props": {"blog_id": 7, "post_id": 42, "session_id": session_id,
+                  "error_code": "dns-failure", **props},
+    }
+    if event_id is not None:
+        event["event_id"] = event_id
+    return event
+
+
+async def test_ingest_records_valid_events_once_and_reports_the_rest(tmp_path: Path) -> None:
+    async with serve_rtc(tmp_path) as rtc, httpx.AsyncClient(timeout=TIMEOUT) as http:
+        url = f"{rtc.server.http_url}/api/events"
+        stable = str(uuid.uuid4())
+        batch = {"events": [
+            client_error(event_id=stable),
+            {"name": "Not A Name", "props": {}},
+            client_error(event_id=stable),
+            client_error(event_id="not-a-uuid"),
+            "nonsense",
+        ]}
+        answer = await http.post(url, json=batch)
+        assert answer.status_code == 202
+        body = answer.json()
+        assert (body["accepted"], body["duplicates"]) == (1, 1)
+        assert [r["index"] for r in body["rejected"]] == [1, 3, 4]
+        assert "name" in body["rejected"][0]["reason"]
+        # the client retries the whole batch: nothing is counted twice
+        again = (await http.post(url, json=batch)).json()
+        assert (again["accepted"], again["duplicates"]) == (0, 2)
+        recorded = rtc.events("connection_error")
+        assert len(recorded) == 1
+        assert recorded[0].event_id == stable
+        assert recorded[0].props["origin"] == "client"
+
+
+async def test_events_without_ids_are_deduplicated_by_time_bucket(tmp_path: Path) -> None:
+    async with serve_rtc(tmp_path, sqlite=True) as rtc, httpx.AsyncClient(timeout=TIMEOUT) as http:
+        url = f"{rtc.server.http_url}/api/events"
+        first = client_error()
+        retry = {**first, "ts": first["ts"] + 1}  # a rapid retry: same bucket
+        for event in (first, retry):
+            assert (await http.post(url, json={"events": [event]})).status_code == 202
+        await rtc.server.flush()
+    stored = [e for e in read_events(tmp_path / "events.sqlite")
+              if e.name == "jetpack_rtc_connection_error"]
+    assert len(stored) == 1
+    window = 3_600_000
+    props = {**first["props"], "origin": "client"}
+    assert stored[0].event_id == bucket_event_id(first["name"], props, first["ts"], window)
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        (b"{", 400),
+        (b'{"events": 3}', 400),
+        (json.dumps({"events": [client_error()] * 501}).encode(), 400),
+        (b"x" * (1024 * 1024 + 10), 413),
+    ],
+)
+async def test_bad_batches_get_a_clear_answer(tmp_path: Path, body: bytes, status: int) -> None:
+    async with serve_rtc(tmp_path) as rtc, httpx.AsyncClient(timeout=TIMEOUT) as http:
+        answer = await http.post(f"{rtc.server.http_url}/api/events", content=body)
+        assert answer.status_code == status
+        assert "error" in answer.json()
+        assert rtc.events("connection_error") == []
+        assert (await http.get(f"{rtc.server.http_url}/healthz")).status_code == 200
+
+
+async def test_a_flood_is_refused_with_429(tmp_path: Path) -> None:
+    async with serve_rtc(tmp_path, ingest_rate=1, ingest_burst=3) as rtc, httpx.AsyncClient(
+        timeout=TIMEOUT
+    ) as http:
+        statuses = [
+            (await http.post(f"{rtc.server.http_url}/api/events",
+                             json={"events": [client_error(session_id=n)]})).status_code
+            for n in range(6)
+        ]
+        assert statuses[:3] == [202, 202, 202]
+        assert 429 in statuses[3:]
+
+
+async def test_cors_follows_the_allowed_origins(tmp_path: Path) -> None:
+    async with serve_rtc(tmp_path, allowed_origins=("https://wp.example",)) as rtc, \
+            httpx.AsyncClient(timeout=TIMEOUT) as http:
+        url = f"{rtc.server.http_url}/api/events"
+        preflight = await http.options(url, headers={"Origin": "https://wp.example"})
+        assert preflight.status_code == 204
+        assert preflight.headers["access-control-allow-origin"] == "https://wp.example"
+        foreign = await http.post(url, json={"events": [client_error()]},
+                                  headers={"Origin": "https://evil.example"})
+        assert foreign.status_code == 403
+        assert rtc.events("connection_error") == []
+
+
+async def test_tokens_are_honoured_for_client_events(tmp_path: Path) -> None:
+    async with serve_rtc(tmp_path, secret=SECRET) as rtc, httpx.AsyncClient(
+        timeout=TIMEOUT
+    ) as http:
+        token = issue(SECRET, blog_id=7, post_id=42, user_id=1, ttl_seconds=60)
+        url = f"{rtc.server.http_url}/api/events?token={token}"
+        other_post = client_error(session_id=2)
+        other_post["props"]["post_id"] = 43
+        body = (await http.post(url, json={"events": [client_error(), other_post]})).json()
+        assert body["accepted"] == 1
+        assert body["rejected"] == [{"index": 1, "reason": "forbidden"}]
+        anonymous = await http.post(f"{rtc.server.http_url}/api/events",
+                                    json={"events": [client_error(session_id=3)]})
+        assert anonymous.json()["rejected"][0]["reason"] == "authentication-failed"
+
+
+async def test_capture_can_be_switched_off_per_blog_and_stays_off(tmp_path: Path) -> None:
+    async with serve_rtc(tmp_path, secret=SECRET) as rtc, httpx.AsyncClient(
+        timeout=TIMEOUT
+    ) as http:
+        capture = f"{rtc.server.http_url}/api/capture/7"
+        assert (await http.put(capture, json={"enabled": False})).status_code == 401
+        off = await http.put(capture, json={"enabled": False}, headers=ADMIN)
+        assert off.json() == {"blog_id": 7, "enabled": False, "sample_rate": 1.0}
+        token = issue(SECRET, blog_id=7, post_id=42, user_id=1, ttl_seconds=60)
+        async with RawClient.connect(f"{rtc.room_url()}?token={token}") as ada:
+            await ada.join(111, user=1)
+            await ada.barrier()
+        listing = await http.get(f"{rtc.server.http_url}/api/capture", headers=ADMIN)
+        assert listing.json() == {"blogs": {"7": {"enabled": False, "sample_rate": 1.0}}}
+        assert rtc.events("join") == []
+    async with serve_rtc(tmp_path, secret=SECRET) as rtc, httpx.AsyncClient(
+        timeout=TIMEOUT
+    ) as http:
+        streams = (await http.get(f"{rtc.server.http_url}/api/streams?blog_id=7")).json()
+        assert streams["capture"] == {"blog_id": 7, "enabled": False, "sample_rate": 1.0}
+        await http.put(f"{rtc.server.http_url}/api/capture/7", json={"enabled": True},
+                       headers=ADMIN)
+        token = issue(SECRET, blog_id=7, post_id=42, user_id=1, ttl_seconds=60)
+        async with RawClient.connect(f"{rtc.room_url()}?token={token}") as ada:
+            await ada.join(222, user=1)
+            await rtc.wait_event("join", session_id=222)
+
+
+async def test_a_session_timeline_tells_its_story(tmp_path: Path) -> None:
+    async with serve_rtc(tmp_path, sqlite=True) as rtc, httpx.AsyncClient(
+        timeout=TIMEOUT
+    ) as http:
+        async with RawClient.connect(rtc.room_url()) as bob:
+            await bob.join(222, user=2)
+            await bob.barrier()
+            for _ in range(2):  # joins, drops, reconnects with the same session id
+                async with RawClient.connect(rtc.room_url()) as ada:
+                    await ada.join(111, user=1)
+                    await ada.barrier()
+                    ada.ws.transport.abort()
+                await rtc.wait_event("connection_error", session_id=111)
+            async with RawClient.connect(rtc.room_url()) as ada:
+                await ada.join(111, user=1)
+                await ada.barrier()
+            await rtc.wait_event("leave", session_id=111, clean=True)
+        await http.post(f"{rtc.server.http_url}/api/events",
+                        json={"events": [client_error(session_id=111)]})
+        await rtc.server.flush()
+        answer = await http.get(f"{rtc.server.http_url}/api/sessions/7/42/111")
+        assert answer.status_code == 200
+        story = answer.json()
+        assert story["wp_user_id"] == 1
+        assert [c["reconnect"] for c in story["connections"]] == [False, True, True]
+        assert [c["clean"] for c in story["connections"]] == [False, False, True]
+        assert story["reconnects"] == 2
+        assert [(e["origin"], e["error_code"]) for e in story["errors"]] == [
+            ("server", "abnormal-closure"), ("server", "abnormal-closure"),
+            ("client", "dns-failure")]
+        assert story["company"][0]["contributors"] == [1, 2]
+        missing = await http.get(f"{rtc.server.http_url}/api/sessions/7/42/999")
+        assert missing.status_code == 404
+        page = await http.get(f"{rtc.server.http_url}/sessions/7/42/111")
+        assert page.status_code == 200
+        assert "/api/sessions/" in page.text
