@@ -61,7 +61,9 @@ class Running:
 
 
 @asynccontextmanager
-async def serve_rtc(data_dir: Path, *, sqlite: bool = False, **options: Any) -> AsyncIterator[Running]:
+async def serve_rtc(
+    data_dir: Path, *, sqlite: bool = False, **options: Any
+) -> AsyncIterator[Running]:
     """A server recording to a MemoryRecorder (and, with `sqlite`, to its default store too)."""
     options.setdefault("port", 0)
     options.setdefault("room_grace", 0.05)
