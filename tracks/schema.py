@@ -30,6 +30,7 @@ __all__ = [
     "SELECT_EVENT",
     "SchemaError",
     "connect",
+    "delete_events",
     "event_from_row",
     "insert_events",
     "migrate",
@@ -204,6 +205,36 @@ def insert_events(connection: sqlite3.Connection, events: Iterable[Event]) -> in
         raise
     connection.execute("COMMIT")
     return inserted
+
+
+def delete_events(
+    connection: sqlite3.Connection,
+    *,
+    since_ms: int | None = None,
+    until_ms: int,
+    upto_id: int | None = None,
+) -> int:
+    """Delete the events with ``since_ms <= ts < until_ms`` (and ``id <= upto_id``) in one
+    transaction; return how many rows went.
+
+    ``upto_id`` bounds a delete to rows a caller has already seen (and, say, archived), so
+    rows stored meanwhile with an old ``ts`` are left for next time.
+    """
+    clauses, params = ["ts < ?"], [until_ms]
+    if since_ms is not None:
+        clauses.append("ts >= ?")
+        params.append(since_ms)
+    if upto_id is not None:
+        clauses.append("id <= ?")
+        params.append(upto_id)
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        cursor = connection.execute(f"DELETE FROM events WHERE {' AND '.join(clauses)}", params)
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+    connection.execute("COMMIT")
+    return cursor.rowcount
 
 
 SELECT_EVENT = "event_id, name, ts, blog_id, post_id, session_id, wp_user_id, props"

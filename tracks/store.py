@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 from tracks import schema
+from tracks.archive import read_archive
 from tracks.event import Event, EventError
 from tracks.url import parse_store_url
 
@@ -49,11 +50,13 @@ def locate(source: str | Path) -> tuple[Literal["sqlite", "jsonl"], Path]:
     return ("sqlite" if head == SQLITE_MAGIC else "jsonl"), path
 
 
-def read_events(source: str | Path) -> Iterator[Event]:
+def read_events(source: str | Path, *, archive: str | Path | None = None) -> Iterator[Event]:
     """Every event in a SQLite or JSONL store, ordered by ``ts`` (ties in stored order).
 
     Args:
         source: a path, or a ``sqlite:…`` / ``jsonl:…`` URL as `open_recorder` takes.
+        archive: also the events archived there by ``tracks archive`` (`tracks.archive`);
+            an event in both (an interrupted archive run) comes once.
 
     Raises:
         FileNotFoundError: the store does not exist.
@@ -61,11 +64,18 @@ def read_events(source: str | Path) -> Iterator[Event]:
     kind, path = locate(source)
     if not path.exists():
         raise FileNotFoundError(f"no event store at {path}")
-    if kind == "sqlite":
+    if kind == "sqlite" and archive is None:
         return _read_sqlite(path, after_id=None)
-    events = [event for _, event in _read_jsonl(path, 0)[0]]
+    archived = [] if archive is None else list(read_archive(archive))
+    seen = {event.event_id for event in archived}
+    stored = _read_sqlite(path, after_id=None) if kind == "sqlite" else _read_jsonl_events(path)
+    events = archived + [event for event in stored if event.event_id not in seen]
     events.sort(key=lambda event: event.ts)
     return iter(events)
+
+
+def _read_jsonl_events(path: Path) -> Iterator[Event]:
+    return (event for _, event in _read_jsonl(path, 0)[0])
 
 
 def _read_sqlite(path: Path, *, after_id: int | None) -> Iterator[Event]:

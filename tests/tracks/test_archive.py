@@ -1,0 +1,178 @@
+"""Archives: day files, verification, idempotent re-runs, reading back through read_events."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from tracks import Event, JSONValue, read_events, schema
+from tracks.archive import ArchiveError, archive_store, day_path, read_archive, write_day
+
+DAY = 86_400_000
+# 2024-03-01T00:00:00Z
+T0 = 1_709_251_200_000
+
+
+def make_store(path: Path, events: list[Event]) -> None:
+    connection = schema.connect(path)
+    schema.insert_events(connection, events)
+    connection.close()
+
+
+def history() -> list[Event]:
+    """Three days of sessions, with every kind of prop the store promotes or keeps."""
+    events = []
+    for n in range(60):
+        ts = T0 + (n % 3) * DAY + n * 1000
+        ids = {"blog_id": 1, "post_id": n % 4, "session_id": 1000 + n, "wp_user_id": n % 5}
+        events.append(Event("jetpack_rtc_join", {**ids, "contributors": [1, 2]}, ts=ts))
+        events.append(Event("jetpack_rtc_leave", {**ids, "clean": n % 2 == 0}, ts=ts + 500))
+    events.append(
+        Event("jetpack_rtc_connection_error", {"blog_id": 1, "error_code": "x"}, ts=T0 + 5)
+    )
+    events.append(Event("jetpack_rtc_join", {"session_id": "str-id"}, ts=T0 + 3 * DAY + 1))
+    return events
+
+
+def as_json(events: list[Event]) -> list[dict[str, JSONValue]]:
+    return sorted((event.to_json() for event in events), key=lambda item: str(item["event_id"]))
+
+
+def test_archive_moves_old_days_and_keeps_the_rest(tmp_path: Path) -> None:
+    store, archive = tmp_path / "events.sqlite", tmp_path / "archive"
+    events = history()
+    make_store(store, events)
+    cutoff = T0 + 2 * DAY  # days 0 and 1 go; days 2 and 3 stay
+    result = archive_store(store, archive, before_ms=cutoff)
+
+    old = [event for event in events if event.ts < cutoff]
+    assert result.days == (date(2024, 3, 1), date(2024, 3, 2))
+    assert result.archived == result.deleted == len(old)
+    assert sorted(p.relative_to(archive).as_posix() for p in archive.rglob("*")) == [
+        "2024",
+        "2024/03",
+        "2024/03/2024-03-01.jsonl.gz",
+        "2024/03/2024-03-02.jsonl.gz",
+    ]
+    assert as_json(list(read_archive(archive))) == as_json(old)
+    assert as_json(list(read_events(store))) == as_json([e for e in events if e.ts >= cutoff])
+    # Together they are the whole history again, in ts order.
+    both = list(read_events(store, archive=archive))
+    assert as_json(both) == as_json(events)
+    assert [event.ts for event in both] == sorted(event.ts for event in events)
+
+
+def test_each_line_is_exactly_the_jsonl_event_format(tmp_path: Path) -> None:
+    store, archive = tmp_path / "events.sqlite", tmp_path / "archive"
+    events = history()
+    make_store(store, events)
+    archive_store(store, archive, before_ms=T0 + DAY)
+    with gzip.open(day_path(archive, date(2024, 3, 1)), "rt", encoding="utf-8") as file:
+        lines = file.read().splitlines()
+    first_day = sorted((e for e in events if e.ts < T0 + DAY), key=lambda e: e.ts)
+    assert len(lines) == len(first_day)
+    for line, event in zip(lines, first_day, strict=True):
+        assert list(json.loads(line)) == ["event_id", "name", "ts", "props"]
+        assert line == json.dumps(event.to_json(), separators=(",", ":"), ensure_ascii=False)
+
+
+def test_rerun_is_idempotent_and_merges_a_day_without_duplicates(tmp_path: Path) -> None:
+    store, archive = tmp_path / "events.sqlite", tmp_path / "archive"
+    events = history()
+    make_store(store, events[:40])
+    archive_store(store, archive, before_ms=T0 + 3 * DAY)
+    path = day_path(archive, date(2024, 3, 1))
+    before = path.read_bytes()
+    # Nothing new: nothing changes.
+    again = archive_store(store, archive, before_ms=T0 + 3 * DAY)
+    assert (again.archived, again.deleted, again.days) == (0, 0, ())
+    assert path.read_bytes() == before
+    # A crash after the rename but before the delete: the rows are back in the store,
+    # with more events of the same days; the re-run adds only the new ones.
+    make_store(store, events)
+    result = archive_store(store, archive, before_ms=T0 + 3 * DAY)
+    old = [event for event in events if event.ts < T0 + 3 * DAY]
+    assert result.archived == len(old) - len([e for e in events[:40] if e.ts < T0 + 3 * DAY])
+    assert result.deleted == len(old)
+    archived = list(read_archive(archive))
+    assert len(archived) == len({event.event_id for event in archived}) == len(old)
+    assert as_json(archived) == as_json(old)
+
+
+def test_read_events_counts_an_event_in_both_once(tmp_path: Path) -> None:
+    store, archive = tmp_path / "events.sqlite", tmp_path / "archive"
+    events = history()
+    make_store(store, events)
+    write_day(archive, date(2024, 3, 1), [e for e in events if e.ts < T0 + DAY])
+    assert as_json(list(read_events(store, archive=archive))) == as_json(events)
+
+
+def test_jsonl_store_with_archive(tmp_path: Path) -> None:
+    events = history()
+    store = tmp_path / "events.jsonl"
+    late = [event for event in events if event.ts >= T0 + DAY]
+    store.write_text("".join(json.dumps(event.to_json()) + "\n" for event in late))
+    archive = tmp_path / "archive"
+    write_day(archive, date(2024, 3, 1), [e for e in events if e.ts < T0 + DAY])
+    assert as_json(list(read_events(store, archive=archive))) == as_json(events)
+
+
+def test_read_archive_time_window(tmp_path: Path) -> None:
+    archive = tmp_path / "archive"
+    events = [e for e in history() if e.ts < T0 + 3 * DAY]
+    for day in range(3):
+        start = T0 + day * DAY
+        write_day(
+            archive, date(2024, 3, 1 + day), [e for e in events if start <= e.ts < start + DAY]
+        )
+    window = list(read_archive(archive, since_ms=T0 + DAY + 10_000, until_ms=T0 + 2 * DAY + 20_000))
+    assert window
+    assert as_json(window) == as_json(
+        [e for e in events if T0 + DAY + 10_000 <= e.ts < T0 + 2 * DAY + 20_000]
+    )
+    assert list(read_archive(tmp_path / "missing")) == []
+
+
+def test_write_day_refuses_another_days_event(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="is not on 2024-03-02"):
+        write_day(tmp_path, date(2024, 3, 2), [Event("jetpack_rtc_join", {}, ts=T0)])
+    # Nothing half-written is left behind.
+    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+def test_a_corrupt_day_file_is_an_error_not_a_silent_skip(tmp_path: Path) -> None:
+    path = day_path(tmp_path, date(2024, 3, 1))
+    path.parent.mkdir(parents=True)
+    path.write_bytes(gzip.compress(b'{"event_id": "nope"}\n'))
+    with pytest.raises(ArchiveError, match=r"2024-03-01\.jsonl\.gz:1: not an event"):
+        list(read_archive(tmp_path))
+    # And a merge into it refuses too, leaving the store alone.
+    store = tmp_path / "events.sqlite"
+    make_store(store, [Event("jetpack_rtc_join", {}, ts=T0 + 1)])
+    with pytest.raises(ArchiveError):
+        archive_store(store, tmp_path, before_ms=T0 + DAY)
+    assert len(list(read_events(store))) == 1
+
+
+def test_rows_stored_during_a_run_with_an_old_ts_stay(tmp_path: Path) -> None:
+    store = tmp_path / "events.sqlite"
+    make_store(store, [Event("jetpack_rtc_join", {}, ts=T0 + 1)])
+    connection = schema.connect(store)
+    # Simulate a row arriving after the run took its snapshot: delete only up to an id.
+    schema.insert_events(connection, [Event("jetpack_rtc_join", {}, ts=T0 + 2)])
+    deleted = schema.delete_events(connection, until_ms=T0 + DAY, upto_id=1)
+    assert deleted == 1
+    assert [row[0] for row in connection.execute("SELECT ts FROM events")] == [T0 + 2]
+    connection.close()
+
+
+def test_empty_and_missing_stores(tmp_path: Path) -> None:
+    store = tmp_path / "events.sqlite"
+    make_store(store, [])
+    assert archive_store(store, tmp_path / "a", before_ms=T0).days == ()
+    with pytest.raises(FileNotFoundError):
+        archive_store(tmp_path / "nope.sqlite", tmp_path / "a", before_ms=T0)
