@@ -1,4 +1,4 @@
-"""The ``tracks`` command: ``tracks tail SOURCE`` and ``tracks report SOURCE``.
+"""The ``tracks`` command: ``tail``, ``report``, ``aggregate`` and ``prune`` over a store.
 
 The only place in `tracks` that parses arguments, prints, and configures logging.
 """
@@ -6,6 +6,8 @@ The only place in `tracks` that parses arguments, prints, and configures logging
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 import logging
 import re
@@ -13,10 +15,12 @@ import sys
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import cast
 
-from tracks.event import Event, json_text
-from tracks.stats import Report, Scope, open_store, report
-from tracks.store import follow
+from tracks.event import Event, JSONValue, json_text
+from tracks.sqlite_stats import open_stats_store
+from tracks.stats import Scope, parse_day
+from tracks.store import follow, locate
 
 __all__ = ["main", "parse_duration"]
 
@@ -50,17 +54,52 @@ def format_event(event: Event) -> str:
     return f"{when}Z {event.name} {props}".rstrip()
 
 
-def format_report(result: Report) -> str:
-    lines = [f"events: {result.events}"]
-    lines += [f"  {name}: {count}" for name, count in result.events_by_name.items()]
-    lines += [
-        f"unique sessions: {result.unique_sessions}",
-        f"unique users: {result.unique_users}",
-        f"unique posts: {result.unique_posts}",
-        f"blocked: {result.blocked}",
-        "connection errors by code:" + ("" if result.connection_errors_by_code else " none"),
-    ]
-    lines += [f"  {code}: {count}" for code, count in result.connection_errors_by_code.items()]
+_DAY_COLUMNS = (
+    "joins", "unique_sessions", "unique_users", "unique_posts", "sessions_per_user",
+    "peak_concurrent_sessions", "peak_concurrent_users", "duration_p50_ms", "duration_p90_ms",
+    "blocked", "blocked_rate", "connection_errors",
+)
+
+
+def _row(figures: dict[str, JSONValue]) -> list[str]:
+    durations = cast(dict[str, JSONValue], figures["session_duration_ms"])
+    errors = cast(dict[str, JSONValue], figures["connection_errors_by_code"])
+    values = {
+        **figures,
+        "duration_p50_ms": durations["p50"],
+        "duration_p90_ms": durations["p90"],
+        "connection_errors": " ".join(f"{code}={n}" for code, n in errors.items()),
+    }
+    return ["" if values[name] is None else str(values[name]) for name in _DAY_COLUMNS]
+
+
+def format_csv(result: dict[str, JSONValue]) -> str:
+    """One row per day, then a ``total`` row (the range's distinct counts and peaks)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["day", *_DAY_COLUMNS])
+    for day in cast(list[dict[str, JSONValue]], result["daily"]):
+        writer.writerow([day["day"], *_row(day)])
+    writer.writerow(["total", *_row(result)])
+    return out.getvalue().rstrip("\n")
+
+
+def format_table(result: dict[str, JSONValue]) -> str:
+    """Totals as ``name: value`` lines, then the days and the top posts as aligned tables."""
+    total = _row(result)
+    lines = [f"{name}: {value or '-'}" for name, value in zip(_DAY_COLUMNS, total, strict=True)]
+    table = [["day", *_DAY_COLUMNS[:-1]]]
+    for day in cast(list[dict[str, JSONValue]], result["daily"]):
+        table.append([str(day["day"]), *_row(day)[:-1]])
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    lines.append("")
+    lines += ["  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True))
+              for row in table]
+    top = cast(list[dict[str, JSONValue]], result["top_posts"])
+    lines.append("")
+    lines.append("top posts (blog/post: unique sessions):" + ("" if top else " none"))
+    for post in top:
+        lines.append(f"  {post['blog_id']}/{post['post_id']}: {post['unique_sessions']}")
     return "\n".join(lines)
 
 
@@ -75,12 +114,30 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--json", action="store_true", help="print JSON lines instead")
     tail.add_argument("--interval", type=float, default=0.5, help="poll interval in seconds")
 
-    rep = commands.add_parser("report", help="counts over a sqlite or jsonl store")
+    rep = commands.add_parser(
+        "report", help="presence figures over a sqlite or jsonl store (whole UTC days)"
+    )
     rep.add_argument("source", help="a store path, or a sqlite:… / jsonl:… URL")
     rep.add_argument("--blog-id", type=int)
     rep.add_argument("--post-id", type=int)
-    rep.add_argument("--since", type=_duration, metavar="DURATION", help="e.g. 7d, 24h, 30m")
-    rep.add_argument("--json", action="store_true", help="print one JSON object")
+    rep.add_argument(
+        "--since", metavar="DAY",
+        help="first day: YYYY-MM-DD, or 7d for the last 7 days (today included)",
+    )
+    rep.add_argument("--until", metavar="DAY", help="last day (included): YYYY-MM-DD or 1d ago")
+    rep.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    rep.add_argument("--json", action="store_true", help="shorthand for --format json")
+
+    agg = commands.add_parser("aggregate", help="fold new events into the daily rollups")
+    agg.add_argument("source", help="a SQLite store path or sqlite:… URL")
+
+    prune = commands.add_parser(
+        "prune", help="roll up, then delete raw events older than a duration (rollups stay)"
+    )
+    prune.add_argument("source", help="a SQLite store path or sqlite:… URL")
+    prune.add_argument(
+        "--older-than", type=_duration, required=True, metavar="DURATION", help="e.g. 90d"
+    )
     return parser
 
 
@@ -90,6 +147,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "tail":
             return _tail(args)
+        if args.command == "aggregate":
+            return _aggregate(args)
+        if args.command == "prune":
+            return _prune(args)
         return _report(args)
     except (FileNotFoundError, ValueError) as exc:
         print(f"tracks: {exc}", file=sys.stderr)
@@ -106,12 +167,54 @@ def _tail(args: argparse.Namespace) -> int:
     return 0
 
 
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
 def _report(args: argparse.Namespace) -> int:
-    since_ms = None if args.since is None else time.time_ns() // 1_000_000 - args.since
-    scope = Scope(blog_id=args.blog_id, post_id=args.post_id, since_ms=since_ms)
-    with open_store(args.source) as connection:
-        result = report(connection, scope)
-    print(json.dumps(result.to_json(), indent=2) if args.json else format_report(result))
+    now = _now_ms()
+    scope = Scope(
+        blog_id=args.blog_id,
+        post_id=args.post_id,
+        since_day=None if args.since is None else parse_day(args.since, now_ms=now),
+        until_day=None if args.until is None else parse_day(args.until, now_ms=now, until=True),
+    )
+    with open_stats_store(args.source) as store:
+        result = store.stats(scope, now_ms=now)
+    fmt = "json" if args.json else args.format
+    if fmt == "json":
+        print(json.dumps(result, indent=2))
+    elif fmt == "csv":
+        print(format_csv(result))
+    else:
+        print(format_table(result))
+    return 0
+
+
+def _sqlite_only(source: str) -> None:
+    if locate(source)[0] != "sqlite":
+        raise ValueError(f"{source}: rollups and pruning need a SQLite store")
+
+
+def _aggregate(args: argparse.Namespace) -> int:
+    _sqlite_only(args.source)
+    with open_stats_store(args.source) as store:
+        started = time.perf_counter()
+        events = store.aggregate(now_ms=_now_ms())
+    print(f"rolled up {events} events in {time.perf_counter() - started:.2f}s")
+    return 0
+
+
+def _prune(args: argparse.Namespace) -> int:
+    _sqlite_only(args.source)
+    if args.older_than < 2 * 86_400_000:
+        # Peaks of the last rolled-up days are recomputed from up to a day of raw events.
+        raise ValueError("--older-than must be at least 2d")
+    with open_stats_store(args.source) as store:
+        now = _now_ms()
+        store.aggregate(now_ms=now)
+        deleted = store.prune(before_ms=now - args.older_than)
+    print(f"deleted {deleted} raw events older than {args.older_than // 86_400_000} days")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Report queries (tracks.stats) and the `tracks` command, over real SQLite and JSONL stores."""
+"""The `tracks` command over real SQLite and JSONL stores (figures: see test_stats.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import pytest
 from tests.tracks.tracks_testing import TIMEOUT
 from tracks import Event, JsonlRecorder, Recorder, SqliteRecorder
 from tracks.cli import format_event, main, parse_duration
-from tracks.stats import Scope, open_store, report
 
 NOW = time.time_ns() // 1_000_000
 DAY = 86_400_000
@@ -67,44 +66,11 @@ async def source(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
     return path
 
 
-def test_report_over_everything(source: Path) -> None:
-    with open_store(source) as connection:
-        result = report(connection)
-    assert result.events == 11
-    assert list(result.events_by_name.items()) == [  # most frequent first
-        ("jetpack_rtc_join", 5),
-        ("jetpack_rtc_connection_error", 4),
-        ("jetpack_rtc_blocked", 1),
-        ("jetpack_rtc_leave", 1),
-    ]
-    assert result.unique_sessions == 9  # a@10, b, c, a@11, d, e, f, g, h
-    assert result.unique_users == 4
-    assert result.unique_posts == 3
-    assert result.blocked == 1
-    assert result.connection_errors_by_code == {"auth": 2, "1011": 1, "unknown": 1}
-
-
-def test_report_scopes(source: Path) -> None:
-    with open_store(source) as connection:
-        post = report(connection, Scope(blog_id=1, post_id=10))
-        recent = report(connection, Scope(since_ms=NOW - 7 * DAY))
-    assert (post.events, post.unique_sessions, post.unique_users, post.unique_posts) == (7, 6, 1, 1)
-    assert recent.events == 9
-    assert "1011" not in recent.connection_errors_by_code
-
-
 def test_cli_report_json(source: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["report", str(source), "--blog-id", "1", "--since", "7d", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    for key in (
-        "events_by_name",
-        "unique_sessions",
-        "unique_users",
-        "unique_posts",
-        "blocked",
-        "connection_errors_by_code",
-    ):
-        assert key in data
+    assert data["unique_sessions"] == 4  # a@10, b, c, a@11 joined (d was blocked)
+    assert data["unique_users"] == 2
     assert data["unique_posts"] == 2
     assert data["connection_errors_by_code"] == {"auth": 2, "unknown": 1}
 
@@ -112,8 +78,8 @@ def test_cli_report_json(source: Path, capsys: pytest.CaptureFixture[str]) -> No
 def test_cli_report_text(source: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["report", str(source)]) == 0
     out = capsys.readouterr().out
-    assert "unique sessions: 9" in out
-    assert "auth: 2" in out
+    assert "unique_sessions: 5" in out
+    assert "auth=2" in out
 
 
 def test_cli_tail_prints_one_line_per_event(
@@ -130,9 +96,8 @@ def test_cli_tail_prints_one_line_per_event(
 def test_cli_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["report", str(tmp_path / "missing.sqlite")]) == 2
     assert "no event store" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["report", "x.sqlite", "--since", "soon"])
-    assert "bad duration" in capsys.readouterr().err
+    assert main(["report", "x.sqlite", "--since", "soon"]) == 2
+    assert "bad day" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

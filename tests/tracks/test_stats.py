@@ -1,0 +1,299 @@
+"""Presence figures (tracks.stats over SQLite) against hand-computed expectations.
+
+The same events are answered from raw events only, from rollups only, from rollups plus the
+raw events since (stored out of order, aggregated part way), and after pruning: every
+answer must equal the hand-computed one.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tracks import Event
+from tracks.cli import main
+from tracks.figures import day_of
+from tracks.schema import connect, insert_events
+from tracks.sqlite_stats import SqliteStatsStore, open_stats_store
+from tracks.stats import Scope, parse_day
+
+MIN = 60_000
+HOUR = 60 * MIN
+A = day_of(int(datetime(2024, 5, 1, tzinfo=UTC).timestamp() * 1000))  # Wed 2024-05-01
+B = A + 1
+NOW = (B + 2) * 86_400_000 + 12 * HOUR
+
+
+def at(day: int, hour: int, minute: int = 0) -> int:
+    return day * 86_400_000 + hour * HOUR + minute * MIN
+
+
+def story() -> list[Event]:
+    events: list[Event] = []
+
+    def visit(blog: int, post: int, session: int, user: int, start: int, end: int,
+              *, reconnect: bool = False, clean: bool = True) -> None:
+        events.append(Event("jetpack_rtc_join", {
+            "blog_id": blog, "post_id": post, "session_id": session, "wp_user_id": user,
+            "contributors": [user], "reconnect": True if reconnect else None,
+        }, ts=start))
+        events.append(Event("jetpack_rtc_leave", {
+            "blog_id": blog, "post_id": post, "session_id": session, "wp_user_id": user,
+            "duration_ms": end - start, "clean": clean, "updates": 0,
+        }, ts=end))
+
+    # Post 1/10, day A: user 5 in two tabs (s1, s2); user 6 (s7) joins while both are open.
+    visit(1, 10, 1, 5, at(A, 10), at(A, 11))
+    visit(1, 10, 2, 5, at(A, 10, 30), at(A, 10, 45))
+    visit(1, 10, 7, 6, at(A, 10, 40), at(A, 10, 50))
+    # A session spanning midnight.
+    visit(1, 10, 3, 6, at(A, 23, 30), at(B, 0, 30))
+    # Day B: s1 comes back (a reconnect of the same Y.Doc: still one session).
+    visit(1, 10, 1, 5, at(B, 9), at(B, 9, 10), reconnect=True)
+    # s4 drops (abnormal) and reconnects with the same session id.
+    visit(1, 10, 4, 7, at(B, 12), at(B, 12, 5), clean=False)
+    events.append(Event("jetpack_rtc_connection_error", {
+        "blog_id": 1, "post_id": 10, "session_id": 4, "wp_user_id": 7,
+        "error_code": "abnormal-closure", "close_code": 1006,
+    }, ts=at(B, 12, 5)))
+    visit(1, 10, 4, 7, at(B, 12, 6), at(B, 12, 20), reconnect=True)
+    # Post 1/11: the same session id 1 in another post is another session (user 8).
+    visit(1, 11, 1, 8, at(A, 10, 10), at(A, 10, 20))
+    events.append(Event("jetpack_rtc_blocked", {
+        "blog_id": 1, "post_id": 11, "session_id": 9, "wp_user_id": 9,
+        "limit": 1, "limit_kind": "contributors",
+    }, ts=at(A, 10, 15)))
+    # Blog 2, post 20: user 5 again; a refused token.
+    visit(2, 20, 5, 5, at(B, 8), at(B, 8, 30))
+    events.append(Event("jetpack_rtc_connection_error", {
+        "blog_id": 2, "post_id": 20, "error_code": "authentication-failed", "close_code": 4401,
+    }, ts=at(B, 9)))
+    return events
+
+
+def durations(p50: int, p90: int) -> dict[str, int]:
+    return {"p50": p50, "p90": p90}
+
+
+EXPECTED_DAY_A: dict[str, Any] = {
+    "day": "2024-05-01", "joins": 5, "unique_sessions": 5, "unique_users": 3,
+    "unique_posts": 2, "sessions_per_user": 1.667, "peak_concurrent_sessions": 3,
+    "peak_concurrent_users": 2,
+    # Leaves on A: 10 min (s7), 10 min (1/11), 15 min (s2), 60 min (s1).
+    "session_duration_ms": durations(10 * MIN, 60 * MIN),
+    "blocked": 1, "blocked_rate": round(1 / 6, 4), "connection_errors_by_code": {},
+}
+EXPECTED_DAY_B: dict[str, Any] = {
+    "day": "2024-05-02", "joins": 4, "unique_sessions": 3, "unique_users": 2,
+    "unique_posts": 2, "sessions_per_user": 1.5,
+    # s3 is still there from 00:00 to 00:30 without joining on B; one at a time all day.
+    "peak_concurrent_sessions": 1, "peak_concurrent_users": 1,
+    # Leaves on B: 5, 10, 14, 30, 60 (s3, across midnight) minutes.
+    "session_duration_ms": durations(14 * MIN, 60 * MIN),
+    "blocked": 0, "blocked_rate": 0.0,
+    "connection_errors_by_code": {"abnormal-closure": 1, "authentication-failed": 1},
+}
+EXPECTED: dict[str, Any] = {
+    "joins": 9,
+    # (1,10,1) (1,10,2) (1,10,3) (1,10,4) (1,10,7) (1,11,1) (2,20,5): s1's return and s4's
+    # reconnect are the same sessions; session 1 of post 11 is another one.
+    "unique_sessions": 7,
+    "unique_users": 4,  # 5, 6, 7, 8 (9 was blocked, never joined)
+    "unique_posts": 3,
+    "sessions_per_user": 1.75,
+    "peak_concurrent_sessions": 3,  # 1/10 at 10:40 on A: s1, s2, s7
+    "peak_concurrent_users": 2,  # users 5 (two tabs) and 6
+    # Nine leaves: 5, 10, 10, 10, 14, 15, 30, 60, 60 min; nearest rank 5 and 9.
+    "session_duration_ms": durations(14 * MIN, 60 * MIN),
+    "blocked": 1,
+    "blocked_rate": 0.125,  # 1 / (7 + 1)
+    "connection_errors_by_code": {"abnormal-closure": 1, "authentication-failed": 1},
+    "daily": [EXPECTED_DAY_A, EXPECTED_DAY_B],
+    "top_posts": [
+        {"blog_id": 1, "post_id": 10, "unique_sessions": 5},
+        {"blog_id": 1, "post_id": 11, "unique_sessions": 1},
+        {"blog_id": 2, "post_id": 20, "unique_sessions": 1},
+    ],
+}
+
+
+def close_to(actual: dict[str, Any], expected: dict[str, Any]) -> None:
+    """Equal, except that duration percentiles may be off by 1 % (bucketed)."""
+    actual, expected = json.loads(json.dumps(actual)), json.loads(json.dumps(expected))
+    days = zip(actual.get("daily", []), expected.get("daily", []), strict=True)
+    for figures, wanted in [(actual, expected), *days]:
+        got = figures.pop("session_duration_ms")
+        want = wanted.pop("session_duration_ms")
+        for key in ("p50", "p90"):
+            assert got[key] == pytest.approx(want[key], rel=0.01), key
+    assert actual == expected
+
+
+def write(path: Path, events: list[Event]) -> None:
+    connection = connect(path)
+    try:
+        insert_events(connection, events)
+    finally:
+        connection.close()
+
+
+@pytest.fixture
+def store_path(tmp_path: Path) -> Path:
+    return tmp_path / "events.sqlite"
+
+
+def answer(path: Path, scope: Scope | None = None) -> dict[str, Any]:
+    with SqliteStatsStore(path) as store:
+        return dict(store.stats(scope or Scope(since_day=A, until_day=B), now_ms=NOW))
+
+
+def test_raw_events_only(store_path: Path) -> None:
+    write(store_path, story())
+    close_to(answer(store_path), EXPECTED)
+
+
+def test_rollups_only(store_path: Path) -> None:
+    write(store_path, story())
+    with SqliteStatsStore(store_path) as store:
+        assert store.aggregate(now_ms=NOW) == len(story())
+    close_to(answer(store_path), EXPECTED)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_rollups_plus_raw_events_out_of_order(store_path: Path, seed: int) -> None:
+    events = story()
+    random.Random(seed).shuffle(events)
+    thirds = len(events) // 3
+    write(store_path, events[:thirds])
+    with SqliteStatsStore(store_path) as store:
+        store.aggregate(now_ms=NOW)
+        write(store_path, events[thirds : 2 * thirds])
+        store.aggregate(now_ms=NOW)
+        write(store_path, events[2 * thirds :])
+    close_to(answer(store_path), EXPECTED)
+    with SqliteStatsStore(store_path) as store:
+        store.aggregate(now_ms=NOW)
+    close_to(answer(store_path), EXPECTED)
+
+
+def test_each_event_aggregated_on_its_own(store_path: Path) -> None:
+    write(store_path, [])
+    with SqliteStatsStore(store_path) as store:
+        for event in story():
+            write(store_path, [event])
+            store.aggregate(now_ms=NOW)
+    close_to(answer(store_path), EXPECTED)
+
+
+def test_scopes(store_path: Path) -> None:
+    write(store_path, story())
+    for aggregated in (False, True):
+        if aggregated:
+            with SqliteStatsStore(store_path) as store:
+                store.aggregate(now_ms=NOW)
+        blog = answer(store_path, Scope(blog_id=1, since_day=A, until_day=B))
+        assert (blog["joins"], blog["unique_sessions"], blog["unique_users"]) == (8, 6, 4)
+        assert (blog["unique_posts"], blog["blocked"], blog["blocked_rate"]) == (2, 1, 0.1429)
+        assert blog["connection_errors_by_code"] == {"abnormal-closure": 1}
+        assert [p["post_id"] for p in blog["top_posts"]] == [10, 11]
+        post = answer(store_path, Scope(blog_id=1, post_id=10, since_day=A, until_day=B))
+        assert (post["joins"], post["unique_sessions"], post["unique_users"]) == (7, 5, 3)
+        assert (post["unique_posts"], post["blocked"], post["peak_concurrent_sessions"]) == (
+            1, 0, 3,
+        )
+        day_b = answer(store_path, Scope(since_day=B, until_day=B))
+        close_to(
+            {k: v for k, v in day_b.items() if k not in ("top_posts", "daily")},
+            {k: v for k, v in EXPECTED_DAY_B.items() if k != "day"},
+        )
+        other_blog = answer(store_path, Scope(blog_id=2, since_day=A, until_day=A))
+        assert other_blog["joins"] == other_blog["unique_users"] == 0
+        assert other_blog["top_posts"] == []
+
+
+def test_prune_keeps_the_figures(store_path: Path) -> None:
+    write(store_path, story())
+    later = NOW + 100 * 86_400_000
+    with SqliteStatsStore(store_path) as store:
+        store.aggregate(now_ms=later)
+        assert store.prune(before_ms=later - 90 * 86_400_000) == len(story())
+    with SqliteStatsStore(store_path) as store:
+        close_to(dict(store.stats(Scope(since_day=A, until_day=B), now_ms=later)), EXPECTED)
+
+
+def test_prune_keeps_events_not_rolled_up(store_path: Path) -> None:
+    write(store_path, story())
+    with SqliteStatsStore(store_path) as store:
+        assert store.prune(before_ms=NOW) == 0
+    close_to(answer(store_path), EXPECTED)
+
+
+def test_open_session_counts_until_now(store_path: Path) -> None:
+    join = Event("jetpack_rtc_join", {"blog_id": 1, "post_id": 1, "session_id": 1,
+                                      "wp_user_id": 1}, ts=at(A, 23))
+    other = Event("jetpack_rtc_join", {"blog_id": 1, "post_id": 1, "session_id": 2,
+                                       "wp_user_id": 2}, ts=at(B, 1))
+    write(store_path, [join])
+    now = at(B, 0, 10)
+    with SqliteStatsStore(store_path) as store:
+        store.aggregate(now_ms=at(A, 23, 30))
+        # Past midnight with no new event: the open session is still there on day B.
+        figures = dict(store.stats(Scope(since_day=B, until_day=B), now_ms=now))
+        assert figures["peak_concurrent_sessions"] == 1
+        write(store_path, [other])
+        figures = dict(store.stats(Scope(since_day=B, until_day=B), now_ms=at(B, 2)))
+        assert (figures["peak_concurrent_sessions"], figures["peak_concurrent_users"]) == (2, 2)
+        store.aggregate(now_ms=at(B, 2))
+        assert dict(store.stats(Scope(since_day=B, until_day=B), now_ms=at(B, 2))) == figures
+
+
+def test_jsonl_store(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    path.write_text("".join(json.dumps(event.to_json()) + "\n" for event in story()))
+    with open_stats_store(path) as store:
+        close_to(dict(store.stats(Scope(since_day=A, until_day=B), now_ms=NOW)), EXPECTED)
+
+
+def test_parse_day() -> None:
+    assert parse_day("2024-05-01", now_ms=NOW) == A
+    assert parse_day("7d", now_ms=NOW) == day_of(NOW) - 6
+    assert parse_day("24h", now_ms=NOW) == day_of(NOW)
+    assert parse_day("1d", now_ms=NOW, until=True) == day_of(NOW) - 1
+    assert parse_day(str(at(B, 0)), now_ms=NOW, until=True) == A
+    with pytest.raises(ValueError, match="bad day"):
+        parse_day("soon", now_ms=NOW)
+
+
+def test_cli_report_formats(store_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write(store_path, story())
+    assert main(["aggregate", str(store_path)]) == 0
+    assert "rolled up 21 events" in capsys.readouterr().out
+    span = ["--since", "2024-05-01", "--until", "2024-05-02"]
+    assert main(["report", str(store_path), *span, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    close_to(data, EXPECTED)
+    assert main(["report", str(store_path), *span, "--format", "csv"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("day,joins,unique_sessions,unique_users,unique_posts")
+    assert lines[1].startswith("2024-05-01,5,5,3,2,1.667,3,2,")
+    assert lines[-1].startswith("total,9,7,4,3,1.75,3,2,")
+    assert main(["report", str(store_path), *span]) == 0
+    out = capsys.readouterr().out
+    assert "unique_sessions: 7" in out
+    assert "1/10: 5" in out
+
+
+def test_cli_prune(store_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write(store_path, story())
+    assert main(["prune", str(store_path), "--older-than", "90d"]) == 0
+    assert "deleted 21 raw events" in capsys.readouterr().out  # 2024 is long ago
+    assert main(["report", str(store_path), "--since", "2024-05-01", "--until", "2024-05-02",
+                 "--json"]) == 0
+    close_to(json.loads(capsys.readouterr().out), EXPECTED)
+    assert main(["prune", str(store_path), "--older-than", "1d"]) == 2
+    assert "at least 2d" in capsys.readouterr().err
