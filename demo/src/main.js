@@ -11,6 +11,7 @@ import { bindTextarea, resolveSelection, selectionOf } from './textarea-binding.
 import { remoteCursors } from './remote-cursors.js'
 import { contributorsOf, renderRoster } from './roster.js'
 import { eventFeed } from './feed.js'
+import { createTracker } from './rtc-tracks.js'
 
 // The server's "room full" close (issue 3, admission). Like every 4400-4499 close it is
 // permanent: y-websocket does not retry it, and neither do we.
@@ -46,7 +47,14 @@ const ui = {
 }
 
 const cursors = remoteCursors(ui.editor, ui.backdrop)
-const debug = { closes: [], statuses: [], identity: null, doc: null, provider: null }
+// What only this tab can see (a socket the server never saw) goes to POST /api/events.
+// `?flush_ms=` shortens the periodic send (the browser tests use it).
+const tracker = createTracker({
+  endpoint: `${httpBase}/api/events`,
+  streamsUrl: `${httpBase}/api/streams`,
+  flushIntervalMs: Number(params.get('flush_ms') ?? 5000)
+})
+const debug = { closes: [], statuses: [], identity: null, doc: null, provider: null, tracker }
 window.rtcDemo = debug
 
 let session = null // {doc, provider, identity, teardown}
@@ -155,9 +163,43 @@ const start = (identity) => {
   provider.on('status', ({ status }) => {
     if (status === 'connected' || status === 'connecting') setStatus(status)
   })
+  // A socket that failed before the first sync may never have reached the server (DNS, TLS, a
+  // proxy refusing the upgrade), so the server may have no event for it: report it from here,
+  // with the session id the server would use. Once per outage, not once per reconnect attempt.
+  let synced = false // this connection reached sync step 2
+  let opened = false
+  let errored = false
+  let outageReported = false
+  provider.on('status', ({ status }) => {
+    if (status === 'connecting') {
+      synced = false
+      opened = false
+      errored = false
+    }
+    if (status === 'connected') opened = true
+  })
+  provider.on('sync', (isSynced) => {
+    if (!isSynced) return
+    synced = true
+    outageReported = false
+  })
+  provider.on('connection-error', () => { errored = true })
+  const reportClientSideError = (closeCode) => {
+    if (outageReported) return
+    outageReported = true
+    tracker.connectionError({
+      blog_id: identity.blog,
+      post_id: identity.post,
+      session_id: doc.clientID,
+      wp_user_id: identity.user,
+      error_code: opened ? 'abnormal-closure' : 'connect-failed',
+      close_code: closeCode
+    })
+  }
   provider.on('sync', (synced) => { if (synced) setStatus('synced') })
   provider.on('connection-close', (event) => {
     if (event === null) return // closed by us: disconnect(), reconnect, or y-websocket's watchdog
+    if (!synced && (errored || event.code === 1006)) reportClientSideError(event.code)
     const reason = String(event.reason ?? '')
     debug.closes.push({ code: event.code, reason })
     ui.closeInfo.textContent = `last close: ${event.code}${reason === '' ? '' : ` ${reason}`} at ${new Date().toLocaleTimeString()}`

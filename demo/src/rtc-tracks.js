@@ -109,7 +109,8 @@ export const createTracker = ({
 
   const streamsReady = streamsUrl === null
     ? Promise.resolve()
-    : fetchImpl(new URL(streamsUrl, location.href), { credentials: 'same-origin' })
+    // Bounded: sends wait for this, and must not wait on a server that never answers.
+    : fetchImpl(new URL(streamsUrl, location.href), { credentials: 'same-origin', signal: AbortSignal.timeout(5000) })
       .then((response) => (response.ok ? response.json() : null))
       .then((view) => { streams = view?.streams ?? null })
       .catch(() => { streams = null }) // unknown: send everything, the server decides
@@ -266,16 +267,19 @@ export const createTracker = ({
   }
 
   const submit = (stream, name, props = {}) => {
-    if (closed) return
+    if (closed) return null
     const clean = {}
     // null and undefined are omitted, never sent (the tracks event rules).
     for (const [key, value] of Object.entries(props)) if (value !== null && value !== undefined) clean[key] = value
     stats.submitted++
-    enqueue({ stream, event: { event_id: crypto.randomUUID(), name, ts: Date.now(), props: clean } })
+    const event = { event_id: crypto.randomUUID(), name, ts: Date.now(), props: clean }
+    enqueue({ stream, event })
     if (queue.length >= batchSize) pump()
+    return event.event_id
   }
 
   return {
+    /** Queue an event (`stream` names its stream for sampling; null: found by name). Returns its event_id. */
     submit,
     /** Send everything now (a waiting retry too); resolves when done or when a send failed. */
     flush,
