@@ -191,7 +191,9 @@ def write_day(directory: str | Path, day: date, events: Iterable[Event]) -> int:
     return added
 
 
-def archive_store(source: str | Path, directory: str | Path, *, before_ms: int) -> ArchiveResult:
+def archive_store(
+    source: str | Path, directory: str | Path, *, before_ms: int, upto_id: int | None = None
+) -> ArchiveResult:
     """Move a SQLite store's events with ``ts < before_ms`` into the archive at ``directory``.
 
     Each UTC day is written and verified (`write_day`) before its rows are deleted, so
@@ -202,6 +204,8 @@ def archive_store(source: str | Path, directory: str | Path, *, before_ms: int) 
         source: the SQLite store's path (`tracks.store.locate` resolves URLs).
         directory: the archive's root; created if missing.
         before_ms: the cutoff, in ms since the epoch.
+        upto_id: leave rows with a larger row id (e.g. those the stats rollups have not
+            folded in yet: `tracks archive` passes the rollups' ``last_id``).
     """
     path = Path(source)
     if not path.exists():
@@ -211,17 +215,19 @@ def archive_store(source: str | Path, directory: str | Path, *, before_ms: int) 
     connection = schema.connect(path)
     try:
         row = connection.execute("SELECT MAX(id) FROM events WHERE ts < ?", (before_ms,))
-        upto_id = row.fetchone()[0]
-        if upto_id is None:
+        newest = row.fetchone()[0]
+        if newest is not None and upto_id is not None:
+            newest = min(newest, upto_id)
+        if newest is None or newest <= 0:
             return ArchiveResult(days=(), archived=0, deleted=0)
         days: list[date] = []
         archived = deleted = 0
-        for day in _days_before(connection, before_ms, upto_id):
+        for day in _days_before(connection, before_ms, newest):
             start = _day_start_ms(day)
             end = min(start + DAY_MS, before_ms)
-            archived += write_day(root, day, _events_between(connection, start, end, upto_id))
+            archived += write_day(root, day, _events_between(connection, start, end, newest))
             deleted += schema.delete_events(
-                connection, since_ms=start, until_ms=end, upto_id=upto_id
+                connection, since_ms=start, until_ms=end, upto_id=newest
             )
             days.append(day)
             logger.info("archived %s to %s", day, day_path(root, day))

@@ -1,4 +1,4 @@
-"""The ``tracks`` command: ``tail``, ``report``, ``aggregate`` and ``prune`` over a store.
+"""The ``tracks`` command: ``tail``, ``report``, ``aggregate``, ``prune``, ``archive``.
 
 The only place in `tracks` that parses arguments, prints, and configures logging.
 """
@@ -17,10 +17,13 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import cast
 
+from tracks import schema
+from tracks.archive import archive_store
 from tracks.event import Event, JSONValue, json_text
-from tracks.sqlite_stats import open_stats_store
+from tracks.rollup import rollup_state
+from tracks.sqlite_stats import SqliteStatsStore, open_stats_store
 from tracks.stats import Scope, parse_day
-from tracks.store import follow, locate
+from tracks.store import follow, locate, read_events
 
 __all__ = ["main", "parse_duration"]
 
@@ -138,7 +141,25 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument(
         "--older-than", type=_duration, required=True, metavar="DURATION", help="e.g. 90d"
     )
+    _add_archive_arguments(commands, rep)
     return parser
+
+
+def _add_archive_arguments(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], report: argparse.ArgumentParser
+) -> None:
+    report.add_argument(
+        "--archive", metavar="DIR", help="also count the events archived in DIR (tracks archive)"
+    )
+    archive = commands.add_parser(
+        "archive",
+        help="roll up, then move raw events older than a duration to day files of gzip JSONL",
+    )
+    archive.add_argument("source", help="a SQLite store path or sqlite:… URL")
+    archive.add_argument(
+        "--older-than", type=_duration, required=True, metavar="DURATION", help="e.g. 90d"
+    )
+    archive.add_argument("--to", required=True, metavar="DIR", help="the archive directory")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -151,6 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _aggregate(args)
         if args.command == "prune":
             return _prune(args)
+        if args.command == "archive":
+            return _archive(args)
         return _report(args)
     except (FileNotFoundError, ValueError) as exc:
         print(f"tracks: {exc}", file=sys.stderr)
@@ -179,7 +202,7 @@ def _report(args: argparse.Namespace) -> int:
         since_day=None if args.since is None else parse_day(args.since, now_ms=now),
         until_day=None if args.until is None else parse_day(args.until, now_ms=now, until=True),
     )
-    with open_stats_store(args.source) as store:
+    with _report_store(args.source, args.archive) as store:
         result = store.stats(scope, now_ms=now)
     fmt = "json" if args.json else args.format
     if fmt == "json":
@@ -215,6 +238,41 @@ def _prune(args: argparse.Namespace) -> int:
         store.aggregate(now_ms=now)
         deleted = store.prune(before_ms=now - args.older_than)
     print(f"deleted {deleted} raw events older than {args.older_than // 86_400_000} days")
+    return 0
+
+
+
+def _report_store(source: str, archive: str | None) -> SqliteStatsStore:
+    if archive is None:
+        return open_stats_store(source)
+    # Raw events only, from the store and the archive, in memory: the store's rollups already
+    # hold the archived days, so reading them as well would count those days twice.
+    connection = schema.connect(":memory:")
+    schema.insert_events(connection, read_events(source, archive=archive))
+    return SqliteStatsStore(locate(source)[1], connection=connection)
+
+
+def _archive(args: argparse.Namespace) -> int:
+    _sqlite_only(args.source)
+    if args.older_than < 2 * 86_400_000:
+        # As for prune: peaks of the last rolled-up days are recomputed from raw events.
+        raise ValueError("--older-than must be at least 2d")
+    path = locate(args.source)[1]
+    now = _now_ms()
+    # Roll up first, so the store's own figures keep the days that leave it, and archive only
+    # rows the rollups hold.
+    with open_stats_store(path) as store:
+        store.aggregate(now_ms=now)
+    connection = schema.connect(path, readonly=True)
+    try:
+        rolled_up_to, _ = rollup_state(connection)
+    finally:
+        connection.close()
+    result = archive_store(path, args.to, before_ms=now - args.older_than, upto_id=rolled_up_to)
+    print(
+        f"archived {result.archived} events of {len(result.days)} days to {args.to};"
+        f" deleted {result.deleted} from {path}"
+    )
     return 0
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import gzip
 import json
+import time
 from datetime import date
 from pathlib import Path
 
 import pytest
 
-from tracks import Event, JSONValue, read_events, schema
+from tracks import Event, JSONValue, cli, read_events, schema
 from tracks.archive import ArchiveError, archive_store, day_path, read_archive, write_day
 
 DAY = 86_400_000
@@ -28,7 +29,7 @@ def history() -> list[Event]:
     events = []
     for n in range(60):
         ts = T0 + (n % 3) * DAY + n * 1000
-        ids = {"blog_id": 1, "post_id": n % 4, "session_id": 1000 + n, "wp_user_id": n % 5}
+        ids = {"blog_id": 1, "post_id": n % 4 + 1, "session_id": 1000 + n, "wp_user_id": n % 5 + 1}
         events.append(Event("jetpack_rtc_join", {**ids, "contributors": [1, 2]}, ts=ts))
         events.append(Event("jetpack_rtc_leave", {**ids, "clean": n % 2 == 0}, ts=ts + 500))
     events.append(
@@ -176,3 +177,50 @@ def test_empty_and_missing_stores(tmp_path: Path) -> None:
     assert archive_store(store, tmp_path / "a", before_ms=T0).days == ()
     with pytest.raises(FileNotFoundError):
         archive_store(tmp_path / "nope.sqlite", tmp_path / "a", before_ms=T0)
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    assert cli.main(list(argv)) == 0
+    return capsys.readouterr().out
+
+
+def test_cli_archive_round_trip_reproduces_the_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store, archive = tmp_path / "events.sqlite", tmp_path / "archive"
+    now = time.time_ns() // 1_000_000
+    room = {"blog_id": 1, "post_id": 9}
+    recent = [
+        Event("jetpack_rtc_join", {**room, "session_id": 5, "wp_user_id": 2}, ts=now - DAY),
+        Event("jetpack_rtc_blocked", {**room, "session_id": 6}, ts=now - DAY + 1),
+    ]
+    blocked = Event("jetpack_rtc_blocked", {"blog_id": 1, "post_id": 1, "session_id": 9}, ts=T0 + 7)
+    make_store(store, [*history(), blocked, *recent])
+    before = json.loads(run_cli(capsys, "report", str(store), "--json"))
+
+    out = run_cli(capsys, "archive", str(store), "--older-than", "90d", "--to", str(archive))
+    assert out.startswith(f"archived {len(history()) + 1} events of 4 days to {archive};")
+    assert [event.event_id for event in read_events(store)] == [e.event_id for e in recent]
+    # The store alone (its rollups keep the archived days), and raw store + archive, agree.
+    assert json.loads(run_cli(capsys, "report", str(store), "--json")) == before
+    with_archive = run_cli(capsys, "report", str(store), "--archive", str(archive), "--json")
+    assert json.loads(with_archive) == before
+    assert before["blocked"] == 2
+    assert before["joins"] == 61
+
+    # Again: nothing left to move, the archive unchanged.
+    out = run_cli(capsys, "archive", str(store), "--older-than", "90d", "--to", str(archive))
+    assert out.startswith("archived 0 events of 0 days")
+    assert (
+        json.loads(run_cli(capsys, "report", str(store), "--archive", str(archive), "--json"))
+        == before
+    )
+
+
+def test_cli_archive_refuses_a_short_cutoff_and_jsonl(tmp_path: Path) -> None:
+    store = tmp_path / "events.sqlite"
+    make_store(store, history())
+    assert cli.main(["archive", str(store), "--older-than", "1d", "--to", str(tmp_path)]) == 2
+    jsonl = tmp_path / "events.jsonl"
+    jsonl.write_text("")
+    assert cli.main(["archive", str(jsonl), "--older-than", "90d", "--to", str(tmp_path)]) == 2
