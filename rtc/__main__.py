@@ -125,6 +125,16 @@ def _parser() -> argparse.ArgumentParser:
         "--max-connections", "open connections in total (HTTP 503), 0 = unlimited",
         d.max_connections, type=int,
     )
+    option(
+        "--rollup-interval",
+        "seconds between stats rollups of the SQLite event store, 0 = never",
+        d.rollup_interval, type=float,
+    )
+    option(
+        "--retention-days",
+        "prune raw events older than this after each rollup (rollups stay), 0 = keep forever",
+        d.retention_days, type=int,
+    )
 
     token = commands.add_parser(
         "token",
@@ -185,7 +195,8 @@ async def _serve(config: ServerConfig) -> None:
         print(f"rtc listening on http://{base}", flush=True)
         print(f"  WebSocket: ws://{base}/rooms/{{blog_id}}/{{post_id}}", flush=True)
         print(f"  Demo:      http://{base}/", flush=True)
-        print(f"  Stats:     http://{base}/api/rooms  http://{base}/metrics", flush=True)
+        print(f"  Stats:     http://{base}/stats  http://{base}/api/stats  "
+              f"http://{base}/metrics", flush=True)
         for recorder in server.recorders:
             print(f"  Events:    {recorder.description}", flush=True)
         if config.secret is None:

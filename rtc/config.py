@@ -50,6 +50,9 @@ class ServerConfig:
         ingest_window: seconds of the dedupe bucket for client events sent without an id.
         ingest_rate: client event batches per second one address may post (429 beyond).
         ingest_burst: batches one address may post at once.
+        rollup_interval: seconds between stats rollup runs of the event store, 0 = never.
+        retention_days: raw events older than this many days are pruned after each rollup
+            (rollups are kept), 0 = keep forever; at least 2 otherwise.
     """
 
     host: str = "127.0.0.1"
@@ -78,6 +81,8 @@ class ServerConfig:
     ingest_window: float = 3600.0
     ingest_rate: float = 5.0
     ingest_burst: int = 20
+    rollup_interval: float = 300.0
+    retention_days: int = 0
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -97,6 +102,11 @@ class ServerConfig:
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0")
+        if self.rollup_interval < 0:
+            raise ConfigError("rollup_interval must be >= 0 (0 = never)")
+        if self.retention_days < 0 or self.retention_days == 1:
+            # Today's peaks are recomputed from up to a day of raw events before it.
+            raise ConfigError("retention_days must be 0 (keep forever) or at least 2")
         if self.room_grace < 0:
             raise ConfigError("room_grace must be >= 0")
         if self.secret is not None and len(self.secret.encode()) < 32:
@@ -149,5 +159,6 @@ _FLOAT_FIELDS = frozenset(
     {
         "ping_interval", "ping_timeout", "announce_timeout", "room_grace",
         "store_flush_interval", "max_messages_per_second", "ingest_window", "ingest_rate",
+        "rollup_interval",
     }
 )

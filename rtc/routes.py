@@ -123,6 +123,12 @@ def route(target: str) -> Route:
             return ApiRoute("capture")
         case ["api", "capture", blog]:
             return ApiRoute("capture_blog", blog_id=_positive(blog))
+        case ["api", "stats"]:
+            return ApiRoute("stats")
+        case ["api", "stats", "live"]:
+            return ApiRoute("stats_live")
+        case ["stats"]:
+            return StaticRoute("stats.html")
         case ["api", "sessions", blog, post, session]:
             return ApiRoute("session", _room_key(blog, post), session_id=_session_id(session))
         case ["sessions", blog, post, session]:

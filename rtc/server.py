@@ -66,6 +66,7 @@ from .room import (
 )
 from .rooms import RoomRegistry
 from .routes import ApiRoute, FeedRoute, HttpError, RoomRoute, Route, StaticRoute, route
+from .stats_api import StatsApi
 from .store import DocumentStore
 
 __all__ = ["RtcServer"]
@@ -135,6 +136,7 @@ class RtcServer:
         self._store: DocumentStore
         self._tracking: Tracking
         self._analytics: AnalyticsApi
+        self.stats: StatsApi
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -184,6 +186,13 @@ class RtcServer:
                 capture=capture,
                 event_store=self._event_store_path(),
             )
+            self.stats = StatsApi(
+                event_store=self._event_store_path(),
+                rooms=self._rooms.loaded,
+                rollup_interval=config.rollup_interval,
+                retention_days=config.retention_days,
+            )
+            await self._task_group.start(self.stats.run)
             if config.secret is not None:
                 self._task_group.start_soon(self._expire_tokens)
             self._server = await serve(
@@ -271,6 +280,8 @@ class RtcServer:
                 target.path,
                 on_missing=self.metrics.http_errors.labels("404").inc,
             )
+        if target.name in ("stats", "stats_live"):
+            return self.stats.respond(connection, target.name, request.path)
         return self._api(connection, target, request.headers)
 
     def _admit_handshake(self, connection: ServerConnection, request: Request) -> None:

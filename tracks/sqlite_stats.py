@@ -63,10 +63,11 @@ class SqliteStatsStore:
             return self._reader, False
         return schema.connect(self.path), True
 
-    def aggregate(self, *, now_ms: int) -> int:
+    def aggregate(self, *, now_ms: int, chunk: int = 1_000_000) -> int:
+        """Roll up new events, ``chunk`` rows per transaction (the recorder waits meanwhile)."""
         writer, owned = self._writer()
         try:
-            return aggregate(writer, now_ms=now_ms).events
+            return aggregate(writer, now_ms=now_ms, chunk=chunk).events
         finally:
             if owned:
                 writer.close()
