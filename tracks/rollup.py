@@ -190,6 +190,8 @@ def _fold(
         "CREATE TEMP TABLE batch AS SELECT kind, blog_id, post_id, session_id, wp_user_id, ts,"
         f" ts / {DAY_MS} AS day,"
         " CASE WHEN kind = 'leave' THEN json_extract(props, '$.duration_ms') END AS duration_ms,"
+        " CASE WHEN kind = 'leave' THEN duration_bucket(json_extract(props, '$.duration_ms'))"
+        " END AS bucket,"
         f" CASE WHEN kind = 'error' THEN {ERROR_CODE_SQL} END AS code"
         f" FROM (SELECT *, {kind_sql()} AS kind FROM events WHERE id > ? AND id <= ?)"
         " WHERE kind IS NOT NULL AND blog_id IS NOT NULL AND post_id IS NOT NULL",
@@ -211,7 +213,7 @@ def _fold(
     )
     run(
         "INSERT INTO rollup_durations (blog_id, post_id, day, bucket, n)"
-        f" SELECT {_B} AS b, {_P} AS p, day, duration_bucket(duration_ms) AS bucket, COUNT(*)"
+        f" SELECT {_B} AS b, {_P} AS p, day, bucket, COUNT(*)"
         f" FROM batch {_LEVELS} WHERE kind = 'leave' AND bucket IS NOT NULL"
         " GROUP BY b, p, day, bucket ON CONFLICT DO UPDATE SET n = n + excluded.n"
     )

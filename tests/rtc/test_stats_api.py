@@ -4,6 +4,7 @@ its real SQLite event store; the JSON must equal `tracks report --json`."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,10 @@ from websockets.asyncio.client import connect
 
 from rtc import RtcServer, ServerConfig
 from tests.rtc.clients import TIMEOUT, RawClient
+from tracks import Event
 from tracks.cli import main as tracks_main
+from tracks.schema import connect as connect_store
+from tracks.schema import insert_events
 
 pytestmark = pytest.mark.slow
 
@@ -103,3 +107,29 @@ async def test_stats_api_live_and_page(tmp_path: Path, capsys: pytest.CaptureFix
             assert status == 200
             assert "/api/stats" in page
         await feed.close()
+
+
+async def test_serve_rolls_up_at_start_and_prunes_past_retention(tmp_path: Path) -> None:
+    now = time.time_ns() // 1_000_000
+    old = now - 100 * 86_400_000
+    props = {"blog_id": 7, "post_id": 42, "session_id": 1, "wp_user_id": 5}
+    store = connect_store(tmp_path / "events.sqlite")
+    insert_events(store, [
+        Event("jetpack_rtc_join", props, ts=old),
+        Event("jetpack_rtc_leave", {**props, "duration_ms": 60_000}, ts=old + 60_000),
+        Event("jetpack_rtc_join", {**props, "session_id": 2}, ts=now - 1000),
+    ])
+    store.close()
+    config = ServerConfig(data_dir=tmp_path, port=0, rollup_interval=3600, retention_days=90)
+    async with RtcServer(config) as server:
+        with anyio.fail_after(TIMEOUT):
+            await server.stats.rolled_up(1)
+        status, stats = await get(server, "/api/stats?since=101d")
+        assert status == 200
+        assert (stats["joins"], stats["unique_sessions"], stats["unique_users"]) == (2, 2, 1)
+        assert stats["session_duration_ms"]["p50"] == pytest.approx(60_000, rel=0.01)
+    store = connect_store(tmp_path / "events.sqlite")
+    try:  # the old raw events are gone; their rollups answered above
+        assert store.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 1
+    finally:
+        store.close()
