@@ -4,7 +4,7 @@ No SQL and no I/O here; the stores feed these functions rows and partial sums.
 
 Durations are kept as counts per logarithmic bucket (ratio 1.02), so daily rollups can be
 summed across days; a percentile read back from buckets is the bucket's geometric middle,
-within 1 % (or 1 ms) of the exact nearest-rank value.
+within 1 % (plus rounding to a whole ms) of the exact nearest-rank value.
 
 Peaks come from visits: a leave gives ``[ts - duration_ms, ts)``; a join that no leave
 matches (still open, or lost in a crash) is open until the same session's next join, now,
@@ -81,12 +81,16 @@ def bucket_value(bucket: int) -> int:
     return round(value)
 
 
-def percentile(buckets: Mapping[int, int], fraction: float) -> int | None:
-    """Nearest-rank percentile of a bucket histogram (None when it is empty)."""
+def percentile(buckets: Mapping[int, int], percent: int) -> int | None:
+    """Nearest-rank ``percent``-th percentile of a bucket histogram (None when empty).
+
+    The rank is ``ceil(percent * total / 100)`` in integers, as the SQL of the rollups
+    computes it (``running * 100 >= total * percent``), so both always agree.
+    """
     total = sum(buckets.values())
     if total == 0:
         return None
-    rank = max(math.ceil(fraction * total), 1)
+    rank = max(-(-percent * total // 100), 1)
     seen = 0
     for bucket in sorted(buckets):
         seen += buckets[bucket]

@@ -191,11 +191,20 @@ class SqliteStatsStore:
                 days[day].errors[code] += n
                 total.errors[code] += n
         with timer("durations"):
-            for day, bucket, n in run(
-                f"SELECT day, bucket, n FROM rollup_durations WHERE {where}", key
+            for bucket, n in run(
+                f"SELECT bucket, SUM(n) FROM rollup_durations WHERE {where} GROUP BY bucket", key
             ):
-                days[day].durations[bucket] += n
                 total.durations[bucket] += n
+            # Per day, only the two percentile buckets (the rows come in index order).
+            for day, p50, p90 in run(
+                "SELECT day, MIN(CASE WHEN running * 100 >= total * 50 THEN bucket END),"
+                " MIN(CASE WHEN running * 100 >= total * 90 THEN bucket END) FROM ("
+                " SELECT day, bucket, SUM(n) OVER (PARTITION BY day ORDER BY bucket"
+                " ROWS UNBOUNDED PRECEDING) AS running, SUM(n) OVER (PARTITION BY day) AS total"
+                f" FROM rollup_durations WHERE {where}) GROUP BY day",
+                key,
+            ):
+                days[day].percentile_buckets = (p50, p90)
         with timer("peaks"):
             for day, sessions, users in run(
                 f"SELECT day, sessions, users FROM rollup_peaks WHERE {where}", key
@@ -266,6 +275,15 @@ class SqliteStatsStore:
         ).fetchone()
         return int(row[0])
 
+    def _day_durations(self, scope: Scope, day: int) -> Counter[int]:
+        """The rolled-up duration histogram of one day (to add raw leaves to it)."""
+        rows = self._reader.execute(
+            "SELECT bucket, n FROM rollup_durations WHERE blog_id = ? AND post_id = ?"
+            " AND day = ?",
+            (*scope.level_key, day),
+        )
+        return Counter({int(bucket): int(n) for bucket, n in rows})
+
     def _seen(
         self, kind: str, blog_id: int, post_id: int, entity: object, first: int, last: int
     ) -> bool:
@@ -303,6 +321,8 @@ class SqliteStatsStore:
                 figures.errors[str(code)] += 1
                 total.errors[str(code)] += 1
             elif kind == "leave" and isinstance(duration, int | float):
+                if figures.percentile_buckets is not None and not figures.durations:
+                    figures.durations = self._day_durations(scope, day)
                 bucket = duration_bucket(int(duration))
                 figures.durations[bucket] += 1
                 total.durations[bucket] += 1

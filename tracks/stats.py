@@ -23,7 +23,15 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from tracks.event import JSONValue
-from tracks.figures import DAY_MS, day_from_text, day_of, day_text, histogram, percentile
+from tracks.figures import (
+    DAY_MS,
+    bucket_value,
+    day_from_text,
+    day_of,
+    day_text,
+    histogram,
+    percentile,
+)
 
 __all__ = [
     "TOP_POSTS",
@@ -109,12 +117,15 @@ class DayFigures:
     peak_users: int = 0
     durations: Counter[int] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
+    percentile_buckets: tuple[int | None, int | None] | None = None
+    """The p50 and p90 buckets when a store computed them instead of filling `durations`."""
 
     def json(self, *, with_histogram: bool) -> dict[str, JSONValue]:
-        duration: dict[str, JSONValue] = {
-            "p50": percentile(self.durations, 0.5),
-            "p90": percentile(self.durations, 0.9),
-        }
+        if self.durations or self.percentile_buckets is None:
+            p50, p90 = percentile(self.durations, 50), percentile(self.durations, 90)
+        else:
+            p50, p90 = (None if b is None else bucket_value(b) for b in self.percentile_buckets)
+        duration: dict[str, JSONValue] = {"p50": p50, "p90": p90}
         if with_histogram:
             duration["histogram"] = list(histogram(self.durations))
         attempts = self.unique_sessions + self.blocked
