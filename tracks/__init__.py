@@ -3,7 +3,8 @@
 `Event` is one validated, immutable event. A `Recorder` takes events through a
 `record()` that never blocks and never raises, and delivers them in the
 background: to memory, a JSONL file, a SQLite store or an HTTP backend.
-`open_recorder()` builds one from a URL; `read_events()` reads a store back.
+`open_recorder()` builds one from a URL; `read_events()` reads a store back;
+`open_stats_store()` answers presence figures (`StatsStore`) for a `Scope`.
 """
 
 from tracks.compose import FanoutRecorder, SampledRecorder
@@ -19,6 +20,8 @@ from tracks.recorders import (
 )
 from tracks.retry import RetryPolicy
 from tracks.sinks import RejectedError, Sink, SinkError, TransientError
+from tracks.sqlite_stats import SqliteStatsStore, open_stats_store
+from tracks.stats import Scope, StatsStore
 from tracks.store import read_events
 from tracks.tracker import Tracker, TrackerOptions
 from tracks.url import open_recorder
@@ -40,13 +43,17 @@ __all__ = [
     "RejectedError",
     "RetryPolicy",
     "SampledRecorder",
+    "Scope",
     "Sink",
     "SinkError",
     "SqliteRecorder",
+    "SqliteStatsStore",
+    "StatsStore",
     "Tracker",
     "TrackerOptions",
     "TracksEncoder",
     "TransientError",
     "open_recorder",
+    "open_stats_store",
     "read_events",
 ]

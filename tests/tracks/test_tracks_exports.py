@@ -38,6 +38,11 @@ PUBLIC = {
     "GenericEncoder",
     "TracksEncoder",
     "PostHogEncoder",
+    # Presence figures over a store.
+    "Scope",
+    "StatsStore",
+    "SqliteStatsStore",
+    "open_stats_store",
 }
 
 
