@@ -13,6 +13,8 @@ from pathlib import Path
 
 import anyio
 
+from tracks.streams import StreamConfigError, load_streams
+
 from .config import ConfigError, ServerConfig
 from .extensions.auth import issue
 from .server import RtcServer
@@ -126,6 +128,23 @@ def _parser() -> argparse.ArgumentParser:
         d.max_connections, type=int,
     )
     option(
+        "--streams",
+        "stream configuration (TOML or JSON): which events are accepted from the server and "
+        "from browsers, required props, sampling by session, recorders",
+        "built-in presence + client_errors streams", type=Path,
+    )
+    option(
+        "--ingest-window",
+        "seconds of the dedupe bucket for client events sent without an event_id",
+        d.ingest_window, type=float,
+    )
+    option(
+        "--ingest-rate", "client event batches per second one address may post (HTTP 429)",
+        d.ingest_rate, type=float,
+    )
+    option("--ingest-burst", "client event batches one address may post at once",
+           d.ingest_burst, type=int)
+    option(
         "--rollup-interval",
         "seconds between stats rollups of the SQLite event store, 0 = never",
         d.rollup_interval, type=float,
@@ -231,6 +250,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if config.streams is not None:
+        try:
+            load_streams(config.streams)  # fail fast, before anything listens
+        except (StreamConfigError, OSError) as error:
+            print(f"rtc: {error}", file=sys.stderr)
+            return 2
     # uvloop's libuv I/O cuts the server's CPU by about a fifth under fan-out load
     # (bench/bench_servers.py, room50); asyncio's own loop is the fallback.
     anyio.run(_serve, config, backend_options={"use_uvloop": _has_uvloop()})

@@ -138,13 +138,18 @@ class AnalyticsApi:
             if reason is not None:
                 rejections.append(Rejection(index, reason))
                 continue
-            if not self._recent.add(event.event_id):
+            if event.event_id in self._recent:
                 duplicates += 1
                 continue
-            if self._tracking.record(event, room):
+            routing = self._tracking.record(event, room, origin="client")
+            if routing.accepted or routing.sampled_out:
+                self._recent.add(event.event_id)
+            if routing.accepted:
                 accepted += 1
-            else:
+            elif routing.sampled_out:
                 dropped += 1
+            else:
+                rejections.append(Rejection(index, routing.reason or "rejected"))
         rejections.sort(key=lambda rejection: rejection.index)
         for outcome, count in (
             ("accepted", accepted), ("duplicate", duplicates), ("dropped", dropped),
@@ -221,13 +226,8 @@ class AnalyticsApi:
     def streams_view(self, blog_id: int | None) -> dict[str, object]:
         """`GET /api/streams`: what a browser needs to sample and send like the server."""
         view: dict[str, object] = {
+            **self._tracking.streams.client_view(),
             "endpoint": "/api/events",
-            "streams": {
-                "presence": {
-                    "events": ["jetpack_rtc_connection_error"],
-                    "sample_rate": 1.0,
-                }
-            },
         }
         if blog_id is not None:
             view["capture"] = {"blog_id": blog_id, **self.capture.for_blog(blog_id).to_json()}

@@ -50,6 +50,7 @@ class ServerConfig:
         ingest_window: seconds of the dedupe bucket for client events sent without an id.
         ingest_rate: client event batches per second one address may post (429 beyond).
         ingest_burst: batches one address may post at once.
+        streams: a stream configuration file (TOML or JSON); None keeps the defaults.
         rollup_interval: seconds between stats rollup runs of the event store, 0 = never.
         retention_days: raw events older than this many days are pruned after each rollup
             (rollups are kept), 0 = keep forever; at least 2 otherwise.
@@ -81,6 +82,7 @@ class ServerConfig:
     ingest_window: float = 3600.0
     ingest_rate: float = 5.0
     ingest_burst: int = 20
+    streams: Path | None = None
     rollup_interval: float = 300.0
     retention_days: int = 0
 
@@ -144,7 +146,7 @@ _ENV_NAMES = {"recorders": "RECORDER", "allowed_origins": "ALLOWED_ORIGIN"}
 def _parse(env_name: str, name: str, raw: str) -> object:
     if name in ("recorders", "allowed_origins"):
         return tuple(part for part in raw.replace(",", " ").split() if part)
-    if name in ("data_dir", "demo_dir"):
+    if name in ("data_dir", "demo_dir", "streams"):
         return Path(raw)
     if name in ("host", "event_prefix", "log_level", "secret"):
         return raw

@@ -103,6 +103,9 @@ class RecentIds:
         self._capacity = capacity
         self._ids: OrderedDict[str, None] = OrderedDict()
 
+    def __contains__(self, event_id: object) -> bool:
+        return event_id in self._ids
+
     def add(self, event_id: str) -> bool:
         """Remember an id; False when it was already there (a duplicate)."""
         if event_id in self._ids:

@@ -121,9 +121,9 @@ class Metrics:
             "rtc_events_recorded", "Events handed to the recorders, by name.", ["name"], registry=r
         )
         self.events_not_captured = Counter(
-            "rtc_events_not_captured",
-            "Events left out by capture control (blog switched off or sampled out), by name.",
-            ["name"],
+            "rtc_events_not_recorded",
+            "Events not recorded: rejected by the streams, sampled out, or capture off.",
+            ["outcome"],
             registry=r,
         )
         self.ingest = Counter(

@@ -29,6 +29,7 @@ from websockets.http11 import Request, Response
 
 from tracks import Recorder, open_recorder
 from tracks.store import locate
+from tracks.streams import StreamConfig, load_streams
 
 from . import http
 from .analytics_api import AnalyticsApi
@@ -171,6 +172,14 @@ class RtcServer:
                 grace=config.room_grace,
                 task_group=self._task_group,
             )
+            streams = (
+                load_streams(config.streams)
+                if config.streams is not None
+                else StreamConfig.default(prefix=config.event_prefix)
+            )
+            named = {}
+            for name, url in streams.recorder_urls().items():
+                named[name] = await stack.enter_async_context(open_recorder(url))
             capture = CaptureSettings(config.data_dir / "capture.json")
             self._tracking = Tracking(
                 self.recorders,
@@ -178,7 +187,10 @@ class RtcServer:
                 metrics=self.metrics,
                 prefix=config.event_prefix,
                 capture=capture,
+                streams=streams,
+                named_recorders=named,
             )
+            self.recorders = (*self.recorders, *named.values())
             self._analytics = AnalyticsApi(
                 config,
                 tracking=self._tracking,

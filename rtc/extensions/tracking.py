@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 
 from tracks import Event, JSONValue, Recorder
 from tracks.sampling import session_in_sample
+from tracks.streams import Origin, Routing, StreamConfig
 
 from ..capture import CaptureSettings
 from ..feed import EventFeed
@@ -52,14 +53,20 @@ class Tracking:
         prefix: str = "jetpack_rtc_",
         instance: str | None = None,
         capture: CaptureSettings | None = None,
+        streams: StreamConfig | None = None,
+        named_recorders: Mapping[str, Recorder] | None = None,
     ) -> None:
         self._recorders = tuple(recorders)
+        self._named: dict[str, tuple[Recorder, ...]] = {"default": self._recorders}
+        for name, recorder in (named_recorders or {}).items():
+            self._named[name] = (recorder,)
+        self.streams = streams or StreamConfig.default(prefix=prefix)
         self._capture = capture
         self._feed = feed
         self._metrics = metrics
         self._prefix = prefix
         self._instance = instance or uuid.uuid4().hex
-        self._failing: set[int] = set()
+        self._failing: set[int] = set()  # ids of recorders whose last record() raised
 
     def joined(self, joined: Joined, *, post_type: str | None) -> None:
         session = joined.session
@@ -196,23 +203,34 @@ class Tracking:
             settings.sample_rate,
         )
 
-    def record(self, event: Event, room: RoomKey | None) -> bool:
-        """Hand an event to every recorder and the live feed; False when capture drops it."""
+    def record(
+        self, event: Event, room: RoomKey | None, *, origin: Origin = "server"
+    ) -> Routing:
+        """Route an event through the streams and capture control, then to its recorders and
+        the live feed. Never raises; the routing says what became of it."""
+        routing = self.streams.route(event, origin=origin)
+        if not routing.accepted:
+            self._metrics.events_not_captured.labels(routing.outcome).inc()
+            if routing.outcome == "rejected" and origin == "server":
+                logger.warning("server event %s rejected by the streams: %s",
+                               event.name, routing.reason)
+            return routing
         if not self.captured(event):
-            self._metrics.events_not_captured.labels(event.name).inc()
-            return False
+            self._metrics.events_not_captured.labels("capture_off").inc()
+            return Routing(outcome="sampled_out", stream=routing.stream, reason="capture control")
         self._metrics.events_recorded.labels(event.name).inc()
-        for index, recorder in enumerate(self._recorders):
+        targets = {id(r): r for name in routing.recorders for r in self._named.get(name, ())}
+        for key, recorder in targets.items():
             try:
                 recorder.record(event)
             except Exception:
                 # A recorder's front door must never raise; if one does, contain it here.
                 self._metrics.recorder_failures.inc()
-                if index not in self._failing:
-                    logger.exception("recorder %d raised on record(); containing it", index)
-                    self._failing.add(index)
+                if key not in self._failing:
+                    logger.exception("a recorder raised on record(); containing it")
+                    self._failing.add(key)
             else:
-                self._failing.discard(index)
+                self._failing.discard(key)
         if room is not None:
             self._feed.publish(room, event.to_json())
-        return True
+        return routing

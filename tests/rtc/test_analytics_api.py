@@ -201,3 +201,52 @@ async def test_a_session_timeline_tells_its_story(tmp_path: Path) -> None:
         page = await http.get(f"{rtc.server.http_url}/sessions/7/42/111")
         assert page.status_code == 200
         assert "/api/sessions/" in page.text
+
+
+async def test_streams_decide_what_is_recorded_from_server_and_clients(tmp_path: Path) -> None:
+    streams = tmp_path / "streams.toml"
+    streams.write_text(
+        """
+[streams.presence]
+events = ["jetpack_rtc_leave"]
+[streams.client_errors]
+events = ["jetpack_rtc_connection_error"]
+origins = ["client"]
+sample_rate = 1.0
+[streams.client_errors.props]
+session_id = "int"
+error_code = "str"
+"""
+    )
+    async with serve_rtc(tmp_path, streams=streams) as rtc, httpx.AsyncClient(
+        timeout=TIMEOUT
+    ) as http:
+        async with RawClient.connect(rtc.room_url()) as ada:
+            await ada.join(111, user=1)
+            await ada.barrier()
+        await rtc.wait_event("leave", session_id=111)
+        assert rtc.events("join") == []  # no stream takes joins
+        missing = client_error()
+        del missing["props"]["error_code"]
+        body = (await http.post(f"{rtc.server.http_url}/api/events",
+                                json={"events": [client_error(), missing]})).json()
+        assert body["accepted"] == 1
+        assert body["rejected"] == [{"index": 1, "reason": "missing prop error_code"}]
+        view = (await http.get(f"{rtc.server.http_url}/api/streams")).json()
+        assert view["streams"]["client_errors"]["events"] == ["jetpack_rtc_connection_error"]
+        assert "recorders" not in json.dumps(view)
+
+
+def test_a_bad_streams_file_stops_startup_with_its_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    streams = tmp_path / "streams.toml"
+    streams.write_text('[streams.presence]\nevents = ["jetpack_rtc_join"]\nsample_rate = 7\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "rtc", "serve", "--port", "0", "--data-dir", str(tmp_path),
+         "--streams", str(streams)],
+        capture_output=True, text=True, timeout=TIMEOUT,
+    )
+    assert result.returncode == 2
+    assert f"{streams}:3:" in result.stderr
