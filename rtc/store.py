@@ -59,6 +59,7 @@ class DocumentStore:
         self._connection: sqlite3.Connection | None = None
         self._task_group: TaskGroup | None = None
         self._closing = False
+        self._closed = anyio.Event()  # set by aclose(): cuts the batching wait short
         self.rows: dict[RoomKey, int] = {}
 
     async def __aenter__(self) -> Self:
@@ -82,6 +83,7 @@ class DocumentStore:
         if self._task_group is None:
             return
         self._closing = True
+        self._closed.set()
         self._wake.set()
         task_group, self._task_group = self._task_group, None
         await task_group.__aexit__(None, None, None)
@@ -98,10 +100,15 @@ class DocumentStore:
         self._wake.set()
 
     async def load(self, key: RoomKey) -> list[bytes]:
-        """Every stored update of a room, oldest first (queued ones included)."""
+        """Every stored update of a room, oldest first (queued ones included).
+
+        Reads only: queued updates are taken from memory, so a file another process holds
+        locked delays a load (SQLite's busy timeout) but does not fail it.
+        """
+        room = (key.blog_id, key.post_id)
         async with self._lock:
-            await self._write_pending()
             rows = await anyio.to_thread.run_sync(self._select, key)
+            rows += [update for (*item, update) in self._pending if tuple(item) == room]
         self.rows[key] = len(rows)
         return rows
 
@@ -112,12 +119,26 @@ class DocumentStore:
         are dropped in the same step: the state includes them, and anything applied later is
         queued afterwards, so nothing is lost or written twice.
         """
+        room = (key.blog_id, key.post_id)
         async with self._lock:
-            await self._write_pending()
+            try:
+                await self._write_pending()
+            except sqlite3.Error:
+                # Compaction is an optimisation: skip it; the write loop retries the queue.
+                logger.exception("compacting %s in %s failed; will retry writing", key, self.path)
+                self._wake.set()
+                return
             state = state_of()
-            room = (key.blog_id, key.post_id)
             self._pending = [item for item in self._pending if item[:2] != room]
-            await anyio.to_thread.run_sync(self._replace, key, state)
+            try:
+                await anyio.to_thread.run_sync(self._replace, key, state)
+            except sqlite3.Error:
+                # The state holds every update just dropped from the queue: queue it instead.
+                logger.exception("compacting %s in %s failed; will retry writing", key, self.path)
+                self._pending.append((*room, state))
+                self.rows[key] = self.rows.get(key, 0) + 1
+                self._wake.set()
+                return
         self.rows[key] = 1
 
     def forget(self, key: RoomKey) -> None:
@@ -135,15 +156,18 @@ class DocumentStore:
         while not self._closing:
             await self._wake.wait()
             self._wake = anyio.Event()
-            # Batch what arrives within the interval into one transaction.
-            await anyio.sleep(self._flush_interval)
+            # Batch what arrives within the interval into one transaction (a close cuts the
+            # wait short: the final flush follows at once).
+            with anyio.move_on_after(self._flush_interval):
+                await self._closed.wait()
             try:
                 await self.flush()
             except sqlite3.Error:
                 # Kept queued; retried on the next wake. A locked or full disk is reported.
                 logger.exception("writing document updates to %s failed; will retry", self.path)
                 self._wake.set()
-                await anyio.sleep(1.0)
+                with anyio.move_on_after(1.0):
+                    await self._closed.wait()
 
     async def _write_pending(self) -> None:
         if not self._pending:
