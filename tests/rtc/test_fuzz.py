@@ -393,6 +393,31 @@ def test_room_receive_raises_only_protocol_errors(messages: list[Message], admit
                 break
 
 
+class _NoYrs:
+    """Stands in for the room's document: any call means the bytes reached yrs."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"reached yrs: Doc.{name}")
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        # 5 bytes declaring ~10^10 clients: yrs would size a hash map by it (~0.2 s, ~280 MB).
+        SyncUpdate(bytes.fromhex("d5dac3ea30")),
+        SyncStep2(bytes.fromhex("ffffff0f")),
+        SyncStep1(bytes.fromhex("d5dac3ea30")),
+    ],
+)
+def test_a_count_larger_than_its_bytes_never_reaches_yrs(message: Message) -> None:
+    room = Room(RoomKey(7, 42), Doc(), limits=RoomLimits(), history=SessionHistory())
+    room.open(1, 0)
+    room.receive(1, AwarenessMessage(encode_awareness([AwarenessEntry(5, 0, "{}")])), 0)
+    room.doc = _NoYrs()  # type: ignore[assignment]
+    with pytest.raises(ProtocolError, match="clients declared"):
+        room.receive(1, message, 0)
+
+
 # --- over sockets ------------------------------------------------------------------------
 
 _HANDSHAKE = (
