@@ -1,0 +1,346 @@
+"""Soak: many connections across many rooms, with edits, presence and churn, for a long time.
+A script, not a test.
+
+    .venv/bin/python bench/soak.py                       # 1,000 connections, 100 rooms, 10 min
+    .venv/bin/python bench/soak.py --duration 150        # shorter
+    .venv/bin/python bench/soak.py --duration 150 --debug   # + tracemalloc/gc/task snapshots
+
+The server is `python -m rtc serve` (its defaults: events to SQLite, documents persisted) on
+127.0.0.1 with a port it picked. The load runs in a second process (`--load`, started by this
+one) so that it does not share an interpreter with the server's measurements: pycrdt clients
+over websockets, each in one room, each editing its own document and moving its cursor every
+`--interval` seconds on average, and leaving (a new session takes its place) every `--churn`
+seconds on average. Nothing is unbounded: the number of connections is fixed, every wait has
+a timeout.
+
+Server RSS and open descriptors come from /proc/<pid>, rooms and sessions from /healthz,
+sampled every `--sample` seconds; the table marks start (load warm), middle and end, and a
+last row after the load has left and the rooms' grace has passed. With `--debug` the server
+runs under a small wrapper that, on SIGUSR1, appends tracemalloc's top growth since the
+previous snapshot, gc counts and the number of asyncio tasks to `<data-dir>/debug.txt`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+START_TIMEOUT = 30.0
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+# --- the server's side -------------------------------------------------------------------
+
+_DEBUG_WRAPPER = r"""
+import asyncio, gc, signal, sys, tracemalloc
+tracemalloc.start(5)
+previous = [tracemalloc.take_snapshot()]
+path = sys.argv.pop(1)
+
+def dump(signum, frame):
+    snapshot = tracemalloc.take_snapshot()
+    try:
+        tasks = len(asyncio.all_tasks())
+    except RuntimeError:
+        tasks = -1
+    with open(path, "a") as out:
+        out.write(f"--- gc counts {gc.get_count()} objects {len(gc.get_objects())} "
+                  f"tasks {tasks} traced {tracemalloc.get_traced_memory()}\n")
+        for stat in snapshot.compare_to(previous[0], "traceback")[:8]:
+            out.write(f"{stat}\n")
+            for line in stat.traceback.format()[-6:]:
+                out.write(f"    {line}\n")
+    previous[0] = snapshot
+
+signal.signal(signal.SIGUSR1, dump)
+from rtc.__main__ import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@dataclass
+class Sample:
+    label: str
+    at: float
+    rss_mb: float
+    fds: int
+    rooms: int
+    connections: int
+    sessions: int
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/statm") as statm:
+        return int(statm.read().split()[1]) * PAGE / 2**20
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def healthz(port: int) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as response:
+        return dict(json.load(response))
+
+
+def sample(label: str, pid: int, port: int, started: float) -> Sample:
+    health = healthz(port)
+    return Sample(
+        label, time.monotonic() - started, rss_mb(pid), open_fds(pid),
+        health["rooms"], health["connections"], health["sessions"],
+    )
+
+
+def start_server(data_dir: Path, args: argparse.Namespace) -> tuple[subprocess.Popen[str], int]:
+    serve = ["serve", "--port", "0", "--data-dir", str(data_dir), "--log-level", "WARNING",
+             "--room-grace", str(args.room_grace)]
+    if args.debug:
+        command = [sys.executable, "-c", _DEBUG_WRAPPER, str(data_dir / "debug.txt"), *serve]
+    else:
+        command = [sys.executable, "-m", "rtc", *serve]
+    log = (data_dir / "server.log").open("w")
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT)
+    assert process.stdout is not None
+    deadline = time.monotonic() + START_TIMEOUT
+    output = ""
+    while "Events:" not in output:  # bounded by the deadline
+        if time.monotonic() > deadline or process.poll() is not None:
+            process.kill()
+            raise SystemExit(f"the server did not start:\n{output}")
+        output += process.stdout.readline()
+    match = re.search(r"rtc listening on http://127\.0\.0\.1:(\d+)", output)
+    assert match is not None, output
+    return process, int(match.group(1))
+
+
+def run(args: argparse.Namespace) -> None:
+    data_dir = Path(args.data_dir or tempfile.mkdtemp(prefix="rtc-soak-"))
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server, port = start_server(data_dir, args)
+    pid = server.pid
+    print(f"server pid {pid} on 127.0.0.1:{port}, data in {data_dir}", flush=True)
+    samples: list[Sample] = []
+    load = None
+    try:
+        started = time.monotonic()
+        samples.append(sample("idle", pid, port, started))
+        load = subprocess.Popen(
+            [sys.executable, __file__, "--load", "--port", str(port),
+             "--connections", str(args.connections), "--rooms", str(args.rooms),
+             "--duration", str(args.duration), "--interval", str(args.interval),
+             "--churn", str(args.churn), "--seed", str(args.seed)],
+            stdout=subprocess.PIPE, text=True,
+        )
+        assert load.stdout is not None
+        line = load.stdout.readline()  # "warm" once every connection has joined
+        if not line.startswith("warm"):
+            raise SystemExit(f"the load generator failed: {line!r}")
+        print(f"load warm: {line.strip()}", flush=True)
+        warm = time.monotonic()
+        samples.append(sample("start", pid, port, started))
+        marks = {"middle": warm + args.duration / 2}
+        if args.debug:
+            os.kill(pid, signal.SIGUSR1)
+        next_sample = time.monotonic() + args.sample
+        while load.poll() is None:  # the load generator stops itself after --duration
+            now = time.monotonic()
+            if "middle" in marks and now >= marks["middle"]:
+                del marks["middle"]
+                samples.append(sample("middle", pid, port, started))
+                if args.debug:
+                    os.kill(pid, signal.SIGUSR1)
+            elif now >= next_sample:
+                samples.append(sample("", pid, port, started))
+                next_sample = now + args.sample
+            time.sleep(0.5)
+            print_row(samples[-1], header=len(samples) == 1)
+        samples.append(sample("end", pid, port, started))
+        summary = load.stdout.read()
+        if args.debug:
+            os.kill(pid, signal.SIGUSR1)
+        # Rooms unload after their grace; the server should be back to about idle.
+        time.sleep(args.room_grace + 3)
+        samples.append(sample("drained", pid, port, started))
+        if args.debug:
+            os.kill(pid, signal.SIGUSR1)
+            time.sleep(1)
+    finally:
+        if load is not None and load.poll() is None:
+            load.terminate()
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    print_table(samples)
+    print(summary.strip())
+    print(f"server exit code {server.returncode}; log {data_dir / 'server.log'}")
+    if args.debug:
+        print(f"debug snapshots: {data_dir / 'debug.txt'}")
+
+
+_last_printed: list[int] = [0]
+
+
+def print_row(row: Sample, *, header: bool = False) -> None:
+    if id(row) == _last_printed[0]:
+        return
+    _last_printed[0] = id(row)
+    if header:
+        print(f"{'':8} {'t (s)':>7} {'RSS MB':>8} {'fds':>6} {'rooms':>6} {'conns':>6} "
+              f"{'sessions':>8}", flush=True)
+    print(f"{row.label:8} {row.at:7.1f} {row.rss_mb:8.1f} {row.fds:6d} {row.rooms:6d} "
+          f"{row.connections:6d} {row.sessions:8d}", flush=True)
+
+
+def print_table(samples: list[Sample]) -> None:
+    print("\nsummary")
+    print(f"{'':8} {'t (s)':>7} {'RSS MB':>8} {'fds':>6} {'rooms':>6} {'conns':>6} "
+          f"{'sessions':>8}")
+    for row in samples:
+        if row.label:
+            print(f"{row.label:8} {row.at:7.1f} {row.rss_mb:8.1f} {row.fds:6d} {row.rooms:6d} "
+                  f"{row.connections:6d} {row.sessions:8d}")
+
+
+# --- the load's side ---------------------------------------------------------------------
+
+
+async def load(args: argparse.Namespace) -> None:
+    from pycrdt import Doc, Text
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed, InvalidHandshake
+
+    from rtc.awareness import AwarenessEntry, encode_awareness
+    from rtc.protocol import AwarenessMessage, SyncStep1, SyncStep2, SyncUpdate, decode, encode
+
+    rng = random.Random(args.seed)
+    ids = iter(range(1, 10**9))
+    stop_at = time.monotonic() + args.duration
+    counts = {"sessions": 0, "edits": 0, "awareness": 0, "received": 0, "failed": 0,
+              "unexpected_close": 0}
+    warm = asyncio.Event()
+    joined = 0
+
+    async def session(slot: int) -> None:
+        """One connection: join, edit and move the cursor, then leave after a while."""
+        nonlocal joined
+        room = slot % args.rooms + 1
+        client_id = next(ids)
+        user = slot  # one user per slot; a slot's successive sessions are the same user
+        doc: Doc[Any] = Doc(client_id=client_id)
+        text = doc.get("content", type=Text)
+        clock = 0
+
+        def presence() -> bytes:
+            state = {"collaboratorInfo": {"id": user, "name": f"user{user}"},
+                     "cursor": {"index": rng.randrange(1000)}}
+            entry = AwarenessEntry(client_id, clock, json.dumps(state))
+            return encode(AwarenessMessage(encode_awareness([entry])))
+
+        url = f"ws://127.0.0.1:{args.port}/rooms/1/{room}"
+        async with asyncio.timeout(30):
+            ws = await connect(url, compression=None, open_timeout=30, max_queue=64)
+        counts["sessions"] += 1
+
+        async def reader() -> None:
+            async for data in ws:
+                counts["received"] += 1
+                if isinstance(data, bytes) and data[:2] == b"\x00\x00":  # sync step 1
+                    message = decode(data)
+                    assert isinstance(message, SyncStep1)
+                    await ws.send(encode(SyncStep2(doc.get_update(message.state_vector))))
+
+        reading = asyncio.create_task(reader())
+        try:
+            await ws.send(encode(SyncStep1(doc.get_state())))
+            await ws.send(presence())
+            if not warm.is_set():
+                joined += 1
+                if joined == args.connections:
+                    warm.set()
+            leave_at = time.monotonic() + rng.expovariate(1 / args.churn)
+            while (now := time.monotonic()) < min(leave_at, stop_at):
+                await asyncio.sleep(min(rng.expovariate(1 / args.interval),
+                                        max(0.0, min(leave_at, stop_at) - now)))
+                if reading.done():
+                    break
+                if rng.random() < 0.5:
+                    before = doc.get_state()
+                    text.insert(0, f"{client_id}:{rng.randrange(1000)} ")
+                    await ws.send(encode(SyncUpdate(doc.get_update(before))))
+                    counts["edits"] += 1
+                else:
+                    clock += 1
+                    await ws.send(presence())
+                    counts["awareness"] += 1
+        except ConnectionClosed:
+            counts["unexpected_close"] += 1
+        finally:
+            reading.cancel()
+            try:
+                async with asyncio.timeout(10):
+                    await ws.close()
+            except (TimeoutError, ConnectionClosed):
+                pass
+            if ws.close_code not in (1000, 1005, None):
+                counts["unexpected_close"] += 1
+
+    async def slot_loop(slot: int) -> None:
+        # Stagger the first connections so that warm-up is not one thundering herd.
+        await asyncio.sleep(slot * 0.005)
+        while time.monotonic() < stop_at:
+            try:
+                await session(slot)
+            except (OSError, TimeoutError, InvalidHandshake):
+                counts["failed"] += 1
+                await asyncio.sleep(1)
+
+    tasks = [asyncio.create_task(slot_loop(slot)) for slot in range(args.connections)]
+    await asyncio.wait_for(warm.wait(), timeout=120)
+    print(f"warm {args.connections} connections in {args.rooms} rooms", flush=True)
+    await asyncio.gather(*tasks)
+    print("load: " + ", ".join(f"{key} {value}" for key, value in counts.items()), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=600.0, help="seconds of load")
+    parser.add_argument("--connections", type=int, default=1000)
+    parser.add_argument("--rooms", type=int, default=100)
+    parser.add_argument("--interval", type=float, default=5.0,
+                        help="mean seconds between a connection's edits or cursor moves")
+    parser.add_argument("--churn", type=float, default=60.0,
+                        help="mean seconds a connection stays before a new one replaces it")
+    parser.add_argument("--sample", type=float, default=15.0, help="seconds between samples")
+    parser.add_argument("--room-grace", type=float, default=5.0,
+                        help="the server's --room-grace, in seconds")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--data-dir", help="default: a fresh temporary directory")
+    parser.add_argument("--debug", action="store_true",
+                        help="tracemalloc/gc/task snapshots at start, middle, end, drained")
+    parser.add_argument("--load", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.load:
+        asyncio.run(load(args))
+    else:
+        run(args)
+
+
+if __name__ == "__main__":
+    main()
