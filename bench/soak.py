@@ -142,7 +142,8 @@ def run(args: argparse.Namespace) -> None:
             [sys.executable, __file__, "--load", "--port", str(port),
              "--connections", str(args.connections), "--rooms", str(args.rooms),
              "--duration", str(args.duration), "--interval", str(args.interval),
-             "--churn", str(args.churn), "--seed", str(args.seed)],
+             "--churn", str(args.churn), "--seed", str(args.seed),
+             "--edit-share", str(args.edit_share)],
             stdout=subprocess.PIPE, text=True,
         )
         assert load.stdout is not None
@@ -167,7 +168,7 @@ def run(args: argparse.Namespace) -> None:
                 samples.append(sample("", pid, port, started))
                 next_sample = now + args.sample
             time.sleep(0.5)
-            print_row(samples[-1], header=len(samples) == 1)
+            print_row(samples[-1], header=len(samples) == 2)
         samples.append(sample("end", pid, port, started))
         summary = load.stdout.read()
         if args.debug:
@@ -279,7 +280,7 @@ async def load(args: argparse.Namespace) -> None:
                                         max(0.0, min(leave_at, stop_at) - now)))
                 if reading.done():
                     break
-                if rng.random() < 0.5:
+                if rng.random() < args.edit_share:
                     before = doc.get_state()
                     text.insert(0, f"{client_id}:{rng.randrange(1000)} ")
                     await ws.send(encode(SyncUpdate(doc.get_update(before))))
@@ -324,6 +325,8 @@ def main() -> None:
     parser.add_argument("--rooms", type=int, default=100)
     parser.add_argument("--interval", type=float, default=5.0,
                         help="mean seconds between a connection's edits or cursor moves")
+    parser.add_argument("--edit-share", type=float, default=0.5,
+                        help="share of actions that are edits (the rest move the cursor)")
     parser.add_argument("--churn", type=float, default=60.0,
                         help="mean seconds a connection stays before a new one replaces it")
     parser.add_argument("--sample", type=float, default=15.0, help="seconds between samples")
