@@ -21,6 +21,7 @@ __all__ = [
     "AwarenessStates",
     "decode_awareness",
     "encode_awareness",
+    "first_client",
     "user_of",
 ]
 
@@ -77,6 +78,17 @@ def decode_awareness(payload: bytes) -> tuple[AwarenessEntry, ...]:
         entries.append(AwarenessEntry(client_id, clock, reader.read_var_string()))
     reader.expect_end()
     return tuple(entries)
+
+
+def first_client(payload: bytes) -> tuple[int, int | None]:
+    """The entry count of an awareness update and its first clientID, reading nothing more.
+
+    Raises:
+        ProtocolError: the header is malformed.
+    """
+    reader = Reader(payload)
+    count = reader.read_var_uint()
+    return count, reader.read_var_uint() if count else None
 
 
 def encode_awareness(entries: Iterable[AwarenessEntry]) -> bytes:

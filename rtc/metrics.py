@@ -171,10 +171,17 @@ class Metrics:
             registry=r,
         )
         r.register(_LiveCollector(live, recorders))
+        self._notes: dict[str, Counter] = {}
         self._in = {name: (self.messages_in.labels(name), self.bytes_in.labels(name))
                     for name in (*_MESSAGE_TYPES.values(), "invalid")}
         self._out = {name: (self.messages_out.labels(name), self.bytes_out.labels(name))
                      for name in (*_MESSAGE_TYPES.values(), "invalid")}
+
+    def note(self, what: str) -> None:
+        counter = self._notes.get(what)
+        if counter is None:
+            counter = self._notes[what] = self.notes.labels(what)
+        counter.inc()
 
     def received(self, data: bytes) -> None:
         messages, size = self._in[message_type(data)]

@@ -15,7 +15,14 @@ from typing import Any
 
 from pycrdt import Doc
 
-from .awareness import AwarenessEntry, AwarenessStates, decode_awareness, encode_awareness, user_of
+from .awareness import (
+    AwarenessEntry,
+    AwarenessStates,
+    decode_awareness,
+    encode_awareness,
+    first_client,
+    user_of,
+)
 from .errors import CloseCode, ProtocolError
 from .history import RecentEnd, SessionHistory
 from .protocol import (
@@ -32,6 +39,7 @@ from .protocol import (
 )
 
 __all__ = [
+    "ECHO",
     "Action",
     "Blocked",
     "Broadcast",
@@ -195,6 +203,9 @@ class Note:
 
 
 Action = Send | Broadcast | Close | Persist | Joined | Blocked | Left | Note
+
+# What a message that only re-sent other clients' presence amounts to.
+ECHO = Note("awareness-echo")
 
 
 @dataclass(slots=True)
@@ -486,6 +497,11 @@ class Room:
         raise TypeError(f"unexpected message {message!r}")
 
     def _handle_awareness(self, session: Session, payload: bytes) -> list[Action]:
+        count, first = first_client(payload)
+        if count == 1 and first != session.session_id:
+            # The common case by far: a y-websocket client re-sending one state it applied.
+            # It is dropped unread (the rest of it cannot affect anyone).
+            return [ECHO]
         entries = decode_awareness(payload)
         changed = []
         foreign = 0
@@ -505,7 +521,7 @@ class Room:
                     session.name = name
         actions: list[Action] = []
         if foreign and not changed:
-            actions.append(Note("awareness-echo"))
+            actions.append(ECHO)
         if changed:
             data = (
                 encode(AwarenessMessage(payload))

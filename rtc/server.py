@@ -51,6 +51,7 @@ from .metrics import LiveFigures, Metrics, RecorderFigures
 from .protocol import decode
 from .ratelimit import TokenBucket
 from .room import (
+    ECHO,
     Action,
     Blocked,
     Broadcast,
@@ -541,8 +542,7 @@ class RtcServer:
             now = _now_ms()
             actions = room.receive(peer.id, decode(data), now)
             self._carry_out(peer, actions)
-            echo = any(isinstance(action, Note) and action.what == "awareness-echo"
-                       for action in actions)
+            echo = ECHO in actions
             if not peer.bucket.take(time.monotonic(), _ECHO_COST if echo else 1.0):
                 self.metrics.limit_refusals.labels("messages").inc()
                 raise RateLimitedError(f"over {self.config.max_messages_per_second:g} messages/s")
@@ -585,7 +585,7 @@ class RtcServer:
                     if target is not None:
                         self._close(target, code, reason)
                 case Note(what=what):
-                    self.metrics.notes.labels(what).inc()
+                    self.metrics.note(what)
 
     def _send(self, connections: Sequence[int], data: bytes) -> None:
         ready = []
