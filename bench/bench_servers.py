@@ -8,7 +8,7 @@ picked itself, and a fresh ``node bench/loadgen.mjs``. Server CPU and RSS come f
 RSS at those markers and the kernel's peak (VmHWM). Linux only.
 
 Servers:
-    node    the reference @y/websocket-server 0.1.1 (bench/reference_server.mjs)
+    node    the reference @y/websocket-server 0.1.1 (tests/js/reference_server.mjs)
     pycrdt  bare pycrdt-websocket (bench/bare_pycrdt_server.py)
     ours    ``python -m rtc serve`` with its defaults (events to SQLite, persistence)
 """
@@ -64,7 +64,9 @@ def _port_from_banner(line: str) -> int | None:
 
 def _command(name: str, data_dir: Path) -> tuple[list[str], Callable[[str], int | None]]:
     if name == "node":
-        return ["node", str(BENCH / "reference_server.mjs")], _port_from_json
+        # The same launcher the interop tests use (its packages: tests/js/node_modules).
+        launcher = BENCH.parent / "tests" / "js" / "reference_server.mjs"
+        return ["node", str(launcher)], _port_from_json
     if name == "pycrdt":
         return [str(PYTHON), str(BENCH / "bare_pycrdt_server.py")], _port_from_json
     if name == "ours":
