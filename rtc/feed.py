@@ -33,7 +33,7 @@ class EventFeed:
         max_rooms: rooms whose history is kept; the least recently active go first.
     """
 
-    def __init__(self, *, history: int = 100, max_rooms: int = 1000) -> None:
+    def __init__(self, *, history: int = 50, max_rooms: int = 256) -> None:
         if history < 0 or max_rooms < 1:
             raise ValueError("history must be >= 0 and max_rooms >= 1")
         self._history = history

@@ -150,8 +150,9 @@ class RtcServer:
                 opened = []
                 for index, url in enumerate(config.recorder_urls):
                     options: dict[str, object] = {}
-                    if url.startswith(("http://", "https://")):
-                        # A backend outage longer than the retries must not lose events.
+                    if url.startswith(("http://", "https://", "sqlite:", "jsonl:/")):
+                        # A backend outage or a store locked longer than the retries must not
+                        # lose events: batches wait on disk and are re-sent, oldest first.
                         options["spool"] = config.data_dir / "spool" / f"recorder-{index}"
                     recorder = open_recorder(url, **options)
                     opened.append(await stack.enter_async_context(recorder))
@@ -496,7 +497,23 @@ class RtcServer:
             self.metrics.closes.labels(str(CloseCode.SERVER_BUSY)).inc()
             await ws.close(CloseCode.SERVER_BUSY, "too-many-rooms")
             return
-        room = await self._rooms.acquire(target.key)
+        try:
+            room = await self._rooms.acquire(target.key)
+        except Exception:
+            # A store that cannot be read (locked past its timeout, corrupt rows) fails this
+            # connection with a recorded error, not the server.
+            logger.exception("room %s could not be loaded", target.key)
+            self.metrics.closes.labels(str(CloseCode.TRY_AGAIN_LATER)).inc()
+            self._tracking.connection_error(
+                target.key,
+                connection=connection_id,
+                connected_at_ms=connected_at_ms,
+                session=None,
+                error_code="internal-error",
+                close_code=CloseCode.TRY_AGAIN_LATER,
+            )
+            await ws.close(CloseCode.TRY_AGAIN_LATER, "room-unavailable")
+            return
         config = self.config
         peer = _Peer(
             connection_id,

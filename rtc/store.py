@@ -87,7 +87,19 @@ class DocumentStore:
         self._wake.set()
         task_group, self._task_group = self._task_group, None
         await task_group.__aexit__(None, None, None)
-        await self.flush()
+        # A locked file or a full disk at shutdown: keep trying for a while, then say
+        # clearly what could not be written rather than crash the exit.
+        for attempt in range(10):
+            try:
+                await self.flush()
+                break
+            except sqlite3.Error:
+                logger.warning("flushing documents to %s failed (attempt %d)", self.path,
+                               attempt + 1, exc_info=attempt == 0)
+                await anyio.sleep(min(0.1 * 2**attempt, 2.0))
+        else:
+            logger.error("%d document updates could not be written to %s",
+                         len(self._pending), self.path)
         async with self._lock:
             if self._connection is not None:
                 await anyio.to_thread.run_sync(self._connection.close)
