@@ -414,7 +414,7 @@ def test_a_count_larger_than_its_bytes_never_reaches_yrs(message: Message) -> No
     room.open(1, 0)
     room.receive(1, AwarenessMessage(encode_awareness([AwarenessEntry(5, 0, "{}")])), 0)
     room.doc = _NoYrs()  # type: ignore[assignment]
-    with pytest.raises(ProtocolError, match="clients declared"):
+    with pytest.raises(ProtocolError, match="entries declared"):
         room.receive(1, message, 0)
 
 
