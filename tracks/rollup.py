@@ -75,6 +75,8 @@ ROLLUP_TABLES: Sequence[str] = (
         blog_id INTEGER NOT NULL, post_id INTEGER NOT NULL, sessions INTEGER NOT NULL,
         PRIMARY KEY (blog_id, post_id)) WITHOUT ROWID""",
     "CREATE INDEX IF NOT EXISTS rollup_post_totals_sessions ON rollup_post_totals (sessions)",
+    # Peaks are recomputed from one post's recent joins and leaves: a range, not its history.
+    "CREATE INDEX IF NOT EXISTS events_post_ts ON events (blog_id, post_id, ts)",
     """CREATE TABLE IF NOT EXISTS rollup_open_posts (
         blog_id INTEGER NOT NULL, post_id INTEGER NOT NULL,
         PRIMARY KEY (blog_id, post_id)) WITHOUT ROWID""",

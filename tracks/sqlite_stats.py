@@ -15,6 +15,8 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
+from itertools import groupby
+from operator import itemgetter
 from pathlib import Path
 from typing import Self
 
@@ -143,18 +145,20 @@ class SqliteStatsStore:
 
     def _raw_rows(self, scope: Scope, last_id: int) -> list[RawRow]:
         """(kind, blog, post, session, user, ts, duration_ms, code) stored since the rollup."""
-        clauses, params = ["id > ?", "blog_id IS NOT NULL", "post_id IS NOT NULL"], [last_id]
+        # The unary + keeps SQLite on the id range (a few minutes of rows) rather than a
+        # blog or time index that would visit months of them.
+        clauses, params = ["id > ?", "+blog_id IS NOT NULL", "+post_id IS NOT NULL"], [last_id]
         if scope.blog_id is not None:
-            clauses.append("blog_id = ?")
+            clauses.append("+blog_id = ?")
             params.append(scope.blog_id)
         if scope.post_id is not None:
-            clauses.append("post_id = ?")
+            clauses.append("+post_id = ?")
             params.append(scope.post_id)
         if scope.since_day is not None:
-            clauses.append("ts >= ?")
+            clauses.append("+ts >= ?")
             params.append(scope.since_day * DAY_MS)
         if scope.until_day is not None:
-            clauses.append("ts < ?")
+            clauses.append("+ts < ?")
             params.append((scope.until_day + 1) * DAY_MS)
         rows = self._reader.execute(
             f"SELECT kind, blog_id, post_id, session_id, wp_user_id, ts,"
@@ -195,16 +199,10 @@ class SqliteStatsStore:
                 f"SELECT bucket, SUM(n) FROM rollup_durations WHERE {where} GROUP BY bucket", key
             ):
                 total.durations[bucket] += n
-            # Per day, only the two percentile buckets (the rows come in index order).
-            for day, p50, p90 in run(
-                "SELECT day, MIN(CASE WHEN running * 100 >= total * 50 THEN bucket END),"
-                " MIN(CASE WHEN running * 100 >= total * 90 THEN bucket END) FROM ("
-                " SELECT day, bucket, SUM(n) OVER (PARTITION BY day ORDER BY bucket"
-                " ROWS UNBOUNDED PRECEDING) AS running, SUM(n) OVER (PARTITION BY day) AS total"
-                f" FROM rollup_durations WHERE {where}) GROUP BY day",
-                key,
-            ):
-                days[day].percentile_buckets = (p50, p90)
+            # Per day, only the two percentile buckets; the rows come in (day, bucket) order.
+            rows = run(f"SELECT day, bucket, n FROM rollup_durations WHERE {where}", key)
+            for day, group in groupby(rows.fetchall(), key=itemgetter(0)):
+                days[day].percentile_buckets = _percentile_buckets(list(group))
         with timer("peaks"):
             for day, sessions, users in run(
                 f"SELECT day, sessions, users FROM rollup_peaks WHERE {where}", key
@@ -360,7 +358,11 @@ class SqliteStatsStore:
                 "SELECT blog_id, post_id FROM rollup_open_posts"
             ):
                 if scope.contains(blog, post):
-                    for day in range(max(day_of(rolled_at), first), min(day_of(now_ms), last) + 1):
+                    # The last rollup saw their visits open until then; only a day begun
+                    # since can hold a peak it has not (new visits come with raw events).
+                    for day in range(
+                        max(day_of(rolled_at) + 1, first), min(day_of(now_ms), last) + 1
+                    ):
                         touched.add((blog, post, day))
         recomputed: dict[int, dict[tuple[int, int], tuple[int, int]]] = defaultdict(dict)
         for (blog, post, day), figures in compute_peaks(
@@ -391,6 +393,23 @@ class SqliteStatsStore:
             params,
         )
         return {(int(b), int(p)): (int(s), int(u)) for b, p, s, u in rows}
+
+
+def _percentile_buckets(rows: list[tuple[int, int, int]]) -> tuple[int | None, int | None]:
+    """The p50 and p90 buckets of one day's ``(day, bucket, n)`` rows in bucket order
+    (nearest rank, as `tracks.figures.percentile`)."""
+    total = sum(row[2] for row in rows)
+    ranks = [max(-(-percent * total // 100), 1) for percent in (50, 90)]
+    found: list[int | None] = [None, None]
+    seen = 0
+    for _, bucket, n in rows:
+        seen += n
+        for index, rank in enumerate(ranks):
+            if found[index] is None and seen >= rank:
+                found[index] = bucket
+        if found[1] is not None:
+            break
+    return found[0], found[1]
 
 
 class _Timer:
