@@ -46,7 +46,7 @@ class SessionHistory:
         *,
         ends_memory_ms: int = 24 * 3600_000,
         blocked_memory_ms: int = 60 * 60_000,
-        max_entries: int = 100_000,
+        max_entries: int = 50_000,
     ) -> None:
         if ends_memory_ms < 0 or blocked_memory_ms < 0 or max_entries < 1:
             raise ValueError("history windows must be >= 0 and max_entries >= 1")
