@@ -25,6 +25,7 @@ from anyio.abc import TaskGroup
 from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import Close as CloseFrame
 from websockets.http11 import Request, Response
 
 from tracks import Recorder, open_recorder
@@ -34,6 +35,7 @@ from tracks.streams import StreamConfig, load_streams
 from . import http
 from .analytics_api import AnalyticsApi
 from .capture import CaptureSettings
+from .closes import classify
 from .config import ServerConfig
 from .connection import PlainRequest, PlainResponse, connection_class
 from .errors import (
@@ -75,18 +77,6 @@ __all__ = ["RtcServer"]
 
 logger = logging.getLogger(__name__)
 
-# Close codes a peer may end with that mean "I chose to leave".
-_CLEAN_CODES = frozenset({1000, 1001, 1005})
-# Close codes the server sends that are a decision, not a failure: no connection_error.
-_DECISIONS = frozenset(
-    {
-        CloseCode.GOING_AWAY,
-        CloseCode.LIMIT_EXCEEDED,
-        CloseCode.SESSION_CONFLICT,
-        CloseCode.AUTHENTICATION_FAILED,  # only as "token-expired": failures carry an error
-        CloseCode.FORBIDDEN,  # only as "revoked"
-    }
-)
 _ECHO_COST = 0.05  # an awareness echo costs a twentieth of a message against the rate limit
 
 
@@ -639,10 +629,17 @@ class RtcServer:
         self._peers.pop(peer.id, None)
         room = peer.room
         session = room.session_of(peer.id)
-        error_code, close_code, clean = self._classify(peer)
+        protocol = peer.ws.protocol
+        ending = classify(
+            error=peer.error,
+            decided=(peer.close_code, peer.close_reason) if peer.close_code is not None else None,
+            received=_frame(protocol.close_rcvd),
+            sent=_frame(protocol.close_sent),
+        )
+        error_code, close_code = ending.error_code, ending.close_code
         self.metrics.closes.labels(str(close_code)).inc()
         now = _now_ms()
-        self._carry_out(peer, room.close(peer.id, now, clean=clean))
+        self._carry_out(peer, room.close(peer.id, now, clean=ending.clean))
         if error_code is not None:
             self._tracking.connection_error(
                 room.key,
@@ -657,31 +654,6 @@ class RtcServer:
             peer.id, room.key, close_code, f" ({error_code})" if error_code else "",
         )
         self._rooms.released(room)
-
-    def _classify(self, peer: _Peer) -> tuple[str | None, int, bool]:
-        """(error_code or None, close_code, clean) for a connection that ended."""
-        if peer.error is not None:
-            return peer.error.error_code, peer.error.close_code, False
-        if peer.close_code is not None:
-            if peer.close_code in _DECISIONS:
-                return None, peer.close_code, True
-            return peer.close_reason, peer.close_code, False
-        protocol = peer.ws.protocol
-        received, sent = protocol.close_rcvd, protocol.close_sent
-        if received is not None:
-            if received.code in _CLEAN_CODES:
-                return None, received.code, True
-            return "abnormal-closure", received.code, False
-        if sent is not None:
-            if sent.code == CloseCode.INTERNAL_ERROR and "keepalive" in sent.reason:
-                return "ping-timeout", sent.code, False
-            if sent.code == CloseCode.MESSAGE_TOO_BIG:
-                return "message-too-big", sent.code, False
-            if sent.code in (CloseCode.PROTOCOL_ERROR, 1007):
-                return "protocol-error", sent.code, False
-            if sent.code == CloseCode.GOING_AWAY:
-                return None, sent.code, True
-        return "abnormal-closure", 1006, False
 
     async def _expire_tokens(self) -> None:
         """Close connections whose token expired (one task for all of them)."""
@@ -737,3 +709,7 @@ class RtcServer:
 def _address_of(connection: ServerConnection) -> str:
     address = connection.remote_address
     return str(address[0]) if address else "unknown"
+
+
+def _frame(close: CloseFrame | None) -> tuple[int, str] | None:
+    return (close.code, close.reason) if close is not None else None

@@ -5,7 +5,10 @@ from pathlib import Path
 
 import pytest
 
-PURE = ["protocol.py", "awareness.py", "room.py", "history.py", "routes.py", "feed.py"]
+PURE = [
+    "protocol.py", "awareness.py", "room.py", "history.py", "routes.py", "feed.py", "closes.py",
+    "yupdate.py", "ratelimit.py",
+]
 ROOT = Path(__file__).resolve().parents[2] / "rtc"
 
 
