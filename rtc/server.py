@@ -10,11 +10,9 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
-import json
 import logging
 import time
-from collections import Counter
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -23,21 +21,19 @@ from typing import Self
 import anyio
 from anyio.abc import TaskGroup
 from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
-from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Close as CloseFrame
-from websockets.http11 import Request, Response
 
 from tracks import Recorder, open_recorder
 from tracks.store import locate
 from tracks.streams import StreamConfig, load_streams
 
-from . import http
 from .analytics_api import AnalyticsApi
 from .capture import CaptureSettings
 from .closes import classify
 from .config import ServerConfig
-from .connection import PlainRequest, PlainResponse, connection_class
+from .connection import connection_class
+from .endpoints import ConnectionCounts, Endpoints, address_of
 from .errors import (
     AnnounceTimeoutError,
     CloseCode,
@@ -69,7 +65,7 @@ from .room import (
     Send,
 )
 from .rooms import RoomRegistry
-from .routes import ApiRoute, FeedRoute, HttpError, RoomRoute, Route, StaticRoute, route
+from .routes import FeedRoute, RoomRoute
 from .stats_api import StatsApi
 from .store import DocumentStore
 
@@ -114,12 +110,9 @@ class RtcServer:
         self._stack = contextlib.AsyncExitStack()
         self._ids = itertools.count(1)
         self._peers: dict[int, _Peer] = {}
-        self._routes: dict[ServerConnection, Route] = {}
-        self._per_address: Counter[str] = Counter()
-        self._open_connections = 0
+        self._connections = ConnectionCounts()
         self._expiries: list[tuple[float, int]] = []
         self._server: Server | None = None
-        self._started = time.monotonic()
         self.feed = EventFeed()
         self.metrics = Metrics(self._live_figures, self._recorder_figures)
         self.history = SessionHistory()
@@ -129,6 +122,7 @@ class RtcServer:
         self._tracking: Tracking
         self._analytics: AnalyticsApi
         self.stats: StatsApi
+        self._endpoints: Endpoints
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -199,18 +193,28 @@ class RtcServer:
             await self._task_group.start(self.stats.run)
             if config.secret is not None:
                 self._task_group.start_soon(self._expire_tokens)
+            self._endpoints = Endpoints(
+                config,
+                metrics=self.metrics,
+                rooms=self._rooms,
+                analytics=self._analytics,
+                stats=self.stats,
+                live=self._live_figures,
+                kick=self.kick,
+                connections=self._connections,
+            )
             self._server = await serve(
                 self._handle,
                 config.host,
                 config.port,
-                process_request=self._process_request,
+                process_request=self._endpoints.process_request,
                 max_size=config.max_message_size,
                 ping_interval=config.ping_interval,
                 ping_timeout=config.ping_timeout,
                 close_timeout=3,
                 # Compression costs a zlib context per connection; y-websocket frames are small.
                 compression=None,
-                create_connection=connection_class(self._plain_request),
+                create_connection=connection_class(self._endpoints.plain_request),
             )
         except BaseException:
             await stack.aclose()
@@ -260,184 +264,30 @@ class RtcServer:
         for recorder in self.recorders:
             await recorder.flush()
 
-    # --- HTTP --------------------------------------------------------------------------
-
-    def _process_request(
-        self, connection: ServerConnection, request: Request
-    ) -> Response | Awaitable[Response] | None:
-        try:
-            target = route(request.path)
-            if isinstance(target, RoomRoute | FeedRoute):
-                self._admit_handshake(connection, request)
-        except HttpError as error:
-            self.metrics.http_errors.labels(str(error.status)).inc()
-            path = request.path.split("?")[0]
-            logger.info("HTTP %d for %s: %s", error.status, path, error.message)
-            return http.error_response(connection, error.status, error.message)
-        if isinstance(target, RoomRoute | FeedRoute):
-            self._routes[connection] = target
-            return None
-        if isinstance(target, StaticRoute):
-            return http.file_response(
-                connection,
-                self.config.demo_dir,
-                target.path,
-                on_missing=self.metrics.http_errors.labels("404").inc,
-            )
-        if target.name in ("stats", "stats_live"):
-            return self.stats.respond(connection, target.name, request.path)
-        return self._api(connection, target, request.headers)
-
-    def _admit_handshake(self, connection: ServerConnection, request: Request) -> None:
-        """Refuse a WebSocket handshake early: foreign Origins, too many connections.
-
-        Raises:
-            HttpError: 403, 429 or 503.
-        """
-        config = self.config
-        origin = request.headers.get("Origin")
-        if config.allowed_origins:
-            if origin is None and config.secret is None:
-                # Without tokens, only a browser on an allowed page may connect.
-                raise HttpError(403, "an Origin header is required")
-            if origin is not None and origin not in config.allowed_origins:
-                self.metrics.limit_refusals.labels("origin").inc()
-                # Cross-site WebSocket hijacking: another site's page in a user's browser.
-                raise HttpError(403, f"origin not allowed: {origin}")
-        if config.max_connections and self._open_connections >= config.max_connections:
-            self.metrics.limit_refusals.labels("connections").inc()
-            raise HttpError(503, "the server is at its connection limit; try again later")
-        address = _address_of(connection)
-        if (
-            config.max_connections_per_ip
-            and self._per_address[address] >= config.max_connections_per_ip
-        ):
-            self.metrics.limit_refusals.labels("connections_per_ip").inc()
-            raise HttpError(429, "too many connections from this address")
-
-    def _plain_request(self, request: PlainRequest) -> PlainResponse:
-        """Requests other than GET: ingest, capture control and the admin API."""
-        try:
-            target = route(request.target)
-            method = request.method
-            name = target.name if isinstance(target, ApiRoute) else None
-            analytics = self._analytics
-            if name == "events" and method == "OPTIONS":
-                return analytics.preflight(request)
-            if name == "events" and method == "POST":
-                return analytics.ingest(request)
-            if name == "capture_blog" and method in ("PUT", "POST"):
-                assert isinstance(target, ApiRoute)
-                assert target.blog_id is not None
-                return analytics.set_capture(request, target.blog_id)
-            if name == "kick" and method == "POST":
-                assert isinstance(target, ApiRoute)
-                return self._kick(target, request)
-            raise HttpError(405, f"{method} is not allowed here")
-        except HttpError as error:
-            self.metrics.http_errors.labels(str(error.status)).inc()
-            logger.info("HTTP %d for %s %s: %s", error.status, request.method,
-                        request.target.split("?")[0], error.message)
-            body = json.dumps({"error": error.message, "status": error.status}).encode()
-            return PlainResponse(error.status, body)
-
-    async def _timeline(
-        self, connection: ServerConnection, key: RoomKey, session_id: int
-    ) -> Response:
-        status, payload = await self._analytics.timeline(key, session_id)
-        return http.json_response(connection, status, payload)
-
-    def _kick(self, target: ApiRoute, request: PlainRequest) -> PlainResponse:
-        """Close a user's sessions in a room with 4403 `revoked` (permissions changed)."""
-        self._analytics.authorise(request.headers.get("authorization", ""))
-        try:
-            user_id = json.loads(request.body)["user_id"]
-        except (ValueError, TypeError, KeyError):
-            raise HttpError(400, 'body must be JSON {"user_id": N}') from None
-        if not isinstance(user_id, int) or isinstance(user_id, bool) or user_id <= 0:
-            raise HttpError(400, "user_id must be a positive integer")
-        assert target.key is not None  # the router gives "kick" a key
-        room = self._rooms.get(target.key)
+    def kick(self, key: RoomKey, user_id: int) -> int:
+        """Close a user's sessions in a room with 4403 `revoked`; returns how many."""
+        room = self._rooms.get(key)
         closed = 0
         for session in room.sessions() if room is not None else ():
             peer = self._peers.get(session.connection)
             if session.user_id == user_id and peer is not None:
                 self._close(peer, CloseCode.FORBIDDEN, "revoked")
                 closed += 1
-        logger.info("room %s: user %d kicked (%d sessions)", target.key, user_id, closed)
-        payload = {"blog_id": target.key.blog_id, "post_id": target.key.post_id,
-                   "user_id": user_id, "closed": closed}
-        return PlainResponse(200, json.dumps(payload).encode())
-
-    def _api(
-        self, connection: ServerConnection, target: ApiRoute, request_headers: Headers
-    ) -> Response | Awaitable[Response]:
-        if target.name == "metrics":
-            return http.text_response(
-                connection, 200, self.metrics.render(), "text/plain; version=0.0.4; charset=utf-8"
-            )
-        if target.name == "healthz":
-            live = self._live_figures()
-            return http.json_response(
-                connection,
-                200,
-                {
-                    "status": "ok",
-                    "uptime_s": round(time.monotonic() - self._started, 3),
-                    "rooms": live.rooms,
-                    "connections": live.connections,
-                    "sessions": live.sessions,
-                },
-            )
-        if target.name == "rooms":
-            rooms = [
-                {
-                    "blog_id": room.key.blog_id,
-                    "post_id": room.key.post_id,
-                    "session_count": room.session_count,
-                    "contributor_count": len(room.contributor_ids()),
-                }
-                for room in sorted(self._rooms.loaded(), key=lambda room: room.key)
-            ]
-            return http.json_response(connection, 200, {"rooms": rooms})
-        if target.name in ("kick", "events", "capture_blog"):
-            return http.error_response(connection, 405, "use POST")
-        if target.name == "capture":
-            try:
-                self._analytics.authorise(request_headers.get("Authorization", ""))
-            except HttpError as error:
-                return http.error_response(connection, error.status, error.message)
-            capture = self._analytics.capture.to_json()
-            return http.json_response(connection, 200, {"blogs": capture})
-        if target.name == "streams":
-            view = self._analytics.streams_view(target.blog_id)
-            return http.json_response(connection, 200, view)
-        if target.name == "session":
-            assert target.key is not None
-            assert target.session_id is not None
-            return self._timeline(connection, target.key, target.session_id)
-        assert target.key is not None  # the router gives "room" a key
-        return http.json_response(
-            connection, 200, http.room_json(target.key, self._rooms.get(target.key))
-        )
+        return closed
 
     # --- WebSockets --------------------------------------------------------------------
 
     async def _handle(self, ws: ServerConnection) -> None:
-        target = self._routes.pop(ws, None)
-        address = _address_of(ws)
-        self._per_address[address] += 1
-        self._open_connections += 1
+        target = self._endpoints.upgrades.pop(ws, None)
+        address = address_of(ws)
+        self._connections.opened(address)
         try:
             if isinstance(target, FeedRoute):
                 await self._serve_feed(ws, target)
             elif isinstance(target, RoomRoute):
                 await self._serve_room(ws, target)
         finally:
-            self._open_connections -= 1
-            self._per_address[address] -= 1
-            if not self._per_address[address]:
-                del self._per_address[address]
+            self._connections.closed(address)
 
     async def _serve_feed(self, ws: ServerConnection, target: FeedRoute) -> None:
         def deliver(text: str) -> None:
@@ -704,11 +554,6 @@ class RtcServer:
                 )
             )
         return figures
-
-
-def _address_of(connection: ServerConnection) -> str:
-    address = connection.remote_address
-    return str(address[0]) if address else "unknown"
 
 
 def _frame(close: CloseFrame | None) -> tuple[int, str] | None:
