@@ -376,8 +376,10 @@ class Tracker:
         return batch
 
     async def _dispatch(self, batch: Sequence[Event]) -> None:
+        # In flight from the moment it left the inbox: acquiring the lock is a checkpoint,
+        # and a shutdown deadline cancelling it there must still spool these events.
+        self._in_flight = batch
         async with self._lock():
-            self._in_flight = batch
             if self._spool is not None and self._spool.pending:
                 # Outage: join the spool, so the backend later gets everything oldest first.
                 await self._spool_batch(batch)

@@ -324,3 +324,18 @@ def test_bad_options_fail_at_construction() -> None:
     ):
         with pytest.raises(ValueError):  # noqa: PT011 - each message names its knob
             Tracker(ScriptedSink(), **options)  # type: ignore[arg-type]
+
+
+async def test_a_batch_cancelled_on_its_way_to_the_sink_is_spooled(tmp_path: Path) -> None:
+    # The writer has taken a batch from the inbox and waits for the sink lock when the
+    # shutdown deadline cancels it (a CI run once lost those two events this way).
+    sink = ScriptedSink()
+    spool = tmp_path / "spool"
+    recorder = Tracker(sink, shutdown_timeout=0.05, flush_interval=0, batch_size=2, spool=spool)
+    async with recorder:
+        async with recorder._lock():  # held, as a concurrent spool replay would
+            for event in make_events(5):
+                recorder.record(event)
+            with anyio.fail_after(TIMEOUT):
+                await recorder.aclose()
+    assert (recorder.stats.spooled, recorder.stats.dropped, recorder.stats.written) == (5, 0, 0)
