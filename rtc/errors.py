@@ -12,7 +12,9 @@ __all__ = [
     "MessageTooBigError",
     "ProtocolError",
     "RateLimitedError",
+    "RoomUnavailableError",
     "RtcError",
+    "ServerBusyError",
     "UnsupportedDataError",
 ]
 
@@ -82,6 +84,22 @@ class RateLimitedError(RtcError):
     close_code = CloseCode.POLICY_VIOLATION
     reason = "rate-limited"
     error_code = "rate-limited"
+
+
+class ServerBusyError(RtcError):
+    """Too many rooms are loaded to open another one; y-websocket retries later (4503)."""
+
+    close_code = CloseCode.SERVER_BUSY
+    reason = "too-many-rooms"
+    error_code = "server-busy"
+
+
+class RoomUnavailableError(RtcError):
+    """The room's document could not be loaded (a locked or corrupt store)."""
+
+    close_code = CloseCode.TRY_AGAIN_LATER
+    reason = "room-unavailable"
+    error_code = "internal-error"
 
 
 class AnnounceTimeoutError(RtcError):

@@ -38,7 +38,9 @@ from .errors import (
     AnnounceTimeoutError,
     CloseCode,
     RateLimitedError,
+    RoomUnavailableError,
     RtcError,
+    ServerBusyError,
     UnsupportedDataError,
 )
 from .extensions.auth import Grant, verify
@@ -264,6 +266,26 @@ class RtcServer:
         for recorder in self.recorders:
             await recorder.flush()
 
+    def _verify(self, target: RoomRoute) -> Grant | None:
+        """The token's grant when tokens are on (raises AuthenticationError, ForbiddenError)."""
+        if self.config.secret is None:
+            return None
+        return verify(target.token, self.config.secret, target.key, now=time.time())
+
+    async def _open_room(self, target: RoomRoute) -> Room:
+        """The room, loaded if needed (raises ServerBusyError, RoomUnavailableError)."""
+        rooms, limit = self._rooms, self.config.max_rooms
+        if limit and rooms.get(target.key) is None and len(rooms) >= limit:
+            self.metrics.limit_refusals.labels("rooms").inc()
+            raise ServerBusyError(f"{len(rooms)} rooms loaded")
+        try:
+            return await rooms.acquire(target.key)
+        except Exception as error:
+            # A store that cannot be read (locked past its timeout, corrupt rows) fails this
+            # connection, not the server.
+            logger.exception("room %s could not be loaded", target.key)
+            raise RoomUnavailableError(str(error)) from error
+
     def kick(self, key: RoomKey, user_id: int) -> int:
         """Close a user's sessions in a room with 4403 `revoked`; returns how many."""
         room = self._rooms.get(key)
@@ -308,51 +330,23 @@ class RtcServer:
     async def _serve_room(self, ws: ServerConnection, target: RoomRoute) -> None:
         connection_id = next(self._ids)
         connected_at_ms = _now_ms()
-        grant = None
-        if self.config.secret is not None:
-            try:
-                grant = verify(target.token, self.config.secret, target.key, now=time.time())
-            except RtcError as error:
-                # Refused before the room: no document, no presence, no session.
-                logger.info("connection %d refused: %s (%s)", connection_id, error.error_code,
-                            error.detail)
-                self.metrics.closes.labels(str(error.close_code)).inc()
-                self._tracking.connection_error(
-                    target.key,
-                    connection=connection_id,
-                    connected_at_ms=connected_at_ms,
-                    session=None,
-                    error_code=error.error_code,
-                    close_code=error.close_code,
-                )
-                await ws.close(error.close_code, error.reason)
-                return
-        if (
-            self.config.max_rooms
-            and self._rooms.get(target.key) is None
-            and len(self._rooms) >= self.config.max_rooms
-        ):
-            logger.warning("room %s refused: %d rooms loaded", target.key, len(self._rooms))
-            self.metrics.limit_refusals.labels("rooms").inc()
-            self.metrics.closes.labels(str(CloseCode.SERVER_BUSY)).inc()
-            await ws.close(CloseCode.SERVER_BUSY, "too-many-rooms")
-            return
         try:
-            room = await self._rooms.acquire(target.key)
-        except Exception:
-            # A store that cannot be read (locked past its timeout, corrupt rows) fails this
-            # connection with a recorded error, not the server.
-            logger.exception("room %s could not be loaded", target.key)
-            self.metrics.closes.labels(str(CloseCode.TRY_AGAIN_LATER)).inc()
+            grant = self._verify(target)
+            room = await self._open_room(target)
+        except RtcError as error:
+            # Refused before the room: no document, no presence, no session.
+            logger.info("connection %d to room %s refused: %s (%s)", connection_id, target.key,
+                        error.error_code, error.detail)
+            self.metrics.closes.labels(str(error.close_code)).inc()
             self._tracking.connection_error(
                 target.key,
                 connection=connection_id,
                 connected_at_ms=connected_at_ms,
                 session=None,
-                error_code="internal-error",
-                close_code=CloseCode.TRY_AGAIN_LATER,
+                error_code=error.error_code,
+                close_code=error.close_code,
             )
-            await ws.close(CloseCode.TRY_AGAIN_LATER, "room-unavailable")
+            await ws.close(error.close_code, error.reason)
             return
         config = self.config
         peer = _Peer(

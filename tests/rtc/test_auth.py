@@ -135,6 +135,8 @@ async def test_connection_and_room_caps(tmp_path: Path) -> None:
             await first.barrier()
             async with RawClient.connect(rtc.room_url(7, 43)) as other_room:
                 assert await other_room.closed() == (4503, "too-many-rooms")
+            busy = await rtc.wait_event("connection_error", error_code="server-busy")
+            assert (busy.props["post_id"], busy.props["close_code"]) == (43, 4503)
             async with RawClient.connect(rtc.room_url()) as second:
                 await second.join(2, user=2)
                 await second.barrier()
