@@ -26,6 +26,7 @@ lint: setup
 
 bench: setup bench/node_modules/.installed
 	$(BIN)/python bench/bench_tracks.py
+	$(BIN)/python bench/bench_store.py
 	$(BIN)/python bench/bench_servers.py
 
 $(VENV)/.installed: pyproject.toml
