@@ -7,6 +7,12 @@ picked itself, and a fresh ``node bench/loadgen.mjs``. Server CPU and RSS come f
 /proc/<pid>: CPU between the load generator's measure-start and measure-end markers,
 RSS at those markers and the kernel's peak (VmHWM). Linux only.
 
+--procs N is handed to the load generator: the clients of a traffic or idle scenario are
+split across N node worker processes (one event loop per slice, so a client does not wait
+behind the whole room applying each update), latency stamped on a clock common to them.
+Without it the load generator picks min(4, cores + 1) for scenarios of 20 or more
+clients, 1 otherwise; --procs 1 puts every client in one process.
+
 Servers:
     node    the reference @y/websocket-server 0.1.1 (tests/js/reference_server.mjs)
     pycrdt  bare pycrdt-websocket (bench/bare_pycrdt_server.py)
@@ -135,7 +141,9 @@ def memory_kb(pid: int) -> dict[str, int]:
     }
 
 
-def run_scenario(server: Server, scenario: str, duration: float) -> dict[str, Any]:
+def run_scenario(
+    server: Server, scenario: str, duration: float, procs: int | None = None
+) -> dict[str, Any]:
     pid = server.process.pid
     baseline = memory_kb(pid)["VmRSS"]
     command = [
@@ -148,6 +156,8 @@ def run_scenario(server: Server, scenario: str, duration: float) -> dict[str, An
         "--duration",
         str(duration),
     ]
+    if procs is not None:
+        command += ["--procs", str(procs)]
     marks: dict[str, tuple[float, float, int]] = {}
     report: dict[str, Any] = {}
     deadline = duration + 120
@@ -198,7 +208,8 @@ def summary(scenario: str, r: dict[str, Any]) -> str:
             f"{r['deliveries_per_second']}/s, loss {r['loss']}, "
             f"{r.get('server_cpu_us_per_delivery')} µs cpu/delivery, "
             f"{r['awareness_messages_per_change']} aw msgs/change, "
-            f"synced {r['synced']}/{r['clients']}, {cpu}, rss {r.get('server_rss_mb')} MB"
+            f"synced {r['synced']}/{r['clients']}, {cpu}, rss {r.get('server_rss_mb')} MB, "
+            f"loadgen procs {r.get('procs', 1)}"
         )
     if scenario.startswith("idle"):
         return (
@@ -226,6 +237,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma list")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per scenario")
+    parser.add_argument(
+        "--procs",
+        type=int,
+        help="load generator worker processes per scenario (traffic and idle scenarios); "
+        "default: min(4, cores + 1) for 20+ clients, else 1; 1 = all clients in one process",
+    )
     parser.add_argument("--json", type=Path, help="also write every report to this file")
     args = parser.parse_args(argv)
     servers = [s for s in args.servers.split(",") if s]
@@ -233,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in scenarios:
         if name not in SCENARIOS:
             parser.error(f"unknown scenario {name!r}")
+    if args.procs is not None and args.procs < 1:
+        parser.error("--procs must be at least 1")
     if not (BENCH / "node_modules").is_dir():
         parser.error(f"run `npm ci --prefix {BENCH}` first")
 
@@ -245,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"… {scenario} on {name}", file=sys.stderr, flush=True)
                 try:
                     with running(name, workdir) as server:
-                        report = run_scenario(server, scenario, args.duration)
+                        report = run_scenario(server, scenario, args.duration, args.procs)
                 except RuntimeError as error:
                     report = {"error": str(error)}
                 results.setdefault(scenario, {})[name] = report

@@ -1,16 +1,29 @@
 // Load generator: many real yjs + y-websocket clients against one server, one JSON report.
 //
-//   node loadgen.mjs --url ws://127.0.0.1:1234/rooms --scenario room50 [--duration 10]
+//   node loadgen.mjs --url ws://127.0.0.1:1234/rooms --scenario room50 [--duration 10] [--procs N]
 //
 // Rooms are named "1/1", "1/2", ... so the same run works against every server
-// (ours only accepts /rooms/{blog_id}/{post_id}). All clients live in this process, so
-// latency is measured on one clock (performance.now()). Progress goes to stderr; stdout
+// (ours only accepts /rooms/{blog_id}/{post_id}). Progress goes to stderr; stdout
 // carries only {"phase": ...} markers (the caller samples server CPU between
 // measure-start and measure-end) and the final {"report": ...} line.
+//
+// --procs N (traffic and idle scenarios): the clients are dealt round-robin to N forked
+// worker processes (client k of the scenario goes to worker k % N), so a client does not
+// wait behind every other client of the room applying the same update in one event loop.
+// This process then only coordinates: all workers synced -> one common start time ->
+// measured phase -> per-room send counts -> each worker drains what it should receive ->
+// reports merged into the same JSON report. Latency is stamped on a clock common to all
+// processes: performance.timeOrigin + performance.now(), shifted by this process's
+// timeOrigin (so with --procs 1, everything in one process, it is plain performance.now()).
+// Default: min(4, cores + 1) for traffic/idle scenarios with >= 20 clients, 1 otherwise; join
+// and awareness scenarios always run in one process.
 import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
 import WebSocket from 'ws'
 import { parseArgs } from 'node:util'
+import { fork } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
+import { availableParallelism } from 'node:os'
 
 console.log = console.error
 process.setMaxListeners(0)
@@ -38,7 +51,11 @@ const { values: args } = parseArgs({
     clients: { type: 'string' },
     writers: { type: 'string' },
     rate: { type: 'string' },
-    'cursor-rate': { type: 'string' }
+    'cursor-rate': { type: 'string' },
+    procs: { type: 'string' },
+    // Internal, set by the coordinating process on its workers.
+    worker: { type: 'string' },
+    t0: { type: 'string' }
   }
 })
 if (!args.url || !(args.scenario in SCENARIOS)) {
@@ -53,11 +70,30 @@ if (args.rate) scenario.updatesPerSecond = Number(args.rate)
 if (args['cursor-rate']) scenario.cursorMovesPerSecond = Number(args['cursor-rate'])
 const duration = Number(args.duration) * 1000
 const connectTimeout = Number(args['connect-timeout']) * 1000
+// Measured on a 2-core machine: 2-3 processes beat 1 and 4 (more only adds contention
+// with the server for the same cores), so one more than the cores, at most 4.
+const DEFAULT_PROCS = Math.min(4, availableParallelism() + 1)
+const MAX_PROCS = 16
+const totalClients = scenario.rooms * scenario.clients
+const splittable = scenario.mode === 'traffic' || scenario.mode === 'idle'
+let procs = args.procs === undefined ? (splittable && totalClients >= 20 ? DEFAULT_PROCS : 1) : Number(args.procs)
+if (!Number.isInteger(procs) || procs < 1) {
+  console.error('--procs must be a positive integer')
+  process.exit(2)
+}
+if (!splittable && procs > 1) {
+  console.error(`[loadgen ${args.scenario}] --procs ${procs} ignored: ${scenario.mode} scenarios run in one process`)
+  procs = 1
+}
+procs = Math.min(procs, totalClients, MAX_PROCS)
+const workerIndex = args.worker === undefined ? null : Number(args.worker)
 
-const now = () => performance.now()
+// One clock for every process of a run: ms since the coordinator's timeOrigin.
+const shift = args.t0 === undefined ? 0 : performance.timeOrigin - Number(args.t0)
+const now = () => shift + performance.now()
 const sleep = (ms) => new Promise(resolve => setTimeout(resolve, ms))
 const phase = (name) => process.stdout.write(JSON.stringify({ phase: name }) + '\n')
-const log = (...parts) => console.error(`[loadgen ${args.scenario}]`, ...parts)
+const log = (...parts) => console.error(`[loadgen ${args.scenario}${workerIndex === null ? '' : ` w${workerIndex}`}]`, ...parts)
 
 // Resolves when check() holds, re-checked on every call of the returned poke; rejects at the deadline.
 const until = (check, ms, what) => new Promise((resolve, reject) => {
@@ -84,6 +120,7 @@ class Client {
     this.awareness.setLocalState({ collaboratorInfo: { id: index + 1, name: `user${index + 1}`, enteredAt: Date.now() } })
     this.messages = { sync: 0, awareness: 0 }
     this.latencies = null // set to an array while measuring
+    this.measureFrom = -Infinity // split runs: only stamps from the common start count
     this.received = 0
     this.syncedOnce = false
     // Count raw messages by type: y-websocket dispatches through a per-provider table.
@@ -99,7 +136,7 @@ class Client {
       for (const op of event.delta) {
         if (typeof op.insert !== 'string') continue
         for (const match of op.insert.matchAll(STAMP)) {
-          if (this.latencies !== null) {
+          if (this.latencies !== null && Number(match[3]) >= this.measureFrom) {
             this.latencies.push(at - Number(match[3]))
             this.received++
           }
@@ -297,7 +334,212 @@ async function awareness () {
   return report
 }
 
-const modes = { traffic, idle, join, awareness }
-const report = await modes[scenario.mode]()
-process.stdout.write(JSON.stringify({ report: { scenario: args.scenario, ...scenario, ...report } }) + '\n')
-process.exit(0)
+// ---- Split runs (--procs N > 1): worker side -------------------------------------------
+
+// Messages from the other side of the IPC channel, taken by type; pings answered at once.
+const inbox = []
+const take = async (type, ms, gone = () => false) => {
+  const index = () => inbox.findIndex(m => m.type === type)
+  await until(() => index() >= 0 || gone(), ms, `message ${type}`)
+  if (index() < 0) throw new Error(`gone before message ${type}`)
+  return inbox.splice(index(), 1)[0]
+}
+
+async function worker () {
+  process.on('disconnect', () => process.exit(1)) // the coordinator is gone
+  process.on('message', (m) => {
+    if (m.type === 'ping') return process.send({ type: 'pong', t: m.t, c: now() })
+    inbox.push(m)
+    poke()
+  })
+  const { rooms, clients: perRoom, writers, updatesPerSecond, cursorMovesPerSecond, mode } = scenario
+  const mine = []
+  const local = Array.from({ length: rooms }, () => new Map()) // room -> index -> client
+  for (let r = 0; r < rooms; r++) {
+    for (let c = 0; c < perRoom; c++) {
+      if ((r * perRoom + c) % procs !== workerIndex) continue
+      const client = new Client(args.url, roomName(r), c)
+      mine.push(client)
+      local[r].set(c, client)
+    }
+  }
+  const connected = await connectAll(mine)
+  process.send({ type: 'synced', ...connected })
+  const late = connectTimeout + duration + 60000 // bounded waits, longer than the coordinator's
+  if (mode === 'idle') {
+    await take('finish', late)
+    process.send({ type: 'report', still_connected: mine.filter(c => c.provider.wsconnected).length })
+  } else {
+    const { at } = await take('start', late)
+    // Reset ahead of the start, so an early update from a faster worker is not missed;
+    // deliveries count only for updates stamped from the common start on.
+    await sleep(Math.max(0, at - 250 - now()))
+    for (const client of mine) { client.latencies = []; client.received = 0; client.messages.sync = 0; client.messages.awareness = 0; client.measureFrom = at - 1 }
+    // Timers may fire a little early; the schedule starts at the common instant, not before.
+    for (let i = 0; i < 100 && now() < at; i++) await sleep(Math.max(1, at - now()))
+    const sentByRoom = new Array(rooms).fill(0)
+    const sentBy = new Map()
+    let cursorMoves = 0
+    let tick = 0
+    const tickMs = 1000 / Math.max(updatesPerSecond, cursorMovesPerSecond)
+    const updateEvery = Math.max(updatesPerSecond, cursorMovesPerSecond) / updatesPerSecond
+    const cursorEvery = Math.max(updatesPerSecond, cursorMovesPerSecond) / cursorMovesPerSecond
+    // The same schedule in every worker, from the same start: each writes for its own writers.
+    const started = at
+    while (now() - started < duration) {
+      for (let r = 0; r < rooms; r++) {
+        const writer = local[r].get(tick % writers)
+        if (writer === undefined) continue
+        if (tick % updateEvery < 1) {
+          writer.text.insert(writer.text.length, `|${writer.index},${sentByRoom[r]},${now().toFixed(3)}`)
+          sentByRoom[r]++
+          sentBy.set(writer, (sentBy.get(writer) ?? 0) + 1)
+        }
+        if (tick % cursorEvery < 1) {
+          writer.awareness.setLocalStateField('cursor', { index: writer.text.length, at: Date.now() })
+          cursorMoves++
+        }
+      }
+      tick++
+      await sleep(Math.max(0, started + tick * tickMs - now()))
+    }
+    process.send({ type: 'sent', sentByRoom, cursorMoves, elapsed: (now() - started) / 1000 })
+    // Every update reaches every live member of its room but its writer.
+    const { totals } = await take('drain', late)
+    const live = (c) => c.provider.wsconnected
+    let expected = 0
+    for (let r = 0; r < rooms; r++) expected += totals[r] * [...local[r].values()].filter(live).length
+    for (const [writer, n] of sentBy) if (live(writer)) expected -= n
+    const received = () => mine.reduce((sum, c) => sum + c.received, 0)
+    try {
+      await until(() => received() >= expected, 3000, 'deliveries drained')
+    } catch (error) {
+      log(error.message)
+    }
+    process.send({
+      type: 'report',
+      expected,
+      received: received(),
+      latencies: mine.flatMap(c => c.latencies),
+      awareness_messages: mine.reduce((sum, c) => sum + c.messages.awareness, 0),
+      still_connected: mine.filter(live).length
+    })
+  }
+  await take('exit', late)
+  mine.forEach(c => c.destroy())
+  process.exit(0)
+}
+
+// ---- Split runs: coordinator side -------------------------------------------------------
+
+async function coordinate () {
+  const deadline = setTimeout(() => {
+    log('watchdog: run took too long')
+    for (const w of workers) w.child.kill()
+    process.exit(1)
+  }, connectTimeout + duration + 90000)
+  const self = fileURLToPath(import.meta.url)
+  const workers = Array.from({ length: procs }, (_, i) => {
+    const child = fork(self, [...process.argv.slice(2), '--worker', String(i), '--t0', String(performance.timeOrigin)], {
+      stdio: ['ignore', 'ignore', 'inherit', 'ipc']
+    })
+    const w = { child, inbox: [], exited: false, pongs: [] }
+    child.on('message', (m) => {
+      if (m.type === 'pong') w.pongs.push({ ...m, back: now() })
+      else w.inbox.push(m)
+      poke()
+    })
+    child.on('exit', () => { w.exited = true; poke() })
+    return w
+  })
+  const takeEach = (type, ms) => Promise.all(workers.map(async (w) => {
+    const index = () => w.inbox.findIndex(m => m.type === type)
+    await until(() => index() >= 0 || w.exited, ms, `workers: ${type}`)
+    if (index() < 0) throw new Error(`a worker exited before sending ${type}`)
+    return w.inbox.splice(index(), 1)[0]
+  }))
+  const sendEach = (message) => workers.forEach(w => { if (!w.exited) w.child.send(message) })
+  const finish = async (report) => {
+    sendEach({ type: 'exit' })
+    try {
+      await until(() => workers.every(w => w.exited), 5000, 'workers exited')
+    } catch (error) {
+      log(error.message)
+      for (const w of workers) if (!w.exited) w.child.kill()
+    }
+    clearTimeout(deadline)
+    return { procs, ...report }
+  }
+
+  if (scenario.mode === 'idle') phase('connect-start')
+  const synced = await takeEach('synced', connectTimeout + 30000)
+  const connected = { synced: synced.reduce((s, m) => s + m.synced, 0), seconds: Math.max(...synced.map(m => m.seconds)) }
+  log(`synced ${connected.synced}/${totalClients} in ${connected.seconds}s over ${procs} processes`)
+
+  // How far apart the processes' clocks are: IPC ping, offset at the fastest round trip.
+  for (let i = 0; i < 5; i++) {
+    sendEach({ type: 'ping', t: now() })
+    await until(() => workers.every(w => w.pongs.length > i), 2000, 'pongs').catch(() => {})
+  }
+  const skews = workers.map(w => {
+    const best = w.pongs.reduce((a, b) => (b.back - b.t < a.back - a.t ? b : a), w.pongs[0])
+    return best ? { offset: best.c - (best.t + best.back) / 2, rtt: best.back - best.t } : null
+  }).filter(Boolean)
+  const clockSkew = skews.length ? Math.max(...skews.map(s => Math.abs(s.offset))) : null
+  log(`clock offsets (ms): ${skews.map(s => `${s.offset.toFixed(3)}±${(s.rtt / 2).toFixed(3)}`).join(' ')}`)
+
+  if (scenario.mode === 'idle') {
+    await sleep(2000)
+    phase('measure-start')
+    await sleep(duration)
+    phase('measure-end')
+    sendEach({ type: 'finish' })
+    const reports = await takeEach('report', 10000)
+    return finish({ ...connected, clients: totalClients, still_connected: reports.reduce((s, m) => s + m.still_connected, 0) })
+  }
+
+  // Let the join-time awareness burst settle, then start every worker at the same instant.
+  const at = now() + 1000
+  sendEach({ type: 'start', at })
+  await sleep(Math.max(0, at - now()))
+  phase('measure-start')
+  const sents = await takeEach('sent', duration + 30000)
+  phase('measure-end')
+  const totals = Array.from({ length: scenario.rooms }, (_, r) => sents.reduce((s, m) => s + m.sentByRoom[r], 0))
+  sendEach({ type: 'drain', totals })
+  const reports = await takeEach('report', 10000)
+  const elapsed = Math.max(...sents.map(m => m.elapsed))
+  const sent = totals.reduce((a, b) => a + b, 0)
+  const expected = reports.reduce((s, m) => s + m.expected, 0)
+  const received = reports.reduce((s, m) => s + m.received, 0)
+  const latencies = reports.flatMap(m => m.latencies).sort((a, b) => a - b)
+  const cursorMoves = sents.reduce((s, m) => s + m.cursorMoves, 0)
+  const awarenessMessages = reports.reduce((s, m) => s + m.awareness_messages, 0)
+  return finish({
+    ...connected,
+    clients: totalClients,
+    measured_seconds: round(elapsed),
+    updates_sent: sent,
+    deliveries_expected: expected,
+    deliveries_received: received,
+    loss: expected === 0 ? null : round(1 - received / expected, 4),
+    deliveries_per_second: round(received / elapsed, 1),
+    latency_ms_p50: round(percentile(latencies, 50)),
+    latency_ms_p99: round(percentile(latencies, 99)),
+    latency_ms_max: round(latencies.length ? latencies[latencies.length - 1] : null),
+    cursor_moves: cursorMoves,
+    awareness_messages_received: awarenessMessages,
+    awareness_messages_per_change: cursorMoves === 0 ? null : round(awarenessMessages / cursorMoves, 1),
+    still_connected: reports.reduce((s, m) => s + m.still_connected, 0),
+    clock_skew_ms: clockSkew === null ? null : round(clockSkew, 3)
+  })
+}
+
+if (workerIndex !== null) {
+  await worker()
+} else {
+  const modes = { traffic, idle, join, awareness }
+  const report = procs > 1 ? await coordinate() : await modes[scenario.mode]()
+  process.stdout.write(JSON.stringify({ report: { scenario: args.scenario, ...scenario, procs, ...report } }) + '\n')
+  process.exit(0)
+}
