@@ -250,6 +250,8 @@ class AnalyticsApi:
 
 def _room_of(props: Mapping[str, JSONValue]) -> RoomKey | None:
     blog_id, post_id = props.get("blog_id"), props.get("post_id")
+    if isinstance(blog_id, bool) or isinstance(post_id, bool):
+        return None
     if isinstance(blog_id, int) and isinstance(post_id, int) and blog_id > 0 and post_id > 0:
         return RoomKey(blog_id, post_id)
     return None

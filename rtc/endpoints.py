@@ -13,6 +13,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from weakref import WeakKeyDictionary
 
 from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
@@ -91,8 +92,12 @@ class Endpoints:
         self._kick_user = kick
         self._connections = connections
         self._started = time.monotonic()
-        # Upgrades admitted by process_request, handed to the server's handler.
-        self.upgrades: dict[ServerConnection, RoomRoute | FeedRoute] = {}
+        # Upgrades admitted by process_request, handed to the server's handler. Weak: a
+        # client that vanishes before its handshake completes never reaches the handler,
+        # and its entry must not keep the connection alive.
+        self.upgrades: WeakKeyDictionary[ServerConnection, RoomRoute | FeedRoute] = (
+            WeakKeyDictionary()
+        )
 
     # --- GET, through websockets ---------------------------------------------------------
 
