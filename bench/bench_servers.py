@@ -127,10 +127,11 @@ def running(name: str, workdir: Path) -> Iterator[Server]:
                 process.wait()
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     # utime and stime are fields 14 and 15 of proc(5); index 0 here is field 3.
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
 
 
 def memory_kb(pid: int) -> dict[str, int]:
@@ -158,7 +159,7 @@ def run_scenario(
     ]
     if procs is not None:
         command += ["--procs", str(procs)]
-    marks: dict[str, tuple[float, float, int]] = {}
+    marks: dict[str, tuple[float, tuple[float, float], int]] = {}
     report: dict[str, Any] = {}
     deadline = duration + 120
     loadgen = subprocess.Popen(command, cwd=BENCH, stdout=subprocess.PIPE, text=True)
@@ -182,7 +183,10 @@ def run_scenario(
     if not report:
         return {"error": f"loadgen exited {loadgen.returncode} without a report"}
     if "measure-start" in marks and "measure-end" in marks:
-        (t0, c0, rss0), (t1, c1, rss1) = marks["measure-start"], marks["measure-end"]
+        (t0, (u0, s0), rss0), (t1, (u1, s1), rss1) = marks["measure-start"], marks["measure-end"]
+        c0, c1 = u0 + s0, u1 + s1
+        report["server_cpu_user_seconds"] = round(u1 - u0, 3)
+        report["server_cpu_system_seconds"] = round(s1 - s0, 3)
         report["server_cpu_percent"] = round(100 * (c1 - c0) / (t1 - t0), 1)
         report["server_cpu_seconds"] = round(c1 - c0, 3)
         report["server_rss_mb"] = round(rss1 / 1024, 1)
@@ -206,7 +210,9 @@ def summary(scenario: str, r: dict[str, Any]) -> str:
         return (
             f"p50 {r['latency_ms_p50']} ms, p99 {r['latency_ms_p99']} ms, "
             f"{r['deliveries_per_second']}/s, loss {r['loss']}, "
-            f"{r.get('server_cpu_us_per_delivery')} µs cpu/delivery, "
+            f"{r.get('server_cpu_us_per_delivery')} µs cpu/delivery "
+            f"(user {r.get('server_cpu_user_seconds')} s, "
+            f"system {r.get('server_cpu_system_seconds')} s), "
             f"{r['awareness_messages_per_change']} aw msgs/change, "
             f"synced {r['synced']}/{r['clients']}, {cpu}, rss {r.get('server_rss_mb')} MB, "
             f"loadgen procs {r.get('procs', 1)}"

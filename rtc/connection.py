@@ -12,7 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import h11
-from websockets.asyncio.server import ServerConnection
+
+from .delivery import DeliveringConnection
 
 __all__ = ["PlainRequest", "PlainResponse", "connection_class"]
 
@@ -41,10 +42,12 @@ class PlainResponse:
 Handler = Callable[[PlainRequest], PlainResponse]
 
 
-def connection_class(handler: Handler, *, max_body: int = MAX_BODY) -> type[ServerConnection]:
-    """A `ServerConnection` subclass that answers non-GET requests with `handler`."""
+def connection_class(handler: Handler, *, max_body: int = MAX_BODY) -> type[DeliveringConnection]:
+    """A `DeliveringConnection` subclass that answers non-GET requests with `handler`."""
 
-    class Connection(ServerConnection):
+    websocket_received = DeliveringConnection.data_received
+
+    class Connection(DeliveringConnection):
         _http: h11.Connection | None = None
         _decided = False
         _head = b""
@@ -52,6 +55,9 @@ def connection_class(handler: Handler, *, max_body: int = MAX_BODY) -> type[Serv
         _body: bytearray
 
         def data_received(self, data: bytes) -> None:
+            if self._decided and self._http is None:
+                websocket_received(self, data)  # the common case, every frame: keep it short
+                return
             if not self._decided:
                 self._head += data
                 if len(self._head) < 4 and b"GET ".startswith(self._head):

@@ -99,6 +99,43 @@ class _LiveCollector(Collector):
         yield dropped_by_name
 
 
+class _Tally(Collector):
+    """A labelled counter kept as plain integers: for counts taken on every message."""
+
+    def __init__(self, name: str, text: str, label: str) -> None:
+        self._name, self._text, self._label = name, text, label
+        self.counts: dict[str, int] = {}
+
+    def add(self, key: str, amount: int = 1) -> None:
+        counts = self.counts
+        counts[key] = counts.get(key, 0) + amount
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(self._name, self._text, labels=[self._label])
+        for key, count in sorted(self.counts.items()):
+            family.add_metric([key], count)
+        yield family
+
+
+class _Traffic(Collector):
+    """Messages and bytes by y-websocket message type, one direction."""
+
+    def __init__(self, messages: str, size: str, verb: str) -> None:
+        self._messages = _Tally(messages, f"Messages {verb}, by type.", "type")
+        self._bytes = _Tally(size, f"Bytes {verb}, by type.", "type")
+        for kind in (*_MESSAGE_TYPES.values(), "invalid"):  # every type shown from the start
+            self._messages.counts[kind] = self._bytes.counts[kind] = 0
+
+    def add(self, data: bytes, copies: int) -> None:
+        kind = message_type(data)
+        self._messages.add(kind, copies)
+        self._bytes.add(kind, len(data) * copies)
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield from self._messages.collect()
+        yield from self._bytes.collect()
+
+
 class Metrics:
     """The server's counters and histograms; live gauges are computed when scraped."""
 
@@ -109,14 +146,6 @@ class Metrics:
     ) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.messages_in = Counter(
-            "rtc_messages_in", "Messages received, by type.", ["type"], registry=r
-        )
-        self.bytes_in = Counter("rtc_bytes_in", "Bytes received, by type.", ["type"], registry=r)
-        self.messages_out = Counter(
-            "rtc_messages_out", "Messages sent, by type.", ["type"], registry=r
-        )
-        self.bytes_out = Counter("rtc_bytes_out", "Bytes sent, by type.", ["type"], registry=r)
         self.events_recorded = Counter(
             "rtc_events_recorded", "Events handed to the recorders, by name.", ["name"], registry=r
         )
@@ -136,18 +165,14 @@ class Metrics:
             "rtc_recorder_failures", "Recorder calls that raised (and were contained).", registry=r
         )
         self.connection_errors = Counter(
-            "rtc_connection_errors", "Abnormal connection ends, by error code.", ["code"],
+            "rtc_connection_errors",
+            "Abnormal connection ends, by error code.",
+            ["code"],
             registry=r,
         )
         self.closes = Counter("rtc_closes", "Connection ends, by close code.", ["code"], registry=r)
         self.blocked = Counter(
             "rtc_blocked", "Sessions turned away, by limit kind.", ["limit_kind"], registry=r
-        )
-        self.notes = Counter(
-            "rtc_notes",
-            "Things ignored or repaired: awareness echoes, foreign claims, replaced sessions.",
-            ["what"],
-            registry=r,
         )
         self.limit_refusals = Counter(
             "rtc_limit_refusals",
@@ -171,27 +196,25 @@ class Metrics:
             registry=r,
         )
         r.register(_LiveCollector(live, recorders))
-        self._notes: dict[str, Counter] = {}
-        self._in = {name: (self.messages_in.labels(name), self.bytes_in.labels(name))
-                    for name in (*_MESSAGE_TYPES.values(), "invalid")}
-        self._out = {name: (self.messages_out.labels(name), self.bytes_out.labels(name))
-                     for name in (*_MESSAGE_TYPES.values(), "invalid")}
+        # Counted once or more per message: plain integers (no lock), read at scrape time.
+        self._in = _Traffic("rtc_messages_in", "rtc_bytes_in", "received")
+        self._out = _Traffic("rtc_messages_out", "rtc_bytes_out", "sent")
+        self._notes = _Tally(
+            "rtc_notes",
+            "Things ignored or repaired: awareness echoes, foreign claims, replaced sessions.",
+            "what",
+        )
+        for tally in (self._in, self._out, self._notes):
+            r.register(tally)
 
     def note(self, what: str) -> None:
-        counter = self._notes.get(what)
-        if counter is None:
-            counter = self._notes[what] = self.notes.labels(what)
-        counter.inc()
+        self._notes.add(what)
 
     def received(self, data: bytes) -> None:
-        messages, size = self._in[message_type(data)]
-        messages.inc()
-        size.inc(len(data))
+        self._in.add(data, 1)
 
     def sent(self, data: bytes, copies: int = 1) -> None:
-        messages, size = self._out[message_type(data)]
-        messages.inc(copies)
-        size.inc(len(data) * copies)
+        self._out.add(data, copies)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -26,6 +26,7 @@ __all__ = [
     "SyncStep1",
     "SyncStep2",
     "SyncUpdate",
+    "awareness_sender",
     "decode",
     "encode",
     "write_var_bytes",
@@ -135,6 +136,10 @@ class Reader:
         except UnicodeDecodeError as error:
             raise ProtocolError("invalid UTF-8 in string") from error
 
+    def remaining(self) -> int:
+        """How many bytes are left to read."""
+        return len(self._data) - self._position
+
     def expect_end(self) -> None:
         """Refuse trailing bytes: a well-formed message is consumed exactly."""
         if self._position != len(self._data):
@@ -171,6 +176,26 @@ def decode(data: bytes) -> Message:
         raise ProtocolError(f"unknown message type {message_type}")
     reader.expect_end()
     return message
+
+
+def awareness_sender(data: bytes) -> int | None:
+    """The clientID of an awareness message that carries exactly one entry, from its header.
+
+    None for anything else: other messages, several entries, or a header that does not add
+    up (those take the full `decode`). The entry itself is not read: this is how the
+    y-websocket echoes of a room, most of its traffic, are recognised and dropped cheaply.
+    """
+    if len(data) < 4 or data[0] != MESSAGE_AWARENESS:
+        return None
+    reader = Reader(data)
+    try:
+        reader.read_var_uint()
+        length = reader.read_var_uint()
+        if reader.remaining() != length or reader.read_var_uint() != 1:
+            return None
+        return reader.read_var_uint()
+    except ProtocolError:
+        return None
 
 
 def write_var_uint(value: int) -> bytes:

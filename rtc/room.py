@@ -34,6 +34,7 @@ from .protocol import (
     SyncStep1,
     SyncStep2,
     SyncUpdate,
+    awareness_sender,
     encode,
 )
 from .yupdate import check_state_vector, check_update
@@ -317,6 +318,18 @@ class Room:
             raise ProtocolError("too much sent before the awareness update that names the session")
         return []
 
+    def is_echo(self, connection: ConnectionId, data: bytes) -> bool:
+        """Whether an admitted connection's raw message is an awareness update of one state
+        that is not its own: a y-websocket client re-sending what it applied. Such a message
+        can change nothing (a connection controls only its own clientID), so the driver drops
+        it without decoding it; `receive` would come to the same answer, at a higher cost.
+        """
+        session = self._sessions.get(connection)
+        if session is None:
+            return False
+        sender = awareness_sender(data)
+        return sender is not None and sender != session.session_id
+
     def take_held(self, connection: ConnectionId) -> list[Message]:
         """What an admitted connection sent before it named its session, to replay in order."""
         return self._replay.pop(connection, [])
@@ -335,9 +348,7 @@ class Room:
             del self._by_session_id[session.session_id]
             removal = self._awareness.remove(session.session_id)
             if removal is not None and self._sessions:
-                actions.append(
-                    Broadcast(_awareness_message((removal,)), tuple(self._sessions))
-                )
+                actions.append(Broadcast(_awareness_message((removal,)), tuple(self._sessions)))
         self._history.note_end(
             (self.key.blog_id, self.key.post_id, session.session_id),
             now_ms,
@@ -447,9 +458,7 @@ class Room:
             limit, kind = limits.max_contributors, "contributors"
         else:
             return None
-        first = self._history.note_blocked(
-            (self.key.blog_id, self.key.post_id, session_id), now_ms
-        )
+        first = self._history.note_blocked((self.key.blog_id, self.key.post_id, session_id), now_ms)
         return Blocked(
             room=self.key,
             connection=connection,

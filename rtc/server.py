@@ -1,12 +1,15 @@
 """The WebSocket driver: accepts connections, feeds rooms, carries out what they decide.
 
-One reader per connection (the websockets handler). Sending never awaits: frames go straight
-into the peer's transport buffer, bounded by `outbox_limit`; a peer whose buffer is full is
-closed with 1013 so that it holds back nobody else. No task per message.
+Messages reach the room from the protocol callback that parsed them (`delivery.py`): no
+queue, no task switch per message; the websockets handler only waits for the end. Sending
+never awaits: a frame is encoded once for all its recipients and queued to each, written at
+the end of the loop tick, bounded by `outbox_limit`; a peer whose backlog is full is closed
+with 1013 so that it holds back nobody else.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import heapq
 import itertools
@@ -20,8 +23,7 @@ from typing import Self
 
 import anyio
 from anyio.abc import TaskGroup
-from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
-from websockets.exceptions import ConnectionClosed
+from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.frames import Close as CloseFrame
 
 from tracks import Recorder, open_recorder
@@ -33,6 +35,7 @@ from .capture import CaptureSettings
 from .closes import classify
 from .config import ServerConfig
 from .connection import connection_class
+from .delivery import DeliveringConnection, encode
 from .endpoints import ConnectionCounts, Endpoints, address_of
 from .errors import (
     AnnounceTimeoutError,
@@ -85,7 +88,7 @@ def _now_ms() -> int:
 @dataclass(slots=True)
 class _Peer:
     id: int
-    ws: ServerConnection
+    ws: DeliveringConnection
     route: RoomRoute
     room: Room
     connected_at_ms: int
@@ -94,6 +97,7 @@ class _Peer:
     close_code: int | None = None
     close_reason: str = ""
     error: RtcError | None = None
+    announce_deadline: asyncio.TimerHandle | None = None
 
 
 class RtcServer:
@@ -300,6 +304,7 @@ class RtcServer:
     # --- WebSockets --------------------------------------------------------------------
 
     async def _handle(self, ws: ServerConnection) -> None:
+        assert isinstance(ws, DeliveringConnection)  # serve(create_connection=...) makes them
         target = self._endpoints.upgrades.pop(ws, None)
         address = address_of(ws)
         self._connections.opened(address)
@@ -311,23 +316,20 @@ class RtcServer:
         finally:
             self._connections.closed(address)
 
-    async def _serve_feed(self, ws: ServerConnection, target: FeedRoute) -> None:
+    async def _serve_feed(self, ws: DeliveringConnection, target: FeedRoute) -> None:
         def deliver(text: str) -> None:
             # A viewer too slow to keep up misses events rather than holding anything back.
-            buffered = ws.transport.get_write_buffer_size() if ws.transport else 0
-            if buffered <= self.config.outbox_limit:
-                broadcast([ws], text)
+            if ws.pending_bytes <= self.config.outbox_limit:
+                ws.queue(encode(text.encode(), text=True))
 
+        ws.attach(lambda data, text: None)  # viewers have nothing to say
         unsubscribe = self.feed.subscribe(target.key, deliver)
         try:
-            async for _ in ws:
-                pass  # viewers have nothing to say; reading notices their close.
-        except ConnectionClosed:
-            pass
+            await ws.wait_closed()
         finally:
             unsubscribe()
 
-    async def _serve_room(self, ws: ServerConnection, target: RoomRoute) -> None:
+    async def _serve_room(self, ws: DeliveringConnection, target: RoomRoute) -> None:
         connection_id = next(self._ids)
         connected_at_ms = _now_ms()
         try:
@@ -335,8 +337,13 @@ class RtcServer:
             room = await self._open_room(target)
         except RtcError as error:
             # Refused before the room: no document, no presence, no session.
-            logger.info("connection %d to room %s refused: %s (%s)", connection_id, target.key,
-                        error.error_code, error.detail)
+            logger.info(
+                "connection %d to room %s refused: %s (%s)",
+                connection_id,
+                target.key,
+                error.error_code,
+                error.detail,
+            )
             self.metrics.closes.labels(str(error.close_code)).inc()
             self._tracking.connection_error(
                 target.key,
@@ -364,40 +371,41 @@ class RtcServer:
         if grant is not None:
             heapq.heappush(self._expiries, (grant.expires_at, peer.id))
         logger.info("connection %d opened to room %s", peer.id, target.key)
+        peer.announce_deadline = asyncio.get_running_loop().call_later(
+            config.announce_timeout, self._announce_overdue, peer
+        )
         try:
-            with anyio.move_on_after(self.config.announce_timeout) as announce:
-                while room.session_of(peer.id) is None and peer.close_code is None:
-                    self._receive(peer, await ws.recv())
-            if announce.cancelled_caught:
-                self._fail(peer, AnnounceTimeoutError())
-            async for data in ws:
-                self._receive(peer, data)
-        except ConnectionClosed:
-            pass
-        except Exception:
-            logger.exception("connection %d crashed", peer.id)
-            self._fail(peer, RtcError("handler crashed"))
+            ws.attach(lambda data, text: self._receive(peer, data, text))
+            await ws.wait_closed()
         finally:
+            peer.announce_deadline.cancel()
             self._end(peer)
 
-    def _receive(self, peer: _Peer, data: str | bytes) -> None:
+    def _announce_overdue(self, peer: _Peer) -> None:
+        if peer.room.session_of(peer.id) is None:
+            self._fail(peer, AnnounceTimeoutError())
+
+    def _receive(self, peer: _Peer, data: bytes, text: bool) -> None:
         if peer.close_code is not None:
             return
         try:
-            if isinstance(data, str):
+            if text:
                 self.metrics.received(b"")
                 raise UnsupportedDataError("text frame")
             self.metrics.received(data)
             room = peer.room
+            if room.is_echo(peer.id, data):  # most of a busy room's traffic: drop it cheaply
+                self.metrics.note(ECHO.what)
+                self._charge(peer, _ECHO_COST)
+                return
             admitted = room.session_of(peer.id) is not None
             now = _now_ms()
             actions = room.receive(peer.id, decode(data), now)
             self._carry_out(peer, actions)
-            echo = ECHO in actions
-            if not peer.bucket.take(time.monotonic(), _ECHO_COST if echo else 1.0):
-                self.metrics.limit_refusals.labels("messages").inc()
-                raise RateLimitedError(f"over {self.config.max_messages_per_second:g} messages/s")
+            self._charge(peer, _ECHO_COST if ECHO in actions else 1.0)
             if not admitted and room.session_of(peer.id) is not None:
+                if peer.announce_deadline is not None:
+                    peer.announce_deadline.cancel()
                 for held in room.take_held(peer.id):
                     self._carry_out(peer, room.receive(peer.id, held, now))
         except RtcError as error:
@@ -405,6 +413,12 @@ class RtcServer:
         except Exception:
             logger.exception("connection %d: message handling failed", peer.id)
             self._fail(peer, RtcError("message handling failed"))
+
+    def _charge(self, peer: _Peer, cost: float) -> None:
+        """Take a message's cost from the connection's rate limit (raises RateLimitedError)."""
+        if not peer.bucket.take(time.monotonic(), cost):
+            self.metrics.limit_refusals.labels("messages").inc()
+            raise RateLimitedError(f"over {self.config.max_messages_per_second:g} messages/s")
 
     def _carry_out(self, peer: _Peer, actions: list[Action]) -> None:
         for action in actions:
@@ -419,14 +433,19 @@ class RtcServer:
                 case Joined():
                     logger.info(
                         "connection %d joined room %s as session %d",
-                        action.session.connection, action.room, action.session.session_id,
+                        action.session.connection,
+                        action.room,
+                        action.session.session_id,
                     )
                     joiner = self._peers.get(action.session.connection, peer)
                     self._tracking.joined(action, post_type=joiner.route.post_type)
                 case Blocked():
                     logger.info(
                         "connection %d blocked from room %s (%s limit %d)",
-                        action.connection, action.room, action.limit_kind, action.limit,
+                        action.connection,
+                        action.room,
+                        action.limit_kind,
+                        action.limit,
                     )
                     self._tracking.blocked(action)
                 case Left():
@@ -439,27 +458,27 @@ class RtcServer:
                     self.metrics.note(what)
 
     def _send(self, connections: Sequence[int], data: bytes) -> None:
-        ready = []
+        frame = encode(data)
+        sent = 0
         limit = self.config.outbox_limit
+        peers = self._peers
         for connection in connections:
-            target = self._peers.get(connection)
+            target = peers.get(connection)
             if target is None or target.close_code is not None:
                 continue
-            transport = target.ws.transport
-            if transport is not None and transport.get_write_buffer_size() > limit:
+            ws = target.ws
+            if ws.pending_bytes > limit:
                 self._close(target, CloseCode.TRY_AGAIN_LATER, "outbox-full")
                 continue
-            ready.append(target.ws)
-        if ready:
-            broadcast(ready, data)
-            self.metrics.sent(data, len(ready))
+            ws.queue(frame)
+            sent += 1
+        if sent:
+            self.metrics.sent(data, sent)
 
     def _fail(self, peer: _Peer, error: RtcError) -> None:
         if peer.error is None and peer.close_code is None:
             peer.error = error
-            logger.info(
-                "connection %d closed: %s (%s)", peer.id, error.error_code, error.detail
-            )
+            logger.info("connection %d closed: %s (%s)", peer.id, error.error_code, error.detail)
         self._close(peer, error.close_code, error.reason)
 
     def _close(self, peer: _Peer, code: int, reason: str) -> None:
@@ -495,7 +514,10 @@ class RtcServer:
             )
         logger.info(
             "connection %d to room %s ended: close %d%s",
-            peer.id, room.key, close_code, f" ({error_code})" if error_code else "",
+            peer.id,
+            room.key,
+            close_code,
+            f" ({error_code})" if error_code else "",
         )
         self._rooms.released(room)
 
