@@ -13,6 +13,11 @@ behind the whole room applying each update), latency stamped on a clock common t
 Without it the load generator picks min(4, cores + 1) for scenarios of 20 or more
 clients, 1 otherwise; --procs 1 puts every client in one process.
 
+--pin puts the server on the last CPU and the load generator on the others (Linux CPU
+affinity), so the two do not take turns on one core: server CPU readings vary less from run
+to run, which is what comparing two builds of a server needs. Latency then reflects a load
+generator with one core fewer.
+
 Servers:
     node    the reference @y/websocket-server 0.1.1 (tests/js/reference_server.mjs)
     pycrdt  bare pycrdt-websocket (bench/bare_pycrdt_server.py)
@@ -81,8 +86,23 @@ def _command(name: str, data_dir: Path) -> tuple[list[str], Callable[[str], int 
     raise ValueError(f"unknown server {name!r}; choose from {', '.join(SERVERS)}")
 
 
+def _pinned(cpus: set[int] | None) -> Callable[[], None] | None:
+    """A Popen preexec_fn confining the child (and every thread it starts) to `cpus`."""
+    if cpus is None:
+        return None
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
+def cpu_split(pin: bool) -> tuple[set[int] | None, set[int] | None]:
+    """(server CPUs, load generator CPUs): the last CPU and the rest, or no pinning."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if not pin or len(cpus) < 2:
+        return None, None
+    return {cpus[-1]}, set(cpus[:-1])
+
+
 @contextmanager
-def running(name: str, workdir: Path) -> Iterator[Server]:
+def running(name: str, workdir: Path, cpus: set[int] | None = None) -> Iterator[Server]:
     """Start one server, wait for the line that names its port, stop it afterwards."""
     data_dir = workdir / f"{name}-data"
     data_dir.mkdir()
@@ -98,6 +118,7 @@ def running(name: str, workdir: Path) -> Iterator[Server]:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=stderr,
+            preexec_fn=_pinned(cpus),
         )
     found = threading.Event()
     server = Server(name, process, "", log)
@@ -143,7 +164,11 @@ def memory_kb(pid: int) -> dict[str, int]:
 
 
 def run_scenario(
-    server: Server, scenario: str, duration: float, procs: int | None = None
+    server: Server,
+    scenario: str,
+    duration: float,
+    procs: int | None = None,
+    cpus: set[int] | None = None,
 ) -> dict[str, Any]:
     pid = server.process.pid
     baseline = memory_kb(pid)["VmRSS"]
@@ -162,7 +187,9 @@ def run_scenario(
     marks: dict[str, tuple[float, tuple[float, float], int]] = {}
     report: dict[str, Any] = {}
     deadline = duration + 120
-    loadgen = subprocess.Popen(command, cwd=BENCH, stdout=subprocess.PIPE, text=True)
+    loadgen = subprocess.Popen(
+        command, cwd=BENCH, stdout=subprocess.PIPE, text=True, preexec_fn=_pinned(cpus)
+    )
     timer = threading.Timer(deadline, loadgen.kill)
     timer.start()
     try:
@@ -249,6 +276,11 @@ def main(argv: list[str] | None = None) -> int:
         help="load generator worker processes per scenario (traffic and idle scenarios); "
         "default: min(4, cores + 1) for 20+ clients, else 1; 1 = all clients in one process",
     )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="server on the last CPU, load generator on the others (steadier CPU readings)",
+    )
     parser.add_argument("--json", type=Path, help="also write every report to this file")
     args = parser.parse_args(argv)
     servers = [s for s in args.servers.split(",") if s]
@@ -261,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (BENCH / "node_modules").is_dir():
         parser.error(f"run `npm ci --prefix {BENCH}` first")
 
+    server_cpus, loadgen_cpus = cpu_split(args.pin)
     results: dict[str, dict[str, dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="rtc-bench-") as tmp:
         for scenario in scenarios:
@@ -269,8 +302,10 @@ def main(argv: list[str] | None = None) -> int:
                 workdir.mkdir()
                 print(f"… {scenario} on {name}", file=sys.stderr, flush=True)
                 try:
-                    with running(name, workdir) as server:
-                        report = run_scenario(server, scenario, args.duration, args.procs)
+                    with running(name, workdir, server_cpus) as server:
+                        report = run_scenario(
+                            server, scenario, args.duration, args.procs, loadgen_cpus
+                        )
                 except RuntimeError as error:
                     report = {"error": str(error)}
                 results.setdefault(scenario, {})[name] = report

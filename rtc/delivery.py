@@ -46,6 +46,7 @@ class DeliveringConnection(ServerConnection):
     _fragments_text = False
     _outbox: list[bytes] | None = None
     _outbox_size = 0
+    _backlog = 0  # what the transport held when this tick's first frame was queued
 
     # --- inbound -----------------------------------------------------------------------
 
@@ -102,14 +103,27 @@ class DeliveringConnection(ServerConnection):
         buffered = self.transport.get_write_buffer_size() if self.transport is not None else 0
         return buffered + self._outbox_size
 
-    def queue(self, frame: bytes) -> None:
-        """Send an encoded frame with the others queued to this peer, at the end of the tick."""
-        if self._outbox is None:
+    def queue(self, frame: bytes, limit: int | None = None) -> bool:
+        """Send an encoded frame with the others queued to this peer, at the end of the tick.
+
+        With `limit`, a peer already holding more than that many bytes unsent (queued here or
+        buffered by the transport) is not given more: False, and nothing queued.
+        """
+        outbox = self._outbox
+        if outbox is None:
+            transport = self.transport
+            self._backlog = transport.get_write_buffer_size() if transport is not None else 0
+            if limit is not None and self._backlog > limit:
+                return False
             self._outbox = [frame]
+            self._outbox_size = len(frame)
             self.loop.call_soon(self._flush)
-        else:
-            self._outbox.append(frame)
+            return True
+        if limit is not None and self._backlog + self._outbox_size > limit:
+            return False
+        outbox.append(frame)
         self._outbox_size += len(frame)
+        return True
 
     def _flush(self) -> None:
         frames, self._outbox, self._outbox_size = self._outbox, None, 0

@@ -125,11 +125,12 @@ class _Traffic(Collector):
         self._bytes = _Tally(size, f"Bytes {verb}, by type.", "type")
         for kind in (*_MESSAGE_TYPES.values(), "invalid"):  # every type shown from the start
             self._messages.counts[kind] = self._bytes.counts[kind] = 0
+        self.messages, self.bytes = self._messages.counts, self._bytes.counts
 
     def add(self, data: bytes, copies: int) -> None:
-        kind = message_type(data)
-        self._messages.add(kind, copies)
-        self._bytes.add(kind, len(data) * copies)
+        kind = message_type(data)  # always one of the keys set above
+        self.messages[kind] += copies
+        self.bytes[kind] += len(data) * copies
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         yield from self._messages.collect()
@@ -212,6 +213,12 @@ class Metrics:
 
     def received(self, data: bytes) -> None:
         self._in.add(data, 1)
+
+    def received_echo(self, size: int, note: str) -> None:
+        """An awareness echo arrived: an awareness message, and a note of what it was."""
+        self._in.messages["awareness"] += 1
+        self._in.bytes["awareness"] += size
+        self._notes.add(note)
 
     def sent(self, data: bytes, copies: int = 1) -> None:
         self._out.add(data, copies)

@@ -81,6 +81,22 @@ logger = logging.getLogger(__name__)
 _ECHO_COST = 0.05  # an awareness echo costs a twentieth of a message against the rate limit
 
 
+_CLOSE_TIMEOUT = 3.0  # seconds a closing handshake may take before the connection is cut
+
+
+async def _close_within(ws: DeliveringConnection, code: int, reason: str) -> None:
+    """Close with a code, or cut the connection if that cannot finish in time.
+
+    websockets' close() first waits for the peer to drain what is buffered for it, with no
+    deadline: a peer that stopped reading (the 1013 case) would never be let go.
+    """
+    with anyio.move_on_after(_CLOSE_TIMEOUT):
+        await ws.close(code, reason)
+        return
+    if ws.transport is not None:
+        ws.transport.abort()
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -217,7 +233,7 @@ class RtcServer:
                 max_size=config.max_message_size,
                 ping_interval=config.ping_interval,
                 ping_timeout=config.ping_timeout,
-                close_timeout=3,
+                close_timeout=_CLOSE_TIMEOUT,
                 # Compression costs a zlib context per connection; y-websocket frames are small.
                 compression=None,
                 create_connection=connection_class(self._endpoints.plain_request),
@@ -392,12 +408,12 @@ class RtcServer:
             if text:
                 self.metrics.received(b"")
                 raise UnsupportedDataError("text frame")
-            self.metrics.received(data)
             room = peer.room
             if room.is_echo(peer.id, data):  # most of a busy room's traffic: drop it cheaply
-                self.metrics.note(ECHO.what)
+                self.metrics.received_echo(len(data), ECHO.what)
                 self._charge(peer, _ECHO_COST)
                 return
+            self.metrics.received(data)
             admitted = room.session_of(peer.id) is not None
             now = _now_ms()
             actions = room.receive(peer.id, decode(data), now)
@@ -466,12 +482,10 @@ class RtcServer:
             target = peers.get(connection)
             if target is None or target.close_code is not None:
                 continue
-            ws = target.ws
-            if ws.pending_bytes > limit:
+            if target.ws.queue(frame, limit):
+                sent += 1
+            else:
                 self._close(target, CloseCode.TRY_AGAIN_LATER, "outbox-full")
-                continue
-            ws.queue(frame)
-            sent += 1
         if sent:
             self.metrics.sent(data, sent)
 
@@ -485,7 +499,7 @@ class RtcServer:
         if peer.close_code is not None:
             return
         peer.close_code, peer.close_reason = code, reason
-        self._task_group.start_soon(peer.ws.close, code, reason)
+        self._task_group.start_soon(_close_within, peer.ws, code, reason)
 
     def _end(self, peer: _Peer) -> None:
         """The connection is over: classify how, remove its presence, record what happened."""

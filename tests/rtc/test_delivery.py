@@ -4,6 +4,7 @@ queued in one tick arrive in order, and a message in too many pieces is refused.
 from __future__ import annotations
 
 import contextlib
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -161,3 +162,39 @@ async def test_too_many_fragments_at_a_room_is_one_message_too_big_error(tmp_pat
             assert error.props["error_code"] == "message-too-big"
             await bystander.barrier()  # the room carries on
         assert len(running.events("connection_error")) == 1
+
+
+async def test_a_peer_that_stops_reading_is_closed_with_1013_and_nobody_waits(
+    tmp_path: Path,
+) -> None:
+    source = Doc()
+    text = source.get("content", type=Text)
+    chunk = "x" * 256 * 1024
+    async with serve_rtc(tmp_path, outbox_limit=256 * 1024) as running:
+        async with (
+            RawClient.connect(running.room_url(), max_queue=1) as stalled,
+            YClient.connect(running.room_url(), client_id=2, user=2) as reader,
+            RawClient.connect(running.room_url()) as writer,
+        ):
+            # A small receive buffer, fixed (no autotuning up to tcp_rmem's tens of MB).
+            sock = stalled.ws.transport.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+            await stalled.join(1, user=1)
+            await stalled.barrier()
+            await writer.join(3, user=3)
+            await writer.barrier()
+            # The stalled client reads no more: its socket buffers fill (4 MiB at most for
+            # the server's send buffer here, 16 KiB for its receive buffer), then the server's
+            # backlog for it passes the limit, while the reader keeps up with every update.
+            for _ in range(40):  # 10 MiB
+                before = source.get_state()
+                text.insert(len(text), chunk)
+                await writer.send(SyncUpdate(source.get_update(before)))
+                length = len(text)
+                await reader.wait(lambda: len(reader.text) == length)  # noqa: B023 (awaited here)
+            error = await running.wait_event("connection_error", session_id=1)
+            assert (error.props["error_code"], error.props["close_code"]) == ("outbox-full", 1013)
+            await writer.barrier()  # the room carries on, for the others
+            assert str(reader.text) == str(text)
+            assert running.events("connection_error") == [error]
+            stalled.ws.transport.abort()  # it reads nothing, not even the end of its connection

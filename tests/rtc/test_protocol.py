@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from rtc.awareness import AwarenessEntry, encode_awareness, first_client
 from rtc.errors import ProtocolError, UnsupportedDataError
 from rtc.protocol import (
     AuthMessage,
@@ -14,6 +15,7 @@ from rtc.protocol import (
     SyncStep1,
     SyncStep2,
     SyncUpdate,
+    awareness_sender,
     decode,
     encode,
     write_var_uint,
@@ -79,3 +81,33 @@ def test_var_uint_encoding_matches_lib0() -> None:
     assert write_var_uint(300) == b"\xac\x02"
     with pytest.raises(ValueError, match="out of range"):
         write_var_uint(-1)
+
+
+def _awareness(*client_ids: int) -> bytes:
+    entries = [AwarenessEntry(client, 3, '{"cursor":null}') for client in client_ids]
+    return encode(AwarenessMessage(encode_awareness(entries)))
+
+
+@given(
+    st.one_of(
+        st.binary(max_size=40),
+        st.lists(st.integers(0, 2**53 - 1), max_size=3).map(lambda ids: _awareness(*ids)),
+        st.integers(0, 2**32).map(lambda client: _awareness(client)[:-1]),
+    )
+)
+def test_awareness_sender_agrees_with_the_full_decode(data: bytes) -> None:
+    """Whenever the header peek names a sender, the full decode names the same one."""
+    sender = awareness_sender(data)
+    if sender is None:
+        return
+    message = decode(data)
+    assert isinstance(message, AwarenessMessage)
+    assert first_client(message.payload) == (1, sender)
+
+
+def test_awareness_sender_reads_one_entry_updates_only() -> None:
+    assert awareness_sender(_awareness(3_000_000_000)) == 3_000_000_000
+    assert awareness_sender(_awareness(1, 2)) is None
+    assert awareness_sender(_awareness()) is None
+    assert awareness_sender(encode(SyncUpdate(b"\x00\x00"))) is None
+    assert awareness_sender(_awareness(7)[:-1]) is None  # the declared length does not add up
