@@ -154,6 +154,7 @@ class YClient:
         self.user = user
         self.states: dict[int, Any] = {}
         self.synced = anyio.Event()
+        self.answered = anyio.Event()  # this client has answered the server's sync step 1
         self._changed = anyio.Event()
         self._subscription = self.doc.observe(self._on_update)
 
@@ -191,6 +192,7 @@ class YClient:
                 message = decode(data)
                 if isinstance(message, SyncStep1):
                     await self.ws.send(encode(SyncStep2(self.doc.get_update(message.state_vector))))
+                    self.answered.set()
                 elif isinstance(message, SyncStep2 | SyncUpdate):
                     self._applying = True
                     try:
