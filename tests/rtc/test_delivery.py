@@ -41,7 +41,8 @@ class Harness:
     async def handler(self, ws: ServerConnection) -> None:
         assert isinstance(ws, DeliveringConnection)
         self.connection = ws
-        await self.release.wait()
+        with anyio.fail_after(TIMEOUT):  # a test that fails before releasing ends this too
+            await self.release.wait()
         ws.attach(self.sink)
         await ws.wait_closed()
 
