@@ -128,9 +128,12 @@ class _Traffic(Collector):
         self.messages, self.bytes = self._messages.counts, self._bytes.counts
 
     def add(self, data: bytes, copies: int) -> None:
-        kind = message_type(data)  # always one of the keys set above
+        self.count(message_type(data), len(data), copies)
+
+    def count(self, kind: str, size: int, copies: int = 1) -> None:
+        """`kind` is one of the keys set above (what `message_type` returns)."""
         self.messages[kind] += copies
-        self.bytes[kind] += len(data) * copies
+        self.bytes[kind] += size * copies
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         yield from self._messages.collect()
@@ -216,8 +219,7 @@ class Metrics:
 
     def received_echo(self, size: int, note: str) -> None:
         """An awareness echo arrived: an awareness message, and a note of what it was."""
-        self._in.messages["awareness"] += 1
-        self._in.bytes["awareness"] += size
+        self._in.count("awareness", size)
         self._notes.add(note)
 
     def sent(self, data: bytes, copies: int = 1) -> None:

@@ -187,23 +187,15 @@ def awareness_sender(data: bytes) -> int | None:
     """
     if len(data) < 4 or data[0] != MESSAGE_AWARENESS:
         return None
-    length, position = _var_uint_at(data, 1)
-    if length < 1 or position + length != len(data) or data[position] != 1:  # count 1: 1 byte
+    reader = Reader(data)
+    try:
+        reader.read_var_uint()
+        length = reader.read_var_uint()
+        if length < 1 or reader.remaining() != length or reader.read_var_uint() != 1:
+            return None
+        return reader.read_var_uint()
+    except ProtocolError:
         return None
-    sender = _var_uint_at(data, position + 1)[0]
-    return sender if sender >= 0 else None
-
-
-def _var_uint_at(data: bytes, start: int) -> tuple[int, int]:
-    """A varuint read at `start` and the position after it; (-1, -1) if malformed."""
-    value = shift = 0
-    for position in range(start, min(len(data), start + 8)):
-        byte = data[position]
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return (value, position + 1) if value <= MAX_VAR_UINT else (-1, -1)
-        shift += 7
-    return -1, -1
 
 
 def write_var_uint(value: int) -> bytes:

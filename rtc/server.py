@@ -335,8 +335,7 @@ class RtcServer:
     async def _serve_feed(self, ws: DeliveringConnection, target: FeedRoute) -> None:
         def deliver(text: str) -> None:
             # A viewer too slow to keep up misses events rather than holding anything back.
-            if ws.pending_bytes <= self.config.outbox_limit:
-                ws.queue(encode(text.encode(), text=True))
+            ws.queue(encode(text.encode(), text=True), self.config.outbox_limit)
 
         ws.attach(lambda data, text: None)  # viewers have nothing to say
         unsubscribe = self.feed.subscribe(target.key, deliver)
