@@ -23,9 +23,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from tracks.schema import INSERT, connect
-from tracks.sqlite_stats import SqliteStatsStore
-from tracks.stats import Scope
+from tracks.presence.sqlite import SqliteStatsStore
+from tracks.presence.sqlite_schema import INSERT, connect
+from tracks.presence.stats import Scope
 
 DAY = 86_400_000
 POSTS_PER_BLOG = 5

@@ -19,8 +19,8 @@ import anyio
 import anyio.lowlevel
 from pycrdt import Doc, Text
 
+from rtc.documents import DocumentStore
 from rtc.room import RoomKey
-from rtc.store import DocumentStore
 
 
 def updates(count: int) -> list[bytes]:

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import anyio
 
+from rtc.auth import issue
+from rtc.config import ConfigError, ServerConfig
+from rtc.server import RtcServer
 from tracks.streams import StreamConfigError, load_streams
-
-from .config import ConfigError, ServerConfig
-from .extensions.auth import issue
-from .server import RtcServer
 
 __all__ = ["main"]
 

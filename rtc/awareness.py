@@ -13,8 +13,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ProtocolError
-from .protocol import Reader, write_var_bytes, write_var_uint
+from rtc.errors import ProtocolError
+from rtc.protocol import Reader, write_var_bytes, write_var_uint
 
 __all__ = [
     "AwarenessEntry",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import CloseCode, RtcError
+from rtc.errors import CloseCode, RtcError
 
 __all__ = ["Ending", "classify"]
 

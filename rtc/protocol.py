@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import ProtocolError
+from rtc.errors import ProtocolError
 
 __all__ = [
     "EMPTY_UPDATE",

@@ -15,7 +15,7 @@ from typing import Any
 
 from pycrdt import Doc
 
-from .awareness import (
+from rtc.awareness import (
     AwarenessEntry,
     AwarenessStates,
     decode_awareness,
@@ -23,9 +23,9 @@ from .awareness import (
     first_client,
     user_of,
 )
-from .errors import CloseCode, ProtocolError
-from .history import RecentEnd, SessionHistory
-from .protocol import (
+from rtc.errors import CloseCode, ProtocolError
+from rtc.history import RecentEnd, SessionHistory
+from rtc.protocol import (
     EMPTY_UPDATE,
     AuthMessage,
     AwarenessMessage,
@@ -37,7 +37,7 @@ from .protocol import (
     awareness_sender,
     encode,
 )
-from .yupdate import check_state_vector, check_update
+from rtc.yupdate import check_state_vector, check_update
 
 __all__ = [
     "ECHO",

@@ -9,9 +9,9 @@ import anyio
 from anyio.abc import TaskGroup
 from pycrdt import Doc
 
-from .history import SessionHistory
-from .room import Room, RoomKey, RoomLimits
-from .store import DocumentStore
+from rtc.documents import DocumentStore
+from rtc.history import SessionHistory
+from rtc.room import Room, RoomKey, RoomLimits
 
 __all__ = ["RoomRegistry"]
 

@@ -26,18 +26,15 @@ from anyio.abc import TaskGroup
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.frames import Close as CloseFrame
 
-from tracks import Recorder, open_recorder
-from tracks.store import locate
-from tracks.streams import StreamConfig, load_streams
-
-from .analytics_api import AnalyticsApi
-from .capture import CaptureSettings
-from .closes import classify
-from .config import ServerConfig
-from .connection import connection_class
-from .delivery import DeliveringConnection, encode
-from .endpoints import ConnectionCounts, Endpoints, address_of
-from .errors import (
+from rtc.analytics.capture import CaptureSettings
+from rtc.analytics.feed import EventFeed
+from rtc.analytics.tracking import Tracking
+from rtc.auth import Grant, verify
+from rtc.closes import classify
+from rtc.config import ServerConfig
+from rtc.delivery import DeliveringConnection, encode
+from rtc.documents import DocumentStore
+from rtc.errors import (
     AnnounceTimeoutError,
     CloseCode,
     RateLimitedError,
@@ -46,14 +43,16 @@ from .errors import (
     ServerBusyError,
     UnsupportedDataError,
 )
-from .extensions.auth import Grant, verify
-from .extensions.tracking import Tracking
-from .feed import EventFeed
-from .history import SessionHistory
-from .metrics import LiveFigures, Metrics, RecorderFigures
-from .protocol import decode
-from .ratelimit import TokenBucket
-from .room import (
+from rtc.history import SessionHistory
+from rtc.http.analytics import AnalyticsApi
+from rtc.http.connection import connection_class
+from rtc.http.endpoints import ConnectionCounts, Endpoints, address_of
+from rtc.http.routes import FeedRoute, RoomRoute
+from rtc.http.stats import StatsApi
+from rtc.metrics import LiveFigures, Metrics, RecorderFigures
+from rtc.protocol import decode
+from rtc.ratelimit import TokenBucket
+from rtc.room import (
     ECHO,
     Action,
     Blocked,
@@ -69,10 +68,10 @@ from .room import (
     RoomLimits,
     Send,
 )
-from .rooms import RoomRegistry
-from .routes import FeedRoute, RoomRoute
-from .stats_api import StatsApi
-from .store import DocumentStore
+from rtc.rooms import RoomRegistry
+from tracks import Recorder, open_recorder
+from tracks.presence.reading import locate
+from tracks.streams import StreamConfig, load_streams
 
 __all__ = ["RtcServer"]
 

@@ -11,7 +11,7 @@ It checks shape only; whether the structs make sense together is yrs' job.
 
 from __future__ import annotations
 
-from .errors import ProtocolError
+from rtc.errors import ProtocolError
 
 __all__ = ["check_state_vector", "check_update"]
 

@@ -7,22 +7,22 @@ background: to memory, a JSONL file, a SQLite store or an HTTP backend.
 `open_stats_store()` answers presence figures (`StatsStore`) for a `Scope`.
 """
 
-from tracks.compose import FanoutRecorder, SampledRecorder
-from tracks.encoders import BodyEncoder, GenericEncoder, PostHogEncoder, TracksEncoder
-from tracks.event import Event, EventError, JSONValue
-from tracks.recorder import Recorder, RecorderStats
-from tracks.recorders import (
+from tracks.builtin import (
     HttpRecorder,
     JsonlRecorder,
     MemoryRecorder,
     NullRecorder,
     SqliteRecorder,
 )
+from tracks.compose import FanoutRecorder, SampledRecorder
+from tracks.encoders import BodyEncoder, GenericEncoder, PostHogEncoder, TracksEncoder
+from tracks.event import Event, EventError, JSONValue
+from tracks.presence.reading import read_events
+from tracks.presence.sqlite import SqliteStatsStore, open_stats_store
+from tracks.presence.stats import Scope, StatsStore
+from tracks.recorder import Recorder, RecorderStats
 from tracks.retry import RetryPolicy
 from tracks.sinks import RejectedError, Sink, SinkError, TransientError
-from tracks.sqlite_stats import SqliteStatsStore, open_stats_store
-from tracks.stats import Scope, StatsStore
-from tracks.store import read_events
 from tracks.tracker import Tracker, TrackerOptions
 from tracks.url import open_recorder
 

@@ -17,13 +17,13 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import cast
 
-from tracks import schema
-from tracks.archive import archive_store
+from tracks.presence import sqlite_schema as schema
 from tracks.event import Event, JSONValue, json_text
-from tracks.rollup import rollup_state
-from tracks.sqlite_stats import SqliteStatsStore, open_stats_store
-from tracks.stats import Scope, parse_day
-from tracks.store import follow, locate, read_events
+from tracks.presence.archive import archive_store
+from tracks.presence.reading import follow, locate, read_events
+from tracks.presence.rollup import rollup_state
+from tracks.presence.sqlite import SqliteStatsStore, open_stats_store
+from tracks.presence.stats import Scope, parse_day
 
 __all__ = ["main", "parse_duration"]
 

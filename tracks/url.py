@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from tracks.recorder import Recorder
-from tracks.recorders import (
+from tracks.builtin import (
     HttpRecorder,
     JsonlRecorder,
     MemoryRecorder,
     NullRecorder,
     SqliteRecorder,
 )
+from tracks.recorder import Recorder
 
 __all__ = ["ACCEPTED_FORMS", "open_recorder", "parse_store_url"]
 

@@ -17,7 +17,7 @@ from rtc import RtcServer, ServerConfig
 from tests.demo.test_demo_page import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, _missing
 from tests.rtc.clients import RawClient
 from tracks import Event
-from tracks.schema import connect, insert_events
+from tracks.presence.sqlite_schema import connect, insert_events
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from rtc.extensions.auth import issue
-from rtc.ingest import bucket_event_id
+from rtc.analytics.ingest import bucket_event_id
+from rtc.auth import issue
 from tracks import read_events
 
 from .clients import TIMEOUT, RawClient, serve_rtc

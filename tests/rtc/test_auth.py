@@ -11,7 +11,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from rtc.extensions.auth import AuthenticationError, ForbiddenError, issue, verify
+from rtc.auth import AuthenticationError, ForbiddenError, issue, verify
 from rtc.protocol import SyncStep1
 from rtc.room import RoomKey
 

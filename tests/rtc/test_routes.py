@@ -2,8 +2,8 @@
 
 import pytest
 
+from rtc.http.routes import ApiRoute, FeedRoute, HttpError, RoomRoute, StaticRoute, route
 from rtc.room import RoomKey
-from rtc.routes import ApiRoute, FeedRoute, HttpError, RoomRoute, StaticRoute, route
 
 
 def test_room_paths() -> None:

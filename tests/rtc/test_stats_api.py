@@ -17,8 +17,8 @@ from rtc import RtcServer, ServerConfig
 from tests.rtc.clients import TIMEOUT, RawClient
 from tracks import Event
 from tracks.cli import main as tracks_main
-from tracks.schema import connect as connect_store
-from tracks.schema import insert_events
+from tracks.presence.sqlite_schema import connect as connect_store
+from tracks.presence.sqlite_schema import insert_events
 
 pytestmark = pytest.mark.slow
 

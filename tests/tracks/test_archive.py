@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tracks import Event, JSONValue, cli, read_events, schema
-from tracks.archive import ArchiveError, archive_store, day_path, read_archive, write_day
+from tracks.presence.archive import ArchiveError, archive_store, day_path, read_archive, write_day
 
 DAY = 86_400_000
 # 2024-03-01T00:00:00Z

@@ -7,7 +7,7 @@ import math
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tracks.figures import (
+from tracks.presence.figures import (
     MAX_OPEN_MS,
     Visit,
     bucket_value,

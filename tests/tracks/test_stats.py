@@ -17,10 +17,10 @@ import pytest
 
 from tracks import Event
 from tracks.cli import main
-from tracks.figures import day_of
-from tracks.schema import connect, insert_events
-from tracks.sqlite_stats import SqliteStatsStore, open_stats_store
-from tracks.stats import Scope, parse_day
+from tracks.presence.figures import day_of
+from tracks.presence.sqlite import SqliteStatsStore, open_stats_store
+from tracks.presence.sqlite_schema import connect, insert_events
+from tracks.presence.stats import Scope, parse_day
 
 MIN = 60_000
 HOUR = 60 * MIN

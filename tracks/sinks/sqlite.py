@@ -12,7 +12,7 @@ from pathlib import Path
 
 import anyio.to_thread
 
-from tracks import schema
+from tracks.presence import sqlite_schema as schema
 from tracks.event import Event
 from tracks.sinks import TransientError
 

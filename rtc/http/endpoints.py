@@ -19,15 +19,15 @@ from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from . import http
-from .analytics_api import AnalyticsApi
-from .config import ServerConfig
-from .connection import PlainRequest, PlainResponse
-from .metrics import LiveFigures, Metrics
-from .room import RoomKey
-from .rooms import RoomRegistry
-from .routes import ApiRoute, FeedRoute, HttpError, RoomRoute, Route, StaticRoute, route
-from .stats_api import StatsApi
+from rtc.config import ServerConfig
+from rtc.http import responses as http
+from rtc.http.analytics import AnalyticsApi
+from rtc.http.connection import PlainRequest, PlainResponse
+from rtc.http.routes import ApiRoute, FeedRoute, HttpError, RoomRoute, Route, StaticRoute, route
+from rtc.http.stats import StatsApi
+from rtc.metrics import LiveFigures, Metrics
+from rtc.room import RoomKey
+from rtc.rooms import RoomRegistry
 
 __all__ = ["ConnectionCounts", "Endpoints", "address_of"]
 

@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from .room import RoomKey
+from rtc.room import RoomKey
 
 __all__ = ["EventFeed"]
 

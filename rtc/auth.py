@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import jwt
 
-from ..errors import CloseCode, RtcError
-from ..room import RoomKey
+from rtc.errors import CloseCode, RtcError
+from rtc.room import RoomKey
 
 __all__ = ["AuthenticationError", "ForbiddenError", "Grant", "issue", "verify"]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Response
 
-from .room import Room, RoomKey
+from rtc.room import Room, RoomKey
 
 __all__ = ["error_response", "file_response", "json_response", "room_json", "text_response"]
 

@@ -21,14 +21,13 @@ from anyio.abc import TaskStatus
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Response
 
+from rtc.http import responses as http
+from rtc.http.routes import HttpError
+from rtc.room import Room
 from tracks import JSONValue
-from tracks.figures import DAY_MS
-from tracks.sqlite_stats import SqliteStatsStore
-from tracks.stats import Scope, parse_day
-
-from . import http
-from .room import Room
-from .routes import HttpError
+from tracks.presence.figures import DAY_MS
+from tracks.presence.sqlite import SqliteStatsStore
+from tracks.presence.stats import Scope, parse_day
 
 __all__ = ["StatsApi", "live_json"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tracks.event import Event, JSONValue
-from tracks.schema import SELECT_EVENT, connect, event_from_row
+from tracks.presence.sqlite_schema import SELECT_EVENT, connect, event_from_row
 
 __all__ = ["session_timeline"]
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 
-from tracks import schema
+from tracks.presence import sqlite_schema as schema
 from tracks.event import Event, EventError, json_text
 
 __all__ = [

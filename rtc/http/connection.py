@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import h11
 
-from .delivery import DeliveringConnection
+from rtc.delivery import DeliveringConnection
 
 __all__ = ["PlainRequest", "PlainResponse", "connection_class"]
 

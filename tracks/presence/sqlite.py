@@ -20,12 +20,12 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Self
 
-from tracks import schema
+from tracks.presence import sqlite_schema as schema
 from tracks.event import JSONValue
-from tracks.figures import DAY_MS, MAX_OPEN_MS, day_of, duration_bucket
-from tracks.rollup import ERROR_CODE_SQL, aggregate, compute_peaks, kind_sql, rollup_state
-from tracks.stats import TOP_POSTS, DayFigures, Scope, stats_json
-from tracks.store import locate, read_events
+from tracks.presence.figures import DAY_MS, MAX_OPEN_MS, day_of, duration_bucket
+from tracks.presence.reading import locate, read_events
+from tracks.presence.rollup import ERROR_CODE_SQL, aggregate, compute_peaks, kind_sql, rollup_state
+from tracks.presence.stats import TOP_POSTS, DayFigures, Scope, stats_json
 
 __all__ = ["SqliteStatsStore", "open_stats_store"]
 

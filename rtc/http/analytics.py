@@ -19,20 +19,19 @@ from urllib.parse import parse_qs, urlsplit
 
 import anyio
 
+from rtc.analytics.capture import BlogCapture, CaptureSettings
+from rtc.analytics.ingest import BatchError, RecentIds, Rejection, parse_batch
+from rtc.analytics.tracking import Tracking
+from rtc.auth import verify
+from rtc.config import ServerConfig
+from rtc.errors import RtcError
+from rtc.http.connection import PlainRequest, PlainResponse
+from rtc.http.routes import HttpError
+from rtc.metrics import Metrics
+from rtc.ratelimit import TokenBucket
+from rtc.room import RoomKey
 from tracks import JSONValue
-from tracks.timeline import session_timeline
-
-from .capture import BlogCapture, CaptureSettings
-from .config import ServerConfig
-from .connection import PlainRequest, PlainResponse
-from .errors import RtcError
-from .extensions.auth import verify
-from .extensions.tracking import Tracking
-from .ingest import BatchError, RecentIds, Rejection, parse_batch
-from .metrics import Metrics
-from .ratelimit import TokenBucket
-from .room import RoomKey
-from .routes import HttpError
+from tracks.presence.timeline import session_timeline
 
 __all__ = ["AnalyticsApi"]
 

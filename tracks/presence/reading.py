@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
-from tracks import schema
-from tracks.archive import read_archive
+from tracks.presence import sqlite_schema as schema
 from tracks.event import Event, EventError
+from tracks.presence.archive import read_archive
 from tracks.url import parse_store_url
 
 __all__ = ["follow", "locate", "read_events"]

@@ -13,14 +13,13 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 
+from rtc.analytics.capture import CaptureSettings
+from rtc.analytics.feed import EventFeed
+from rtc.metrics import Metrics
+from rtc.room import Blocked, Joined, Left, RoomKey, Session
 from tracks import Event, JSONValue, Recorder
 from tracks.sampling import session_in_sample
 from tracks.streams import Origin, Routing, StreamConfig
-
-from ..capture import CaptureSettings
-from ..feed import EventFeed
-from ..metrics import Metrics
-from ..room import Blocked, Joined, Left, RoomKey, Session
 
 __all__ = ["Tracking"]
 

@@ -24,7 +24,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from tracks.figures import DAY_MS, MAX_OPEN_MS, day_of, duration_bucket, peak, visits
+from tracks.presence.figures import DAY_MS, MAX_OPEN_MS, day_of, duration_bucket, peak, visits
 
 __all__ = [
     "ROLLUP_TABLES",

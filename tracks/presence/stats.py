@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from tracks.event import JSONValue
-from tracks.figures import (
+from tracks.presence.figures import (
     DAY_MS,
     bucket_value,
     day_from_text,

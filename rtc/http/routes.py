@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from .room import RoomKey
+from rtc.room import RoomKey
 
 __all__ = ["ApiRoute", "FeedRoute", "HttpError", "RoomRoute", "Route", "StaticRoute", "route"]
 
