@@ -325,10 +325,7 @@ class Room:
         it without decoding it; `receive` would come to the same answer, at a higher cost.
         """
         session = self._sessions.get(connection)
-        if session is None:
-            return False
-        sender = awareness_sender(data)
-        return sender is not None and sender != session.session_id
+        return session is not None and _is_echo(session, awareness_sender(data))
 
     def take_held(self, connection: ConnectionId) -> list[Message]:
         """What an admitted connection sent before it named its session, to replay in order."""
@@ -505,9 +502,8 @@ class Room:
 
     def _handle_awareness(self, session: Session, payload: bytes) -> list[Action]:
         count, first = first_client(payload)
-        if count == 1 and first != session.session_id:
-            # The common case by far: a y-websocket client re-sending one state it applied.
-            # It is dropped unread (the rest of it cannot affect anyone).
+        if _is_echo(session, first if count == 1 else None):
+            # The common case by far: dropped unread (the rest of it cannot affect anyone).
             return [ECHO]
         entries = decode_awareness(payload)
         changed = []
@@ -539,6 +535,15 @@ class Room:
             # traffic is what keeps y-websocket's 30 s "no message received" watchdog quiet.
             actions.append(Broadcast(data, tuple(self._sessions)))
         return actions
+
+
+def _is_echo(session: Session, sender: int | None) -> bool:
+    """Whether an awareness update of one entry, by `sender` (None: not one entry), is an echo.
+
+    A y-websocket client re-sends every remote state it applies; a connection controls only
+    the clientID it announced, so one entry of another id can change nothing.
+    """
+    return sender is not None and sender != session.session_id
 
 
 def _awareness_message(entries: Iterable[AwarenessEntry]) -> bytes:

@@ -89,10 +89,15 @@ def presence(client_id: int, user: int | None, *, clock: int = 0, name: str = "A
 
 
 class RawClient:
-    """A connection that sends and receives protocol messages exactly as told."""
+    """A connection that sends and receives protocol messages exactly as told.
+
+    Every message read, by any method, is kept in `received`, in order: a test proves that
+    something did not arrive by looking there after a `barrier()`.
+    """
 
     def __init__(self, ws: ClientConnection) -> None:
         self.ws = ws
+        self.received: list[Message] = []
 
     @classmethod
     @asynccontextmanager
@@ -111,8 +116,13 @@ class RawClient:
     async def recv(self) -> Message:
         with anyio.fail_after(TIMEOUT):
             data = await self.ws.recv()
-        assert isinstance(data, bytes)
-        return decode(data)
+        return self._keep(data)
+
+    def _keep(self, data: bytes | str) -> Message:
+        assert isinstance(data, bytes), f"the server sent a text frame: {data!r}"
+        message = decode(data)
+        self.received.append(message)
+        return message
 
     async def recv_until(self, predicate: Callable[[Message], bool]) -> Message:
         with anyio.fail_after(TIMEOUT):
@@ -132,11 +142,11 @@ class RawClient:
         await self.ws.send(presence(client_id, user))
 
     async def closed(self) -> tuple[int | None, str | None]:
-        """Read until the server closes; returns its close code and reason."""
+        """Read (into `received`) until the server closes; returns its close code and reason."""
         with anyio.fail_after(TIMEOUT):
             try:
                 while True:  # bounded by the timeout
-                    await self.ws.recv()
+                    self._keep(await self.ws.recv())
             except ConnectionClosed:
                 pass
         close = self.ws.protocol.close_rcvd

@@ -10,14 +10,17 @@ from pycrdt import Doc, Text
 from rtc.awareness import AwarenessEntry, decode_awareness, encode_awareness
 from rtc.errors import ProtocolError
 from rtc.history import SessionHistory
-from rtc.protocol import AwarenessMessage, SyncStep1, SyncStep2, SyncUpdate, decode
+from rtc.protocol import AwarenessMessage, SyncStep1, SyncStep2, SyncUpdate, decode, encode
 from rtc.room import (
+    ECHO,
     Action,
     Blocked,
     Broadcast,
     Close,
+    Identity,
     Joined,
     Left,
+    Note,
     Persist,
     Room,
     RoomKey,
@@ -223,3 +226,100 @@ def test_invalid_awareness_json_of_its_own_session_is_a_protocol_error() -> None
     bad = encode_awareness([AwarenessEntry(111, 5, "{not json")])
     with pytest.raises(ProtocolError, match="not JSON"):
         room.receive(1, AwarenessMessage(bad), 0)
+
+
+def test_an_anonymous_session_counts_as_one_contributor() -> None:
+    """README: a session without collaboratorInfo.id counts against max_contributors alone."""
+    room = make_room(max_contributors=2)
+    assert of(Joined, admit(room, 1, 111, None))
+    assert of(Joined, admit(room, 2, 222, 5))
+    [blocked] = of(Blocked, admit(room, 3, 333, None))  # another anonymous tab is another one
+    assert (blocked.user_id, blocked.limit, blocked.limit_kind) == (None, 2, "contributors")
+    assert blocked.contributors == (5,)  # user ids only; the anonymous one is in the count
+    assert of(Blocked, admit(room, 4, 444, 6))
+    assert of(Joined, admit(room, 5, 555, 5))  # user 5's second tab is no new contributor
+    room.close(1, 2000, clean=True)
+    assert of(Joined, admit(room, 6, 666, None))  # the anonymous seat is free again
+
+
+def test_an_anonymous_reconnect_keeps_its_seat() -> None:
+    room = make_room(max_contributors=1)
+    admit(room, 1, 111, None)
+    actions = admit(room, 2, 111, None)  # the same Y.Doc on a new socket
+    assert Close(1, 4409, "session-replaced") in actions
+    assert of(Joined, actions)
+
+
+@pytest.mark.parametrize(("sizes", "refused"), [((6, 4), False), ((6, 5), True)])
+def test_bytes_held_before_announcing_are_bounded(sizes: tuple[int, ...], refused: bool) -> None:
+    room = make_room(max_held_bytes=10)
+    room.open(1, 0)
+    *first, last = [SyncStep1(b"\x00" * size) for size in sizes]
+    for message in first:
+        assert room.receive(1, message, 0) == []
+    if refused:
+        with pytest.raises(ProtocolError, match="too much sent"):
+            room.receive(1, last, 0)
+    else:
+        assert room.receive(1, last, 0) == []
+        assert of(Joined, room.receive(1, AwarenessMessage(presence(111, user=5)), 0))
+        assert room.take_held(1) == [*first, last]
+
+
+def test_the_token_names_the_user_and_a_different_awareness_user_is_noted() -> None:
+    room = make_room()
+    room.open(1, 0, identity=Identity(5, "Ada (token)"))
+    actions = room.receive(1, AwarenessMessage(presence(111, user=6, name="Eve")), 0)
+    assert Note("awareness-user-mismatch") in actions
+    [joined] = of(Joined, actions)
+    assert (joined.session.user_id, joined.session.name) == (5, "Ada (token)")
+    assert joined.contributors == (5,)
+
+
+@pytest.mark.parametrize("announced", [5, None])
+def test_an_awareness_user_that_agrees_with_the_token_or_is_absent_is_no_mismatch(
+    announced: int | None,
+) -> None:
+    room = make_room()
+    room.open(1, 0, identity=Identity(5))
+    actions = room.receive(1, AwarenessMessage(presence(111, user=announced, name="Ada")), 0)
+    assert not of(Note, actions)
+    [joined] = of(Joined, actions)
+    assert joined.session.user_id == 5
+    assert joined.session.name == ("Ada" if announced is not None else None)
+
+
+def echo_room() -> Room:
+    room = make_room()
+    admit(room, 1, 111, 5)
+    admit(room, 2, 222, 6)
+    room.open(3, 0)  # not admitted yet
+    return room
+
+
+@pytest.mark.parametrize(
+    ("connection", "payload", "echo"),
+    [
+        (2, presence(111, clock=1, user=5), True),  # one state of another session
+        (2, presence(999, clock=1, user=9), True),  # unknown ids are not its own either
+        (2, presence(222, clock=1, user=6), False),  # its own
+        # two entries are decoded: its own change goes out, the foreign one is ignored
+        (2, encode_awareness([AwarenessEntry(111, 1, "null"), AwarenessEntry(222, 1, "{}")]),
+         False),
+        (3, presence(111, clock=1, user=5), False),  # not admitted: it may be announcing
+    ],
+)
+def test_is_echo_recognises_one_foreign_state_from_the_header(
+    connection: int, payload: bytes, echo: bool
+) -> None:
+    room = echo_room()
+    data = encode(AwarenessMessage(payload))
+    assert room.is_echo(connection, data) is echo
+    if connection == 2:  # the full path through receive comes to the same answer
+        assert (room.receive(2, AwarenessMessage(payload), 0) == [ECHO]) is echo
+
+
+def test_is_echo_is_false_for_anything_but_awareness() -> None:
+    room = echo_room()
+    for data in (encode(SyncStep1(b"\x00")), encode(SyncUpdate(an_update("x"))), b"\x01", b""):
+        assert not room.is_echo(2, data)
