@@ -11,6 +11,7 @@ from pathlib import Path
 
 import anyio
 import anyio.lowlevel
+import pytest
 from pycrdt import Doc, Text
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
@@ -165,6 +166,7 @@ async def test_too_many_fragments_at_a_room_is_one_message_too_big_error(tmp_pat
         assert len(running.events("connection_error")) == 1
 
 
+@pytest.mark.slow  # 10 MiB through the room: about 3.5 s
 async def test_a_peer_that_stops_reading_is_closed_with_1013_and_nobody_waits(
     tmp_path: Path,
 ) -> None:
@@ -192,7 +194,7 @@ async def test_a_peer_that_stops_reading_is_closed_with_1013_and_nobody_waits(
                 text.insert(len(text), chunk)
                 await writer.send(SyncUpdate(source.get_update(before)))
                 length = len(text)
-                await reader.wait(lambda: len(reader.text) == length)  # noqa: B023 (awaited here)
+                await reader.wait(lambda expected=length: len(reader.text) == expected)
             error = await running.wait_event("connection_error", session_id=1)
             assert (error.props["error_code"], error.props["close_code"]) == ("outbox-full", 1013)
             await writer.barrier()  # the room carries on, for the others
