@@ -6,7 +6,10 @@ fsynced, then renamed, so a crash never leaves half a batch behind. Batches are
 re-sent oldest first (by sequence) and deleted once the backend confirms them;
 a crash between the two re-sends one batch, which the event ids de-duplicate.
 
-The engine calls these methods from a worker thread, one call at a time.
+The engine calls these methods from a worker thread, one call at a time. What
+cannot be read back (a corrupted or truncated file) is logged and reported as
+`SpoolContents.lost`, so the engine counts it as dropped instead of losing it
+silently.
 """
 
 from __future__ import annotations
@@ -18,13 +21,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tracks.event import Event, EventError, json_text
+from tracks.event import Event, json_text
 
-__all__ = ["Spool", "SpoolSegment"]
+__all__ = ["UNREADABLE", "Spool", "SpoolContents", "SpoolSegment"]
 
 logger = logging.getLogger(__name__)
 
 SUFFIX = ".jsonl"
+
+UNREADABLE = "<unreadable spool>"
+"""The event name under which events lost to an unreadable spool file are counted."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +41,20 @@ class SpoolSegment:
     sequence: int
     count: int
     size: int
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolContents:
+    """Events read back from the spool.
+
+    Attributes:
+        events: the events that could be read, in order.
+        lost: events that could not be (their names are unknown: count them
+            under `UNREADABLE`).
+    """
+
+    events: list[Event]
+    lost: int = 0
 
 
 class Spool:
@@ -82,8 +102,12 @@ class Spool:
         self._loaded = True
         return sum(segment.count for segment in segments)
 
-    def append(self, batch: Sequence[Event]) -> list[Event]:
-        """Store a batch; return the events of older batches discarded to stay in bounds."""
+    def append(self, batch: Sequence[Event]) -> SpoolContents:
+        """Store a batch; return what older batches were discarded to stay in bounds.
+
+        Raises:
+            OSError: the batch could not be written (nothing was stored).
+        """
         self.load()
         sequence = self._next_sequence
         self._next_sequence += 1
@@ -97,32 +121,55 @@ class Spool:
         temporary.replace(path)
         self._segments.append(SpoolSegment(path, sequence, len(batch), len(data)))
         discarded: list[Event] = []
+        lost = 0
         while self.size > self.max_bytes and len(self._segments) > 1:
             oldest = self._segments[0]
-            discarded.extend(self.read(oldest))
+            try:
+                contents = self.read(oldest)
+            except OSError as exc:
+                # The new batch is stored already: losing an old one must not undo that.
+                logger.error("spool %s unreadable, discarded: %s", oldest.path, exc)
+                contents = SpoolContents([], oldest.count)
+            discarded.extend(contents.events)
+            lost += contents.lost
             self.remove(oldest)
-        return discarded
+        return SpoolContents(discarded, lost)
 
     def oldest(self) -> SpoolSegment | None:
         self.load()
         return self._segments[0] if self._segments else None
 
-    def read(self, segment: SpoolSegment) -> list[Event]:
-        """The events of a batch; lines that no longer parse are skipped and logged."""
+    def read(self, segment: SpoolSegment) -> SpoolContents:
+        """The events of a batch. Lines that no longer parse are skipped, logged and counted
+        in `SpoolContents.lost`, as are events the file name promises but the file lacks.
+
+        Raises:
+            OSError: the file cannot be read at all.
+        """
         events = []
-        with segment.path.open(encoding="utf-8") as file:
-            for number, line in enumerate(file, 1):
-                try:
-                    events.append(Event.from_json(json.loads(line)))
-                except (ValueError, EventError) as exc:
-                    logger.error(
-                        "spool %s line %d unreadable, skipped: %s", segment.path, number, exc
-                    )
-        return events
+        unreadable = 0
+        # Bytes, not text: a corrupted file may not even be UTF-8, and one bad line must
+        # not cost the others (UnicodeDecodeError is a ValueError, caught per line).
+        for number, line in enumerate(segment.path.read_bytes().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                events.append(Event.from_json(json.loads(line)))
+            except ValueError as exc:  # EventError, JSONDecodeError, UnicodeDecodeError
+                unreadable += 1
+                logger.error("spool %s line %d unreadable, skipped: %s", segment.path, number, exc)
+        return SpoolContents(events, max(segment.count - len(events), unreadable))
 
     def remove(self, segment: SpoolSegment) -> None:
+        """Forget a batch and delete its file.
+
+        Raises:
+            OSError: the file could not be deleted; the batch is forgotten all the same
+                (re-sending it forever would be worse), and the next run re-sends it.
+        """
+        if segment in self._segments:
+            self._segments.remove(segment)
         segment.path.unlink(missing_ok=True)
-        self._segments.remove(segment)
 
 
 def _parse_name(path: Path) -> SpoolSegment | None:

@@ -5,32 +5,35 @@ Bounded inbox with a drop policy, batching by count, bytes and age, retries by a
 shutdown with a deadline. The front door, `record()`, only appends to a deque:
 it never awaits, never blocks and never raises.
 
-One writer task (started by ``async with``) takes batches from the inbox and
-hands them to the sink, one write at a time. When a batch runs out of retries it
-goes to the spool (or is dropped and counted, without one); while the spool holds
-anything, new batches join it so the backend later receives them oldest first,
-and the writer probes the backend on the retry schedule.
+One lifecycle: ``async with`` starts one writer task, which takes batches from
+the inbox and hands them to the sink, one write at a time; leaving the block (or
+`aclose()` inside it) flushes within the deadline and stops it. Nothing else ever
+touches the sink. The writer's parts: `tracks.delivery` carries a batch to the
+sink or the spool, `tracks.outage` decides what a failed write leads to (retry,
+spool, drop, reject), `tracks.ledger` keeps the counters and their log lines, and
+`tracks.spool` the files.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Literal, Self, TypedDict, TypeVar
+from typing import Literal, Self, TypedDict
 
 import anyio
 import anyio.abc
-import anyio.to_thread
 
+from tracks.delivery import Delivery
 from tracks.event import Event, json_text
+from tracks.ledger import Ledger
+from tracks.outage import Outage
 from tracks.recorder import RecorderStats
 from tracks.retry import RetryPolicy
-from tracks.sinks import RejectedError, Sink, TransientError
+from tracks.sinks import Sink
 from tracks.spool import Spool
 
 __all__ = ["Overflow", "Tracker", "TrackerOptions"]
@@ -39,9 +42,6 @@ logger = logging.getLogger(__name__)
 
 Overflow = Literal["drop_oldest", "drop_newest"]
 State = Literal["new", "running", "closing", "closed"]
-T = TypeVar("T")
-
-DROP_LOG_INTERVAL = 10.0  # seconds between aggregated "dropped N events" warnings
 
 
 class TrackerOptions(TypedDict, total=False):
@@ -60,6 +60,18 @@ class TrackerOptions(TypedDict, total=False):
 
 class Tracker:
     """A `Recorder` that queues events and writes them to a sink in batches.
+
+    Use it as ``async with Tracker(sink) as recorder:``. Entering starts the writer;
+    leaving flushes what was accepted within ``shutdown_timeout``, spools (or drops
+    and counts) the rest, and closes the sink. A recorder is entered once.
+
+    - `record()` works at any time and never blocks or raises. Before entering,
+      events wait in the bounded inbox (the overflow policy applies) and are written
+      once the recorder is entered. While closing and after, they are dropped and
+      counted in `stats` (``dropped_by_name``).
+    - `flush()` and `aclose()` belong inside the block: before entering they raise
+      `RuntimeError` (nothing would deliver). After closing, `flush()` returns at
+      once and `aclose()` does nothing.
 
     Args:
         sink: where batches go.
@@ -116,23 +128,17 @@ class Tracker:
         self._flush_interval = flush_interval
         self._retry = retry or RetryPolicy()
         self._shutdown_timeout = shutdown_timeout
-        self._spool = None if spool is None else Spool(spool, max_bytes=max_spool_bytes)
 
         self._inbox: deque[Event] = deque()
         self._pending_since: float | None = None  # monotonic time the inbox became non-empty
         self._in_flight: Sequence[Event] = ()
         self._state: State = "new"
 
-        # Counters. `_settled` counts accepted events that left the engine's hands
-        # (written, spooled, rejected or dropped); flush() waits on it.
+        # `_settled` counts accepted events that left the engine's hands (written,
+        # spooled, rejected or dropped); flush() waits on it. The rest is in the ledger.
         self._accepted = 0
-        self._written = 0
-        self._dropped = 0
-        self._retried = 0
-        self._spooled = 0
-        self._rejected = 0
-        self._dropped_by_name: dict[str, int] = {}
         self._settled = 0
+        self._ledger = Ledger(self.description)
 
         # Writer coordination; anyio primitives are created inside the event loop.
         self._wakeup: anyio.Event | None = None
@@ -141,33 +147,34 @@ class Tracker:
         self._stopped: anyio.Event | None = None
         self._writer_scope: anyio.CancelScope | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
-        self._sink_lock: anyio.Lock | None = None
 
-        # Outage bookkeeping.
-        self._failing = False
-        self._failures = 0
-        self._rejection_logged = False
-        self._probe_attempt = 0
-        self._next_probe = 0.0
-        self._close_failures = 0  # spool replays that failed during shutdown
-        self._drops_logged = 0
-        self._drops_logged_at = -math.inf
+        self._outage = Outage(self._retry, spool=spool is not None)
+        self._delivery = Delivery(
+            sink,
+            spool=None if spool is None else Spool(spool, max_bytes=max_spool_bytes),
+            outage=self._outage,
+            ledger=self._ledger,
+            description=self.description,
+        )
 
     # -- front door ---------------------------------------------------------
 
     def record(self, event: Event) -> None:
-        """Queue an event. Never blocks, never raises; a full inbox drops by policy, and counts."""
+        """Queue an event. Never blocks, never raises; a full inbox drops by policy, and counts.
+
+        Before entering, the event waits in the inbox; once closing, it is dropped and counted.
+        """
         try:
             if self._state in ("closing", "closed") or not isinstance(event, Event):
-                self._count_drop(event)
+                self._ledger.drop_event(event)
                 return
             inbox = self._inbox
             depth = len(inbox)
             if depth >= self._queue_size:
                 if self._drop_newest:
-                    self._count_drop(event)
+                    self._ledger.drop_event(event)
                     return
-                self._count_drop(inbox.popleft())
+                self._ledger.drop_event(inbox.popleft())
                 self._settled += 1
             elif depth == 0:
                 self._pending_since = time.monotonic()
@@ -181,11 +188,6 @@ class Tracker:
         except Exception:  # pragma: no cover - the front door must hold even if we have a bug
             logger.exception("%s: record() failed", self.description)
 
-    def _count_drop(self, event: object) -> None:
-        name = event.name if isinstance(event, Event) else "<not an Event>"
-        self._dropped += 1
-        self._dropped_by_name[name] = self._dropped_by_name.get(name, 0) + 1
-
     def _wake(self) -> None:
         if self._wakeup is not None:
             self._wakeup.set()
@@ -193,16 +195,7 @@ class Tracker:
     @property
     def stats(self) -> RecorderStats:
         """A snapshot of the counters."""
-        return RecorderStats(
-            accepted=self._accepted,
-            written=self._written,
-            dropped=self._dropped,
-            retried=self._retried,
-            spooled=self._spooled,
-            rejected=self._rejected,
-            queue_depth=len(self._inbox),
-            dropped_by_name=dict(self._dropped_by_name),
-        )
+        return self._ledger.stats(accepted=self._accepted, queue_depth=len(self._inbox))
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -212,7 +205,9 @@ class Tracker:
         task_group = anyio.create_task_group()
         await task_group.__aenter__()
         self._task_group = task_group
-        self._start(task_group)
+        self._state = "running"
+        self._stopped = anyio.Event()
+        task_group.start_soon(self._run, self._stopped, name=f"tracks writer {self.description}")
         logger.info("recording events to %s", self.description)
         return self
 
@@ -229,24 +224,29 @@ class Tracker:
             if task_group is not None:
                 await task_group.__aexit__(exc_type, exc, traceback)
 
-    def _start(self, task_group: anyio.abc.TaskGroup) -> None:
-        self._state = "running"
-        self._stopped = anyio.Event()
-        task_group.start_soon(self._run, name=f"tracks writer {self.description}")
+    def _started(self, verb: str) -> anyio.Event:
+        """The writer's stop signal; misuse outside the lifecycle raises."""
+        if self._stopped is None:
+            raise RuntimeError(
+                f"{self.description}: {verb}() before the recorder was started;"
+                " use `async with recorder:` (record() may queue events before it)"
+            )
+        return self._stopped
 
     async def flush(self) -> None:
-        """Return once every event accepted so far is written, spooled or counted as lost."""
+        """Return once every event accepted so far is written, spooled or counted as lost.
+
+        After close it returns at once: everything accepted is settled by then.
+
+        Raises:
+            RuntimeError: the recorder was never entered, so nothing would deliver.
+        """
+        stopped = self._started("flush")
         target = self._accepted
         if self._settled >= target:
             return
-        if self._state == "new":
-            # Not started: deliver here, with the same retries and spool.
-            while self._settled < target and self._inbox:
-                await self._dispatch(self._take_batch())
-            return
         if self._state != "running":
-            assert self._stopped is not None  # set by _start() before leaving "new"
-            await self._stopped.wait()
+            await stopped.wait()
             return
         waiter = (target, anyio.Event())
         self._flush_waiters.append(waiter)
@@ -260,38 +260,33 @@ class Tracker:
     async def aclose(self) -> None:
         """Flush everything accepted within ``shutdown_timeout``, spool or count the rest, stop.
 
+        Leaving ``async with`` calls it; call it inside the block to close early.
         Idempotent; a second caller waits for the first to finish.
-        """
-        if self._state == "new":
-            async with anyio.create_task_group() as task_group:
-                self._start(task_group)
-                await self._close()
-        else:
-            await self._close()
 
-    async def _close(self) -> None:
-        assert self._stopped is not None  # set by _start()
-        if self._state == "running":
-            self._state = "closing"
-            self._next_probe = 0.0  # try the spool once more right away
-            self._wake()
-            # Shielded: a cancelled host still gets its bounded, graceful flush.
-            with anyio.CancelScope(shield=True):
-                with anyio.move_on_after(self._shutdown_timeout):
-                    await self._stopped.wait()
-                if not self._stopped.is_set() and self._writer_scope is not None:
-                    self._writer_scope.cancel()
-                await self._stopped.wait()
-        else:
-            await self._stopped.wait()
+        Raises:
+            RuntimeError: the recorder was never entered.
+        """
+        stopped = self._started("aclose")
+        if self._state != "running":
+            await stopped.wait()
+            return
+        self._state = "closing"
+        self._outage.begin_close()
+        self._wake()
+        # Shielded: a cancelled host still gets its bounded, graceful flush.
+        with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(self._shutdown_timeout):
+                await stopped.wait()
+            if not stopped.is_set() and self._writer_scope is not None:
+                self._writer_scope.cancel()
+            await stopped.wait()
 
     # -- the writer ---------------------------------------------------------
 
-    async def _run(self) -> None:
+    async def _run(self, stopped: anyio.Event) -> None:
         try:
             with anyio.CancelScope() as self._writer_scope:
-                if self._spool is not None:
-                    await self._spool_call(self._spool.load)
+                await self._delivery.load()
                 await self._loop()
         finally:
             with anyio.CancelScope(shield=True):
@@ -301,23 +296,27 @@ class Tracker:
                 except Exception:
                     logger.exception("%s: closing the sink failed", self.description)
                 self._state = "closed"
-                self._report_drops(final=True)
+                self._ledger.report_drops(final=True)
                 for _, waiter in self._flush_waiters:
                     waiter.set()
-                assert self._stopped is not None
-                self._stopped.set()
+                stopped.set()
                 logger.info("stopped recording events to %s", self.description)
 
     async def _loop(self) -> None:
+        outage = self._outage
         while True:
-            if self._spool_due():
-                await self._replay_spool()
+            if outage.replay_due(spooled=self._delivery.spooled, now=time.monotonic()):
+                await self._delivery.replay()
                 continue
             if self._batch_ready():
                 await self._dispatch(self._take_batch())
-                self._report_drops()
+                self._ledger.report_drops()
                 continue
-            if self._state == "closing" and not self._inbox and not self._spool_retrying():
+            if (
+                self._state == "closing"
+                and not self._inbox
+                and not outage.replaying(spooled=self._delivery.spooled)
+            ):
                 return
             await self._wait()
 
@@ -330,27 +329,12 @@ class Tracker:
         assert self._pending_since is not None  # set whenever the inbox is non-empty
         return time.monotonic() - self._pending_since >= self._flush_interval
 
-    def _spool_retrying(self) -> bool:
-        """Whether spooled batches wait for another attempt.
-
-        At shutdown the spool gets the policy's ``max_attempts`` (within the
-        deadline); what is still spooled after that stays on disk for the next run.
-        """
-        if self._spool is None or not self._spool.pending:
-            return False
-        return self._state != "closing" or self._close_failures < self._retry.max_attempts
-
-    def _spool_due(self) -> bool:
-        return self._spool_retrying() and time.monotonic() >= self._next_probe
-
     async def _wait(self) -> None:
         self._wakeup = anyio.Event()
         now = time.monotonic()
-        deadline = math.inf
+        deadline = self._outage.probe_at(spooled=self._delivery.spooled)
         if self._inbox and self._pending_since is not None:
-            deadline = self._pending_since + self._flush_interval
-        if self._spool_retrying():
-            deadline = min(deadline, self._next_probe)
+            deadline = min(deadline, self._pending_since + self._flush_interval)
         self._writer_waiting = True
         try:
             with anyio.move_on_after(deadline - now):
@@ -376,16 +360,12 @@ class Tracker:
         return batch
 
     async def _dispatch(self, batch: Sequence[Event]) -> None:
-        # In flight from the moment it left the inbox: acquiring the lock is a checkpoint,
-        # and a shutdown deadline cancelling it there must still spool these events.
+        # In flight from the moment it left the inbox: if the shutdown deadline cancels
+        # the write, _abandon() still spools (or counts) these events. send() returns
+        # from a spooled batch without a checkpoint, so it is never spooled twice.
         self._in_flight = batch
-        async with self._lock():
-            if self._spool is not None and self._spool.pending:
-                # Outage: join the spool, so the backend later gets everything oldest first.
-                await self._spool_batch(batch)
-            else:
-                await self._deliver(batch)
-            self._in_flight = ()
+        await self._delivery.send(batch)
+        self._in_flight = ()
         self._settle(len(batch))
 
     def _settle(self, count: int) -> None:
@@ -393,101 +373,6 @@ class Tracker:
         for target, waiter in self._flush_waiters:
             if self._settled >= target:
                 waiter.set()
-
-    async def _deliver(self, batch: Sequence[Event]) -> None:
-        attempt = 0
-        while True:
-            attempt += 1
-            retry_after: float | None = None
-            try:
-                await self.sink.write(batch)
-            except RejectedError as exc:
-                self._reject(len(batch), exc)
-                return
-            except TransientError as exc:
-                retry_after = exc.retry_after
-                self._note_failure(exc)
-            except Exception as exc:
-                self._note_failure(exc, unexpected=True)
-            else:
-                self._written += len(batch)
-                self._note_recovered()
-                return
-            delay = self._retry.delay(attempt, retry_after)
-            if delay is None or (self._state == "closing" and self._spool is not None):
-                if self._spool is None:
-                    self._drop_batch(batch, "its retries ran out")
-                else:
-                    await self._spool_batch(batch)
-                    self._probe_attempt = attempt
-                    self._next_probe = time.monotonic() + self._retry.backoff(attempt, retry_after)
-                return
-            self._retried += len(batch)
-            await anyio.sleep(delay)
-
-    async def _replay_spool(self) -> None:
-        assert self._spool is not None
-        spool = self._spool
-        segment = spool.oldest()
-        if segment is None:
-            return
-        events = await self._spool_call(spool.read, segment)
-        if events is None:  # unreadable: logged; do not let it block the rest
-            self._dropped += segment.count
-            await self._spool_call(spool.remove, segment)
-            return
-        async with self._lock():
-            try:
-                if events:
-                    await self.sink.write(events)
-            except RejectedError as exc:
-                self._reject(len(events), exc)
-            except Exception as exc:
-                retry_after = exc.retry_after if isinstance(exc, TransientError) else None
-                self._note_failure(exc, unexpected=not isinstance(exc, TransientError))
-                self._retried += len(events)
-                self._probe_attempt += 1
-                self._next_probe = time.monotonic() + self._retry.backoff(
-                    self._probe_attempt, retry_after
-                )
-                if self._state == "closing":
-                    self._close_failures += 1
-                return
-            else:
-                self._written += len(events)
-                self._probe_attempt = 0
-                self._note_recovered()
-            with anyio.CancelScope(shield=True):
-                await self._spool_call(spool.remove, segment)
-
-    def _lock(self) -> anyio.Lock:
-        if self._sink_lock is None:
-            self._sink_lock = anyio.Lock()
-        return self._sink_lock
-
-    async def _spool_batch(self, batch: Sequence[Event]) -> None:
-        assert self._spool is not None
-        # Shielded: once the file is renamed into place, in-flight must be cleared
-        # in the same breath, or a shutdown would spool the batch twice.
-        with anyio.CancelScope(shield=True):
-            discarded = await self._spool_call(self._spool.append, batch)
-            self._in_flight = ()
-        if discarded is None:
-            self._drop_batch(batch, "the spool could not be written")
-            return
-        self._spooled += len(batch)
-        if discarded:
-            self._drop_batch(discarded, "the spool is full")
-
-    async def _spool_call(self, function: Callable[..., T], *args: object) -> T | None:
-        try:
-            return await anyio.to_thread.run_sync(function, *args)
-        except OSError as exc:
-            logger.error("%s: spool %s failed: %s", self.description, self._spool_dir(), exc)
-            return None
-
-    def _spool_dir(self) -> Path | None:
-        return None if self._spool is None else self._spool.directory
 
     async def _abandon(self) -> None:
         """Spool, or drop and count, whatever the writer leaves behind."""
@@ -497,61 +382,8 @@ class Tracker:
         self._pending_since = None
         if not leftovers:
             return
-        if self._spool is not None:
-            await self._spool_batch(leftovers)
+        if self._delivery.spool is not None:
+            await self._delivery.keep(leftovers)
         else:
-            self._drop_batch(leftovers, "shutdown ran out of time")
+            self._ledger.drop_batch(leftovers, "shutdown ran out of time")
         self._settle(len(leftovers))
-
-    # -- counting and logging -----------------------------------------------
-
-    def _drop_batch(self, batch: Sequence[Event], reason: str) -> None:
-        for event in batch:
-            self._count_drop(event)
-        logger.error("%s: dropped %d events: %s", self.description, len(batch), reason)
-        self._drops_logged += len(batch)
-
-    def _reject(self, count: int, exc: Exception) -> None:
-        self._rejected += count
-        # Logged once: the same misconfiguration would otherwise repeat every batch.
-        if not self._rejection_logged:
-            self._rejection_logged = True
-            logger.error(
-                "%s: backend rejected %d events, not retrying: %s", self.description, count, exc
-            )
-        else:
-            logger.debug("%s: backend rejected %d events: %s", self.description, count, exc)
-
-    def _note_failure(self, exc: Exception, *, unexpected: bool = False) -> None:
-        self._failures += 1
-        if self._failing:
-            return
-        # Once per burst: the first failure is logged, the rest only counted.
-        self._failing = True
-        if unexpected:
-            logger.error("%s: sink failed, retrying", self.description, exc_info=exc)
-        else:
-            logger.warning("%s: sink unavailable, retrying: %s", self.description, exc)
-
-    def _note_recovered(self) -> None:
-        if self._failing:
-            logger.info(
-                "%s: sink recovered after %d failed attempts", self.description, self._failures
-            )
-            self._failing = False
-            self._failures = 0
-
-    def _report_drops(self, *, final: bool = False) -> None:
-        unlogged = self._dropped - self._drops_logged
-        if unlogged <= 0:
-            return
-        now = time.monotonic()
-        if final or now - self._drops_logged_at >= DROP_LOG_INTERVAL:
-            logger.warning(
-                "%s: dropped %d events (queue full or recorder closed); %d in total",
-                self.description,
-                unlogged,
-                self._dropped,
-            )
-            self._drops_logged = self._dropped
-            self._drops_logged_at = now

@@ -94,7 +94,8 @@ async def test_drop_newest_policy_keeps_the_queue() -> None:
         recorder.record(event)
     assert recorder.stats.dropped == 5
     with anyio.fail_after(TIMEOUT):
-        await recorder.aclose()
+        async with recorder:
+            pass
     assert names(sink.events) == list(range(10))
 
 
@@ -129,35 +130,35 @@ async def test_aclose_flushes_everything_accepted() -> None:
     assert recorder.stats.written == 100
 
 
-async def test_aclose_without_entering_still_delivers() -> None:
+async def test_flush_and_aclose_before_entering_raise_and_keep_the_queue() -> None:
+    # One lifecycle: only `async with` starts delivery. Events recorded before it wait.
     sink = ScriptedSink()
     recorder = Tracker(sink, flush_interval=IDLE)
     for event in make_events(3):
         recorder.record(event)
-    with anyio.fail_after(TIMEOUT):
-        await recorder.aclose()
-    assert len(sink.events) == 3
-
-
-async def test_flush_before_entering_delivers_inline() -> None:
-    sink = ScriptedSink()
-    recorder = Tracker(sink, flush_interval=IDLE)
-    for event in make_events(3):
-        recorder.record(event)
-    with anyio.fail_after(TIMEOUT):
+    with pytest.raises(RuntimeError, match="async with"):
         await recorder.flush()
-    assert len(sink.events) == 3
-    await recorder.aclose()
+    with pytest.raises(RuntimeError, match="async with"):
+        await recorder.aclose()
+    assert (sink.attempts, recorder.stats.queue_depth, recorder.stats.dropped) == (0, 3, 0)
+    with anyio.fail_after(TIMEOUT):
+        async with recorder:
+            await recorder.flush()
+    assert names(sink.events) == [0, 1, 2]
 
 
-async def test_record_after_close_is_dropped_and_counted() -> None:
+async def test_after_close_record_drops_by_name_and_flush_returns() -> None:
     recorder = Tracker(ScriptedSink())
     with anyio.fail_after(TIMEOUT):
-        await recorder.aclose()
-    recorder.record(make_events(1)[0])
-    recorder.record("not an event")  # type: ignore[arg-type]
-    assert recorder.stats.dropped == 2
-    assert recorder.stats.accepted == 0
+        async with recorder:
+            recorder.record(make_events(1)[0])
+        recorder.record(make_events(1, name="jetpack_rtc_leave")[0])
+        recorder.record("not an event")  # type: ignore[arg-type]
+        await recorder.flush()  # nothing left to wait for
+        await recorder.aclose()  # idempotent
+    stats = recorder.stats
+    assert (stats.accepted, stats.written, stats.dropped) == (1, 1, 2)
+    assert stats.dropped_by_name == {"jetpack_rtc_leave": 1, "<not an Event>": 1}
 
 
 async def test_a_recorder_starts_once() -> None:
@@ -326,16 +327,58 @@ def test_bad_options_fail_at_construction() -> None:
             Tracker(ScriptedSink(), **options)  # type: ignore[arg-type]
 
 
-async def test_a_batch_cancelled_on_its_way_to_the_sink_is_spooled(tmp_path: Path) -> None:
-    # The writer has taken a batch from the inbox and waits for the sink lock when the
-    # shutdown deadline cancels it (a CI run once lost those two events this way).
+async def test_a_batch_cancelled_during_its_retry_backoff_is_spooled(tmp_path: Path) -> None:
+    # The writer sleeps between two attempts when the shutdown deadline cancels it:
+    # the batch left the inbox but was never written, so it must still be spooled.
     sink = ScriptedSink()
+    sink.down = True
     spool = tmp_path / "spool"
-    recorder = Tracker(sink, shutdown_timeout=0.05, flush_interval=0, batch_size=2, spool=spool)
+    slow = RetryPolicy(max_attempts=3, base_delay=IDLE, max_delay=IDLE, jitter=0)
+    recorder = Tracker(
+        sink, retry=slow, shutdown_timeout=0.05, flush_interval=0, batch_size=5, spool=spool
+    )
     async with recorder:
-        async with recorder._lock():  # held, as a concurrent spool replay would
-            for event in make_events(5):
-                recorder.record(event)
-            with anyio.fail_after(TIMEOUT):
-                await recorder.aclose()
+        for event in make_events(5):
+            recorder.record(event)
+        with anyio.fail_after(TIMEOUT):
+            await sink.wait_until(lambda: sink.attempts == 1)  # now in its backoff
+            await recorder.aclose()
     assert (recorder.stats.spooled, recorder.stats.dropped, recorder.stats.written) == (5, 0, 0)
+    assert len(files(spool, "*.jsonl")) == 1
+
+
+def write_segment(spool: Path, name: str, data: bytes) -> None:
+    spool.mkdir(parents=True, exist_ok=True)
+    (spool / name).write_bytes(data)
+
+
+async def test_unreadable_spool_files_are_counted_by_name(tmp_path: Path) -> None:
+    # Left by an earlier run: a batch of 3 with one good line, one torn line and a line
+    # that is not even UTF-8; then a "batch of 4" that cannot be read at all.
+    good = json_text(make_events(1)[0].to_json()).encode()
+    write_segment(tmp_path, "000000000000-3.jsonl", good + b'\n{"name": "jetp\n\xff\xfe\n')
+    (tmp_path / "000000000001-4.jsonl").mkdir()  # reading it raises IsADirectoryError
+    sink = ScriptedSink()
+    with anyio.fail_after(TIMEOUT):
+        async with Tracker(sink, flush_interval=IDLE, spool=tmp_path) as recorder:
+            await sink.wait_until(lambda: len(sink.events) == 1)
+    stats = recorder.stats
+    assert names(sink.events) == [0]
+    assert (stats.written, stats.dropped) == (1, 6)
+    assert stats.dropped_by_name == {"<unreadable spool>": 6}
+    assert files(tmp_path, "*.jsonl") == [tmp_path / "000000000001-4.jsonl"]  # a directory
+
+
+async def test_a_spooled_batch_kept_for_later_counts_its_unreadable_lines_once(
+    tmp_path: Path,
+) -> None:
+    good = [json_text(event.to_json()).encode() for event in make_events(2)]
+    write_segment(tmp_path, "000000000000-3.jsonl", b"\n".join([*good, b"garbage"]))
+    sink = ScriptedSink()
+    sink.failures.extend([TransientError("down"), TransientError("still down")])
+    with anyio.fail_after(TIMEOUT):
+        async with Tracker(sink, retry=FAST, flush_interval=IDLE, spool=tmp_path) as recorder:
+            await sink.wait_until(lambda: len(sink.events) == 2)
+    stats = recorder.stats
+    assert (sink.attempts, stats.written, stats.retried) == (3, 2, 4)
+    assert stats.dropped_by_name == {"<unreadable spool>": 1}

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import anyio.to_thread
 
-from tracks.presence import sqlite_schema as schema
 from tracks.event import Event
+from tracks.presence import sqlite_schema as schema
 from tracks.sinks import TransientError
 
 __all__ = ["SqliteSink"]
