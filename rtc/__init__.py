@@ -3,10 +3,10 @@
 Public API: `RtcServer` (run it with `async with`), `ServerConfig`, and the error tree.
 """
 
+from rtc.app import RtcServer
 from rtc.config import ConfigError, ServerConfig
 from rtc.errors import CloseCode, ProtocolError, RtcError
 from rtc.room import RoomKey, RoomLimits
-from rtc.server import RtcServer
 
 __all__ = [
     "CloseCode",

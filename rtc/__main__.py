@@ -10,12 +10,15 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import anyio
 
+from rtc.app import RtcServer
 from rtc.auth import issue
 from rtc.config import ConfigError, ServerConfig
-from rtc.server import RtcServer
+from rtc.ids import id_from_text
+from tracks.presence.retention import parse_duration
 from tracks.streams import StreamConfigError, load_streams
 
 __all__ = ["main"]
@@ -23,8 +26,33 @@ __all__ = ["main"]
 _DEFAULTS = ServerConfig()
 
 
+class _Parser(argparse.ArgumentParser):
+    """Misuse ends with one line on stderr and exit status 2 (`--help` shows the usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
+def _id(text: str) -> int:
+    value = id_from_text(text)
+    if value is None:
+        raise argparse.ArgumentTypeError(f"not a positive integer: {text!r}")
+    return value
+
+
+def _post_id(text: str) -> int | None:
+    return None if text == "*" else _id(text)
+
+
+def _ttl(text: str) -> float:
+    try:
+        return parse_duration(text, unit="s") / 1000
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="rtc",
         description="Real-time collaboration presence tracker: a Yjs (y-websocket) room server "
         "that knows who is editing which post and records join/blocked/connection_error/leave "
@@ -162,33 +190,26 @@ def _parser() -> argparse.ArgumentParser:
     )
     token.add_argument("--secret", default=os.environ.get("RTC_SECRET"),
                        help="the server's secret [RTC_SECRET]")
-    token.add_argument("--blog-id", type=int, required=True)
-    token.add_argument("--post-id", required=True, help="a post id, or '*' for every post")
-    token.add_argument("--user-id", type=int, required=True)
+    token.add_argument("--blog-id", type=_id, required=True)
+    token.add_argument("--post-id", type=_post_id, required=True,
+                       help="a post id, or '*' for every post")
+    token.add_argument("--user-id", type=_id, required=True)
     token.add_argument("--name", help="display name carried in the token")
-    token.add_argument("--ttl", default="1h", type=_duration,
+    token.add_argument("--ttl", default="1h", type=_ttl,
                        help="lifetime: seconds, or with a unit: 90s, 15m, 1h, 7d (default: 1h)")
     return parser
-
-
-def _duration(text: str) -> float:
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    try:
-        if text and text[-1] in units:
-            return float(text[:-1]) * units[text[-1]]
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r}") from None
 
 
 def _token(args: argparse.Namespace) -> int:
     if not args.secret:
         print("rtc token: --secret (or RTC_SECRET) is required", file=sys.stderr)
         return 2
-    post_id = None if args.post_id == "*" else int(args.post_id)
+    if args.ttl <= 0:
+        print("rtc token: --ttl must be longer than 0", file=sys.stderr)
+        return 2
     print(
         issue(
-            args.secret, blog_id=args.blog_id, post_id=post_id, user_id=args.user_id,
+            args.secret, blog_id=args.blog_id, post_id=args.post_id, user_id=args.user_id,
             ttl_seconds=args.ttl, name=args.name,
         )
     )
@@ -257,7 +278,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     # uvloop's libuv I/O cuts the server's CPU by about a fifth under fan-out load
     # (bench/bench_servers.py, room50); asyncio's own loop is the fallback.
-    anyio.run(_serve, config, backend_options={"use_uvloop": _has_uvloop()})
+    try:
+        anyio.run(_serve, config, backend_options={"use_uvloop": _has_uvloop()})
+    except ValueError as error:  # e.g. a malformed --recorder URL, found as it is opened
+        print(f"rtc: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # e.g. the port is taken, the data folder is not writable
+        print(f"rtc: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import jwt
 
 from rtc.errors import CloseCode, RtcError
+from rtc.ids import id_from_json
 from rtc.room import RoomKey
 
 __all__ = ["AuthenticationError", "ForbiddenError", "Grant", "issue", "verify"]
@@ -58,11 +59,9 @@ class Grant:
 
 
 def _positive_int(claims: dict[str, object], name: str) -> int:
-    value = claims.get(name)
-    if isinstance(value, str) and value.isdigit():
-        value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise AuthenticationError(f"claim {name!r} must be a positive integer")
+    value = id_from_json(claims.get(name), digits=True)
+    if value is None:
+        raise AuthenticationError(f"claim {name!r} must be a positive integer below 2**63")
     return value
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rtc.errors import ProtocolError
+from rtc.ids import id_from_json
 from rtc.protocol import Reader, write_var_bytes, write_var_uint
 
 __all__ = [
@@ -105,20 +106,16 @@ def encode_awareness(entries: Iterable[AwarenessEntry]) -> bytes:
 def user_of(state: Any) -> tuple[int | None, str | None]:
     """The WordPress user id and name a state announces (Gutenberg's `collaboratorInfo`).
 
-    Only a positive integer counts as an id; anything else is treated as unknown.
+    Only an id (`rtc.ids`: a positive integer below 2**63, or its digits) counts; anything
+    else is treated as unknown.
     """
     if not isinstance(state, dict):
         return None, None
     info = state.get("collaboratorInfo")
     if not isinstance(info, dict):
         return None, None
-    user_id = info.get("id")
-    if isinstance(user_id, str) and user_id.isdigit():
-        user_id = int(user_id)
-    if not isinstance(user_id, int) or isinstance(user_id, bool) or user_id <= 0:
-        user_id = None
     name = info.get("name")
-    return user_id, name if isinstance(name, str) else None
+    return id_from_json(info.get("id"), digits=True), name if isinstance(name, str) else None
 
 
 class AwarenessStates:
@@ -146,9 +143,6 @@ class AwarenessStates:
         if current is None or current.removed:
             return None
         return AwarenessEntry(client_id, current.clock + 1, "null")
-
-    def get(self, client_id: int) -> AwarenessEntry | None:
-        return self._entries.get(client_id)
 
     def present(self) -> Iterator[AwarenessEntry]:
         """Every live (non-removed) state, for a late joiner or a query-awareness."""

@@ -14,7 +14,7 @@ from rtc.errors import CloseCode, RtcError
 __all__ = ["Ending", "classify"]
 
 # Close codes a peer may end with that mean "I chose to leave".
-_CLEAN_CODES = frozenset({CloseCode.NORMAL, CloseCode.GOING_AWAY, 1005})
+_CLEAN_CODES = frozenset({CloseCode.NORMAL, CloseCode.GOING_AWAY, CloseCode.NO_STATUS_RECEIVED})
 # Close codes the server sends that are a decision, not a failure: no connection_error.
 _DECISIONS = frozenset(
     {
@@ -25,7 +25,6 @@ _DECISIONS = frozenset(
         CloseCode.FORBIDDEN,  # only as "revoked"
     }
 )
-_NO_STATUS = 1006  # RFC 6455 §7.1.5: the connection closed without a close frame
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,13 +70,17 @@ def classify(
             return Ending(None, code, True)
         return Ending("abnormal-closure", code, False)
     if sent is not None:
-        code, reason = sent
-        if code == CloseCode.INTERNAL_ERROR and "keepalive" in reason:
+        code = sent[0]
+        if code == CloseCode.INTERNAL_ERROR:
+            # websockets sends 1011 on its own only when a keepalive ping goes unanswered:
+            # the handler never raises (message handling failures are our decisions,
+            # `error` above), so no other 1011 reaches this point.
             return Ending("ping-timeout", code, False)
         if code == CloseCode.MESSAGE_TOO_BIG:
             return Ending("message-too-big", code, False)
-        if code in (CloseCode.PROTOCOL_ERROR, 1007):
+        if code in (CloseCode.PROTOCOL_ERROR, CloseCode.INVALID_PAYLOAD):
             return Ending("protocol-error", code, False)
         if code == CloseCode.GOING_AWAY:
             return Ending(None, code, True)
-    return Ending("abnormal-closure", _NO_STATUS, False)
+    # RFC 6455 §7.1.5: no close frame either way is "abnormal closure", 1006.
+    return Ending("abnormal-closure", CloseCode.ABNORMAL_CLOSURE, False)

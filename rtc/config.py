@@ -5,9 +5,13 @@ No I/O here beyond reading the mapping it is given.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+
+from tracks.presence.figures import DAY_MS
+from tracks.presence.retention import check_retention
 
 __all__ = ["ConfigError", "ServerConfig"]
 
@@ -87,6 +91,10 @@ class ServerConfig:
     retention_days: int = 0
 
     def __post_init__(self) -> None:
+        for name in _FLOAT_FIELDS:
+            # NaN compares false with everything, so every range check below would pass it.
+            if not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"{name} must be a finite number, got {getattr(self, name)!r}")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be 0-65535, got {self.port}")
         for name in (
@@ -106,9 +114,11 @@ class ServerConfig:
                 raise ConfigError(f"{name} must be > 0")
         if self.rollup_interval < 0:
             raise ConfigError("rollup_interval must be >= 0 (0 = never)")
-        if self.retention_days < 0 or self.retention_days == 1:
-            # Today's peaks are recomputed from up to a day of raw events before it.
-            raise ConfigError("retention_days must be 0 (keep forever) or at least 2")
+        if self.retention_days:
+            try:
+                check_retention(self.retention_days * DAY_MS, name="retention_days")
+            except ValueError as error:
+                raise ConfigError(f"{error} (or 0: keep forever)") from None
         if self.room_grace < 0:
             raise ConfigError("room_grace must be >= 0")
         if self.secret is not None and len(self.secret.encode()) < 32:

@@ -9,7 +9,6 @@ from __future__ import annotations
 __all__ = [
     "AnnounceTimeoutError",
     "CloseCode",
-    "MessageTooBigError",
     "ProtocolError",
     "RateLimitedError",
     "RoomUnavailableError",
@@ -26,6 +25,9 @@ class CloseCode:
     GOING_AWAY = 1001
     PROTOCOL_ERROR = 1002
     UNSUPPORTED_DATA = 1003
+    NO_STATUS_RECEIVED = 1005  # never sent: a close frame that carried no code
+    ABNORMAL_CLOSURE = 1006  # never sent: the connection ended without a close frame
+    INVALID_PAYLOAD = 1007
     POLICY_VIOLATION = 1008
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
@@ -68,14 +70,6 @@ class UnsupportedDataError(ProtocolError):
     """The peer sent a text frame; y-websocket speaks binary frames only."""
 
     close_code = CloseCode.UNSUPPORTED_DATA
-
-
-class MessageTooBigError(RtcError):
-    """The peer sent a frame over the configured size limit."""
-
-    close_code = CloseCode.MESSAGE_TOO_BIG
-    reason = "message-too-big"
-    error_code = "message-too-big"
 
 
 class RateLimitedError(RtcError):

@@ -9,7 +9,17 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-__all__ = ["LiveFigures", "Metrics", "message_type"]
+from rtc.room import Room
+from tracks import Recorder
+
+__all__ = [
+    "LiveFigures",
+    "Metrics",
+    "RecorderFigures",
+    "live_figures",
+    "message_type",
+    "recorder_figures",
+]
 
 _MESSAGE_TYPES = {
     (0, 0): "sync_step1",
@@ -53,6 +63,40 @@ class RecorderFigures:
     spooled: int
     rejected: int
     dropped_by_name: dict[str, int]
+
+
+def live_figures(rooms: Iterable[Room]) -> LiveFigures:
+    """What is present in these rooms right now."""
+    connections = room_count = sessions = contributors = 0
+    for room in rooms:
+        room_count += 1
+        connections += room.connection_count
+        sessions += room.session_count
+        contributors += len(room.contributor_ids())
+    return LiveFigures(
+        connections=connections, rooms=room_count, sessions=sessions, contributors=contributors
+    )
+
+
+def recorder_figures(recorders: Iterable[Recorder]) -> list[RecorderFigures]:
+    """Each recorder's counters, labelled ``index:description``."""
+    figures = []
+    for index, recorder in enumerate(recorders):
+        stats = recorder.stats
+        figures.append(
+            RecorderFigures(
+                recorder=f"{index}:{recorder.description}",
+                queue_depth=stats.queue_depth,
+                accepted=stats.accepted,
+                written=stats.written,
+                dropped=stats.dropped,
+                retried=stats.retried,
+                spooled=stats.spooled,
+                rejected=stats.rejected,
+                dropped_by_name=dict(stats.dropped_by_name),
+            )
+        )
+    return figures
 
 
 class _LiveCollector(Collector):

@@ -4,29 +4,24 @@ Messages reach the room from the protocol callback that parsed them (`delivery.p
 queue, no task switch per message; the websockets handler only waits for the end. Sending
 never awaits: a frame is encoded once for all its recipients and queued to each, written at
 the end of the loop tick, bounded by `outbox_limit`; a peer whose backlog is full is closed
-with 1013 so that it holds back nobody else.
+with 1013 so that it holds back nobody else. What is wired to what lives in `rtc.app`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import heapq
 import itertools
 import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 import anyio
 from anyio.abc import TaskGroup
-from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.asyncio.server import ServerConnection
 from websockets.frames import Close as CloseFrame
 
-from rtc.analytics.capture import CaptureSettings
 from rtc.analytics.feed import EventFeed
 from rtc.analytics.tracking import Tracking
 from rtc.auth import Grant, verify
@@ -43,13 +38,10 @@ from rtc.errors import (
     ServerBusyError,
     UnsupportedDataError,
 )
-from rtc.history import SessionHistory
-from rtc.http.analytics import AnalyticsApi
-from rtc.http.connection import connection_class
-from rtc.http.endpoints import ConnectionCounts, Endpoints, address_of
-from rtc.http.routes import FeedRoute, RoomRoute
-from rtc.http.stats import StatsApi
-from rtc.metrics import LiveFigures, Metrics, RecorderFigures
+from rtc.expiry import TokenExpiry
+from rtc.http.responses import HttpError
+from rtc.http.routes import FeedRoute, RoomRoute, route
+from rtc.metrics import Metrics
 from rtc.protocol import decode
 from rtc.ratelimit import TokenBucket
 from rtc.room import (
@@ -65,22 +57,18 @@ from rtc.room import (
     Persist,
     Room,
     RoomKey,
-    RoomLimits,
     Send,
 )
 from rtc.rooms import RoomRegistry
-from tracks import Recorder, open_recorder
-from tracks.presence.reading import locate
-from tracks.streams import StreamConfig, load_streams
+from tracks.event import now_ms
 
-__all__ = ["RtcServer"]
+__all__ = ["CLOSE_TIMEOUT", "ConnectionCounts", "RoomServer", "address_of"]
 
 logger = logging.getLogger(__name__)
 
 _ECHO_COST = 0.05  # an awareness echo costs a twentieth of a message against the rate limit
 
-
-_CLOSE_TIMEOUT = 3.0  # seconds a closing handshake may take before the connection is cut
+CLOSE_TIMEOUT = 3.0  # seconds a closing handshake may take before the connection is cut
 
 
 async def _close_within(ws: DeliveringConnection, code: int, reason: str) -> None:
@@ -89,15 +77,34 @@ async def _close_within(ws: DeliveringConnection, code: int, reason: str) -> Non
     websockets' close() first waits for the peer to drain what is buffered for it, with no
     deadline: a peer that stopped reading (the 1013 case) would never be let go.
     """
-    with anyio.move_on_after(_CLOSE_TIMEOUT):
+    with anyio.move_on_after(CLOSE_TIMEOUT):
         await ws.close(code, reason)
         return
     if ws.transport is not None:
         ws.transport.abort()
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
+def address_of(connection: ServerConnection) -> str:
+    address = connection.remote_address
+    return str(address[0]) if address else "unknown"
+
+
+class ConnectionCounts:
+    """Open WebSocket connections, in total and by client address (in memory only)."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.by_address: Counter[str] = Counter()
+
+    def opened(self, address: str) -> None:
+        self.total += 1
+        self.by_address[address] += 1
+
+    def closed(self, address: str) -> None:
+        self.total -= 1
+        self.by_address[address] -= 1
+        if not self.by_address[address]:
+            del self.by_address[address]
 
 
 @dataclass(slots=True)
@@ -115,175 +122,75 @@ class _Peer:
     announce_deadline: asyncio.TimerHandle | None = None
 
 
-class RtcServer:
-    """The room server. Use as `async with RtcServer(config) as server:`.
+class RoomServer:
+    """Serves room and feed WebSockets: `handle` is websockets' connection handler.
 
     Args:
-        config: the server configuration.
-        recorders: where events go; by default opened from `config.recorder_urls` and closed
-            with the server. Recorders passed in are used as they are and left open.
+        config: the server configuration (limits, timeouts, the token secret).
+        rooms: the loaded rooms.
+        documents: where document updates are persisted.
+        tracking: where room transitions become events.
+        feed: the live event feed for `/events` viewers.
+        metrics: counters.
+        task_group: where closing handshakes run.
     """
 
-    def __init__(self, config: ServerConfig, *, recorders: Sequence[Recorder] | None = None):
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        rooms: RoomRegistry,
+        documents: DocumentStore,
+        tracking: Tracking,
+        feed: EventFeed,
+        metrics: Metrics,
+        task_group: TaskGroup,
+    ) -> None:
         self.config = config
-        self._given_recorders = recorders
-        self.recorders: tuple[Recorder, ...] = tuple(recorders or ())
-        self._stack = contextlib.AsyncExitStack()
+        self._rooms = rooms
+        self._documents = documents
+        self._tracking = tracking
+        self.feed = feed
+        self.metrics = metrics
+        self._task_group = task_group
         self._ids = itertools.count(1)
         self._peers: dict[int, _Peer] = {}
-        self._connections = ConnectionCounts()
-        self._expiries: list[tuple[float, int]] = []
-        self._server: Server | None = None
-        self.feed = EventFeed()
-        self.metrics = Metrics(self._live_figures, self._recorder_figures)
-        self.history = SessionHistory()
-        self._task_group: TaskGroup
-        self._rooms: RoomRegistry
-        self._store: DocumentStore
-        self._tracking: Tracking
-        self._analytics: AnalyticsApi
-        self.stats: StatsApi
-        self._endpoints: Endpoints
+        self.connections = ConnectionCounts()
+        self.expiry = TokenExpiry(self._token_expired)
 
-    # --- lifecycle ---------------------------------------------------------------------
-
-    async def __aenter__(self) -> Self:
-        config = self.config
-        stack = self._stack
+    async def handle(self, ws: ServerConnection) -> None:
+        """websockets' handler: serve an admitted upgrade until the connection ends."""
+        if not isinstance(ws, DeliveringConnection) or ws.request is None:
+            raise TypeError("serve(create_connection=...) must make DeliveringConnections")
+        address = address_of(ws)
+        self.connections.opened(address)
         try:
-            if self._given_recorders is None:
-                opened = []
-                for index, url in enumerate(config.recorder_urls):
-                    options: dict[str, object] = {}
-                    if url.startswith(("http://", "https://", "sqlite:", "jsonl:/")):
-                        # A backend outage or a store locked longer than the retries must not
-                        # lose events: batches wait on disk and are re-sent, oldest first.
-                        options["spool"] = config.data_dir / "spool" / f"recorder-{index}"
-                    recorder = open_recorder(url, **options)
-                    opened.append(await stack.enter_async_context(recorder))
-                self.recorders = tuple(opened)
-            self._store = await stack.enter_async_context(
-                DocumentStore(
-                    config.data_dir / "documents.sqlite",
-                    flush_interval=config.store_flush_interval,
-                )
-            )
-            self._task_group = await stack.enter_async_context(anyio.create_task_group())
-            self._rooms = RoomRegistry(
-                self._store,
-                limits=RoomLimits(
-                    max_contributors=config.max_contributors,
-                    max_connections=config.max_connections_per_room,
-                ),
-                history=self.history,
-                grace=config.room_grace,
-                task_group=self._task_group,
-            )
-            streams = (
-                load_streams(config.streams)
-                if config.streams is not None
-                else StreamConfig.default(prefix=config.event_prefix)
-            )
-            named = {}
-            for name, url in streams.recorder_urls().items():
-                named[name] = await stack.enter_async_context(open_recorder(url))
-            capture = CaptureSettings(config.data_dir / "capture.json")
-            self._tracking = Tracking(
-                self.recorders,
-                feed=self.feed,
-                metrics=self.metrics,
-                prefix=config.event_prefix,
-                capture=capture,
-                streams=streams,
-                named_recorders=named,
-            )
-            self.recorders = (*self.recorders, *named.values())
-            self._analytics = AnalyticsApi(
-                config,
-                tracking=self._tracking,
-                metrics=self.metrics,
-                capture=capture,
-                event_store=self._event_store_path(),
-            )
-            self.stats = StatsApi(
-                event_store=self._event_store_path(),
-                rooms=self._rooms.loaded,
-                rollup_interval=config.rollup_interval,
-                retention_days=config.retention_days,
-            )
-            await self._task_group.start(self.stats.run)
-            if config.secret is not None:
-                self._task_group.start_soon(self._expire_tokens)
-            self._endpoints = Endpoints(
-                config,
-                metrics=self.metrics,
-                rooms=self._rooms,
-                analytics=self._analytics,
-                stats=self.stats,
-                live=self._live_figures,
-                kick=self.kick,
-                connections=self._connections,
-            )
-            self._server = await serve(
-                self._handle,
-                config.host,
-                config.port,
-                process_request=self._endpoints.process_request,
-                max_size=config.max_message_size,
-                ping_interval=config.ping_interval,
-                ping_timeout=config.ping_timeout,
-                close_timeout=_CLOSE_TIMEOUT,
-                # Compression costs a zlib context per connection; y-websocket frames are small.
-                compression=None,
-                create_connection=connection_class(self._endpoints.plain_request),
-            )
-        except BaseException:
-            await stack.aclose()
-            raise
-        logger.info("rtc listening on %s", self.http_url)
-        return self
+            target = route(ws.request.path)  # admitted by process_request: routes again
+            if isinstance(target, FeedRoute):
+                await self._serve_feed(ws, target)
+            elif isinstance(target, RoomRoute):
+                await self._serve_room(ws, target)
+        except HttpError:  # pragma: no cover - process_request refused it already
+            await ws.close(CloseCode.POLICY_VIOLATION, "bad-path")
+        finally:
+            self.connections.closed(address)
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.aclose()
+    def kick(self, key: RoomKey, user_id: int) -> int:
+        """Close a user's sessions in a room with 4403 `revoked`; returns how many."""
+        room = self._rooms.get(key)
+        closed = 0
+        for session in room.sessions() if room is not None else ():
+            peer = self._peers.get(session.connection)
+            if session.user_id == user_id and peer is not None:
+                self._close(peer, CloseCode.FORBIDDEN, "revoked")
+                closed += 1
+        return closed
 
-    async def aclose(self) -> None:
-        """Stop accepting, close every peer with 1001, then flush documents and events."""
-        if self._server is not None:
-            server, self._server = self._server, None
-            logger.info("rtc shutting down: closing %d connections", len(self._peers))
-            server.close(close_connections=True)
-            with anyio.move_on_after(self.config.ping_timeout + 5):
-                await server.wait_closed()
-            await self._rooms.unload_all()
-            self._task_group.cancel_scope.cancel()
-        await self._stack.aclose()
-        logger.info("rtc stopped")
-
-    @property
-    def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError("the server is not running")
-        return int(self._server.sockets[0].getsockname()[1])
-
-    @property
-    def http_url(self) -> str:
-        return f"http://{self.config.host}:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        """The base URL a `WebsocketProvider` takes; the room name is `blog_id/post_id`."""
-        return f"ws://{self.config.host}:{self.port}/rooms"
-
-    async def flush(self) -> None:
-        """Write queued document updates and flush every recorder."""
-        await self._store.flush()
-        for recorder in self.recorders:
-            await recorder.flush()
+    def _token_expired(self, connection: int) -> None:
+        peer = self._peers.get(connection)
+        if peer is not None:
+            logger.info("connection %d: token expired", connection)
+            self._close(peer, CloseCode.AUTHENTICATION_FAILED, "token-expired")
 
     def _verify(self, target: RoomRoute) -> Grant | None:
         """The token's grant when tokens are on (raises AuthenticationError, ForbiddenError)."""
@@ -305,32 +212,6 @@ class RtcServer:
             logger.exception("room %s could not be loaded", target.key)
             raise RoomUnavailableError(str(error)) from error
 
-    def kick(self, key: RoomKey, user_id: int) -> int:
-        """Close a user's sessions in a room with 4403 `revoked`; returns how many."""
-        room = self._rooms.get(key)
-        closed = 0
-        for session in room.sessions() if room is not None else ():
-            peer = self._peers.get(session.connection)
-            if session.user_id == user_id and peer is not None:
-                self._close(peer, CloseCode.FORBIDDEN, "revoked")
-                closed += 1
-        return closed
-
-    # --- WebSockets --------------------------------------------------------------------
-
-    async def _handle(self, ws: ServerConnection) -> None:
-        assert isinstance(ws, DeliveringConnection)  # serve(create_connection=...) makes them
-        target = self._endpoints.upgrades.pop(ws, None)
-        address = address_of(ws)
-        self._connections.opened(address)
-        try:
-            if isinstance(target, FeedRoute):
-                await self._serve_feed(ws, target)
-            elif isinstance(target, RoomRoute):
-                await self._serve_room(ws, target)
-        finally:
-            self._connections.closed(address)
-
     async def _serve_feed(self, ws: DeliveringConnection, target: FeedRoute) -> None:
         def deliver(text: str) -> None:
             # A viewer too slow to keep up misses events rather than holding anything back.
@@ -345,7 +226,7 @@ class RtcServer:
 
     async def _serve_room(self, ws: DeliveringConnection, target: RoomRoute) -> None:
         connection_id = next(self._ids)
-        connected_at_ms = _now_ms()
+        connected_at_ms = now_ms()
         try:
             grant = self._verify(target)
             room = await self._open_room(target)
@@ -383,7 +264,7 @@ class RtcServer:
         room.open(peer.id, peer.connected_at_ms, identity=identity)
         self._peers[peer.id] = peer
         if grant is not None:
-            heapq.heappush(self._expiries, (grant.expires_at, peer.id))
+            self.expiry.watch(peer.id, grant.expires_at)
         logger.info("connection %d opened to room %s", peer.id, target.key)
         peer.announce_deadline = asyncio.get_running_loop().call_later(
             config.announce_timeout, self._announce_overdue, peer
@@ -413,7 +294,7 @@ class RtcServer:
                 return
             self.metrics.received(data)
             admitted = room.session_of(peer.id) is not None
-            now = _now_ms()
+            now = now_ms()
             actions = room.receive(peer.id, decode(data), now)
             self._carry_out(peer, actions)
             self._charge(peer, _ECHO_COST if ECHO in actions else 1.0)
@@ -442,7 +323,7 @@ class RtcServer:
                 case Broadcast(data=data, to=to):
                     self._send(to, data)
                 case Persist(update=update):
-                    self._store.append(peer.room.key, update)
+                    self._documents.append(peer.room.key, update)
                     self._rooms.persisted(peer.room)
                 case Joined():
                     logger.info(
@@ -513,7 +394,7 @@ class RtcServer:
         )
         error_code, close_code = ending.error_code, ending.close_code
         self.metrics.closes.labels(str(close_code)).inc()
-        now = _now_ms()
+        now = now_ms()
         self._carry_out(peer, room.close(peer.id, now, clean=ending.clean))
         if error_code is not None:
             self._tracking.connection_error(
@@ -532,56 +413,6 @@ class RtcServer:
             f" ({error_code})" if error_code else "",
         )
         self._rooms.released(room)
-
-    async def _expire_tokens(self) -> None:
-        """Close connections whose token expired (one task for all of them)."""
-        while True:
-            now = time.time()
-            while self._expiries and self._expiries[0][0] <= now:
-                _, connection = heapq.heappop(self._expiries)
-                peer = self._peers.get(connection)
-                if peer is not None:
-                    logger.info("connection %d: token expired", connection)
-                    self._close(peer, CloseCode.AUTHENTICATION_FAILED, "token-expired")
-            delay = self._expiries[0][0] - now if self._expiries else 1.0
-            await anyio.sleep(min(max(delay, 0.01), 1.0))
-
-    def _event_store_path(self) -> Path | None:
-        """The first SQLite recorder's file: where timelines and stats are read from."""
-        for url in self.config.recorder_urls:
-            if url.startswith("sqlite://"):
-                return locate(url)[1]
-        return None
-
-    # --- figures -----------------------------------------------------------------------
-
-    def _live_figures(self) -> LiveFigures:
-        rooms = self._rooms.loaded() if hasattr(self, "_rooms") else []
-        return LiveFigures(
-            connections=len(self._peers),
-            rooms=len(rooms),
-            sessions=sum(room.session_count for room in rooms),
-            contributors=sum(len(room.contributor_ids()) for room in rooms),
-        )
-
-    def _recorder_figures(self) -> list[RecorderFigures]:
-        figures = []
-        for index, recorder in enumerate(self.recorders):
-            stats = recorder.stats
-            figures.append(
-                RecorderFigures(
-                    recorder=f"{index}:{recorder.description}",
-                    queue_depth=stats.queue_depth,
-                    accepted=stats.accepted,
-                    written=stats.written,
-                    dropped=stats.dropped,
-                    retried=stats.retried,
-                    spooled=stats.spooled,
-                    rejected=stats.rejected,
-                    dropped_by_name=dict(stats.dropped_by_name),
-                )
-            )
-        return figures
 
 
 def _frame(close: CloseFrame | None) -> tuple[int, str] | None:

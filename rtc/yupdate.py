@@ -12,6 +12,7 @@ It checks shape only; whether the structs make sense together is yrs' job.
 from __future__ import annotations
 
 from rtc.errors import ProtocolError
+from rtc.protocol import Reader
 
 __all__ = ["check_state_vector", "check_update"]
 
@@ -27,58 +28,41 @@ _XML_ELEMENT, _XML_HOOK = 3, 5  # type refs that carry a name
 _MAX_DEPTH = 64
 
 
-class _Walk:
-    __slots__ = ("data", "end", "position", "what")
+class _Walk(Reader):
+    """The update's bytes under a cursor; varuints come from `Reader` (one decoder)."""
 
-    def __init__(self, data: bytes, what: str) -> None:
-        self.data = data
-        self.end = len(data)
-        self.position = 0
-        self.what = what
+    __slots__ = ()
 
-    def fail(self, detail: str) -> ProtocolError:
-        return ProtocolError(f"{self.what}: {detail}")
+    @staticmethod
+    def fail(detail: str) -> ProtocolError:
+        return ProtocolError(detail)
 
-    def uint(self) -> int:
-        data, position, value, shift = self.data, self.position, 0, 0
-        while True:
-            if position >= self.end:
-                raise self.fail("truncated")
-            byte = data[position]
-            position += 1
-            value |= (byte & 0x7F) << shift
-            if byte < 0x80:
-                self.position = position
-                if value > 2**53:
-                    raise self.fail("number out of range")
-                return value
-            shift += 7
-            if shift > 63:
-                raise self.fail("number out of range")
+    # The lib0 varuint of y-websocket frames, Yjs updates and state vectors alike.
+    uint = Reader.read_var_uint
 
     def skip_int(self) -> None:
         # lib0 signed varint: continuation bit 0x80 on every byte but the last.
-        data, position = self.data, self.position
+        data, position = self._data, self._position
         for _ in range(10):
-            if position >= self.end:
+            if position >= len(self._data):
                 raise self.fail("truncated")
             byte = data[position]
             position += 1
             if byte < 0x80:
-                self.position = position
+                self._position = position
                 return
         raise self.fail("number out of range")
 
     def byte(self) -> int:
-        if self.position >= self.end:
+        if self._position >= len(self._data):
             raise self.fail("truncated")
-        self.position += 1
-        return self.data[self.position - 1]
+        self._position += 1
+        return self._data[self._position - 1]
 
     def skip(self, size: int) -> None:
-        if size > self.end - self.position:
+        if size > self.remaining():
             raise self.fail(f"declared length {size} exceeds the bytes left")
-        self.position += size
+        self._position += size
 
     def bytes_(self) -> None:
         self.skip(self.uint())
@@ -86,8 +70,8 @@ class _Walk:
     def count(self, min_bytes: int) -> int:
         """A count of entries each at least `min_bytes` long, checked against what is left."""
         count = self.uint()
-        if count * min_bytes > self.end - self.position:
-            raise self.fail(f"{count} entries declared in {self.end - self.position} bytes")
+        if count * min_bytes > self.remaining():
+            raise self.fail(f"{count} entries declared in {self.remaining()} bytes")
         return count
 
     def any(self, depth: int = 0) -> None:
@@ -142,7 +126,13 @@ def check_update(update: bytes) -> None:
     Raises:
         ProtocolError: a count larger than its bytes, a truncation, an unknown type.
     """
-    walk = _Walk(update, "invalid document update")
+    try:
+        _walk_update(_Walk(update))
+    except ProtocolError as error:
+        raise ProtocolError(f"invalid document update: {error}") from None
+
+
+def _walk_update(walk: _Walk) -> None:
     for _ in range(walk.count(3)):
         structs = walk.count(2)
         walk.uint()  # client
@@ -181,7 +171,10 @@ def check_state_vector(state_vector: bytes) -> None:
     Raises:
         ProtocolError: a count larger than its bytes, or a truncation.
     """
-    walk = _Walk(state_vector, "invalid state vector")
-    for _ in range(walk.count(2)):
-        walk.uint()
-        walk.uint()
+    walk = _Walk(state_vector)
+    try:
+        for _ in range(walk.count(2)):
+            walk.uint()
+            walk.uint()
+    except ProtocolError as error:
+        raise ProtocolError(f"invalid state vector: {error}") from None

@@ -13,11 +13,10 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
 import anyio
+from websockets.http11 import Response
 
 from rtc.analytics.capture import BlogCapture, CaptureSettings
 from rtc.analytics.ingest import BatchError, RecentIds, Rejection, parse_batch
@@ -25,8 +24,9 @@ from rtc.analytics.tracking import Tracking
 from rtc.auth import verify
 from rtc.config import ServerConfig
 from rtc.errors import RtcError
-from rtc.http.connection import PlainRequest, PlainResponse
-from rtc.http.routes import HttpError
+from rtc.http.request import HttpRequest
+from rtc.http.responses import HttpError, json_response, text_response
+from rtc.ids import id_from_json
 from rtc.metrics import Metrics
 from rtc.ratelimit import TokenBucket
 from rtc.room import RoomKey
@@ -40,19 +40,6 @@ logger = logging.getLogger(__name__)
 MAX_BATCH_EVENTS = 500
 MAX_EVENT_AGE_MS = 7 * 86_400_000
 MAX_TRACKED_ADDRESSES = 10_000
-
-
-def _json(status: int, payload: object, headers: dict[str, str] | None = None) -> PlainResponse:
-    return PlainResponse(status, json.dumps(payload).encode(), headers=headers or {})
-
-
-@dataclass(frozen=True, slots=True)
-class _Query:
-    values: dict[str, list[str]]
-
-    def get(self, name: str) -> str | None:
-        found = self.values.get(name)
-        return found[-1] if found else None
 
 
 class AnalyticsApi:
@@ -85,13 +72,13 @@ class AnalyticsApi:
 
     # --- CORS ----------------------------------------------------------------------------
 
-    def cors_headers(self, request: PlainRequest) -> dict[str, str]:
+    def cors_headers(self, request: HttpRequest) -> dict[str, str]:
         """CORS for a browser on another origin; refuses origins not allowed.
 
         Raises:
             HttpError: 403 for an Origin outside `--allowed-origin`.
         """
-        origin = request.headers.get("origin")
+        origin = request.header("origin")
         if origin is None:
             return {}
         if self._config.allowed_origins and origin not in self._config.allowed_origins:
@@ -105,15 +92,15 @@ class AnalyticsApi:
             "Vary": "Origin",
         }
 
-    def preflight(self, request: PlainRequest) -> PlainResponse:
-        return PlainResponse(204, headers=self.cors_headers(request))
+    def preflight(self, request: HttpRequest) -> Response:
+        return text_response(204, b"", "text/plain", self.cors_headers(request))
 
     # --- ingest --------------------------------------------------------------------------
 
-    def ingest(self, request: PlainRequest) -> PlainResponse:
+    def ingest(self, request: HttpRequest) -> Response:
         """`POST /api/events`: validate, deduplicate and record a browser's batch."""
         headers = self.cors_headers(request)
-        if not self._allow(request.remote_address):
+        if not self._allow(request.client):
             self._metrics.limit_refusals.labels("ingest").inc()
             raise HttpError(429, "too many batches from this address; retry later")
         now_ms = int(time.time() * 1000)
@@ -127,9 +114,7 @@ class AnalyticsApi:
             )
         except BatchError as error:
             raise HttpError(400, str(error)) from None
-        token = _Query(parse_qs(urlsplit(request.target).query)).get("token") or (
-            request.headers.get("authorization", "").removeprefix("Bearer ").strip() or None
-        )
+        token = request.query("token") or request.bearer()
         accepted = duplicates = dropped = 0
         for index, event in events:
             room = _room_of(event.props)
@@ -156,7 +141,7 @@ class AnalyticsApi:
         ):
             if count:
                 self._metrics.ingest.labels(outcome).inc(count)
-        return _json(
+        return json_response(
             202,
             {
                 "accepted": accepted,
@@ -191,7 +176,7 @@ class AnalyticsApi:
 
     # --- capture control -------------------------------------------------------------------
 
-    def authorise(self, authorization: str) -> None:
+    def authorise(self, request: HttpRequest) -> None:
         """Admin endpoints take `Authorization: Bearer <secret>`.
 
         Raises:
@@ -200,13 +185,13 @@ class AnalyticsApi:
         secret = self._config.secret
         if secret is None:
             raise HttpError(403, "the admin API needs the server to run with --secret")
-        supplied = authorization.removeprefix("Bearer ").strip()
+        supplied = request.bearer() or ""
         if not hmac.compare_digest(supplied.encode(), secret.encode()):
             raise HttpError(401, "Authorization: Bearer <secret> required")
 
-    def set_capture(self, request: PlainRequest, blog_id: int) -> PlainResponse:
+    def set_capture(self, request: HttpRequest, blog_id: int) -> Response:
         """`PUT|POST /api/capture/{blog_id}` with `{"enabled": bool, "sample_rate": 0..1}`."""
-        self.authorise(request.headers.get("authorization", ""))
+        self.authorise(request)
         try:
             body = json.loads(request.body or b"{}")
             current = self.capture.for_blog(blog_id)
@@ -220,7 +205,7 @@ class AnalyticsApi:
                 400, 'body must be {"enabled": true|false, "sample_rate": 0..1}'
             ) from None
         self.capture.set(blog_id, settings)
-        return _json(200, {"blog_id": blog_id, **settings.to_json()})
+        return json_response(200, {"blog_id": blog_id, **settings.to_json()})
 
     def streams_view(self, blog_id: int | None) -> dict[str, object]:
         """`GET /api/streams`: what a browser needs to sample and send like the server."""
@@ -234,23 +219,25 @@ class AnalyticsApi:
 
     # --- session timelines -----------------------------------------------------------------
 
-    async def timeline(self, key: RoomKey, session_id: int) -> tuple[int, object]:
-        """`GET /api/sessions/{blog_id}/{post_id}/{session_id}`: (status, JSON)."""
+    async def timeline(self, key: RoomKey, session_id: int) -> dict[str, JSONValue]:
+        """`GET /api/sessions/{blog_id}/{post_id}/{session_id}`.
+
+        Raises:
+            HttpError: 404 without an event store or without events of that session.
+        """
         store = self._event_store
         if store is None or not store.exists():
-            return 404, {"error": "no SQLite event store to read sessions from", "status": 404}
+            raise HttpError(404, "no SQLite event store to read sessions from")
         found = await anyio.to_thread.run_sync(
             session_timeline, store, key.blog_id, key.post_id, session_id
         )
         if found is None:
-            return 404, {"error": f"no events of session {session_id} in {key}", "status": 404}
-        return 200, found
+            raise HttpError(404, f"no events of session {session_id} in {key}")
+        return found
 
 
 def _room_of(props: Mapping[str, JSONValue]) -> RoomKey | None:
-    blog_id, post_id = props.get("blog_id"), props.get("post_id")
-    if isinstance(blog_id, bool) or isinstance(post_id, bool):
+    blog_id, post_id = id_from_json(props.get("blog_id")), id_from_json(props.get("post_id"))
+    if blog_id is None or post_id is None:
         return None
-    if isinstance(blog_id, int) and isinstance(post_id, int) and blog_id > 0 and post_id > 0:
-        return RoomKey(blog_id, post_id)
-    return None
+    return RoomKey(blog_id, post_id)

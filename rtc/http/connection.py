@@ -1,45 +1,35 @@
-"""The connection class: GET requests go to websockets (upgrades and the GET API); other
-methods (POST, OPTIONS) are answered here, because websockets' HTTP parser takes GET only.
+"""The connection class: one parser per kind of request, one response shape for all.
 
-The first bytes of a connection decide: a request line that does not start with `GET ` is
-parsed with h11 (bounded body), handed to a synchronous handler, answered, and closed.
+GET requests go to websockets' own parser (WebSocket upgrades and the GET API: the hot path
+stays websockets' alone). websockets parses GET only, so the first bytes of a connection
+decide: a request line that does not start with `GET ` is parsed with h11 (bounded body),
+handed to the same API as an `HttpRequest`, answered with the same `Response`, and closed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 
 import h11
+from websockets.http11 import Response
 
 from rtc.delivery import DeliveringConnection
+from rtc.http.request import HttpRequest
+from rtc.http.responses import error_response
 
-__all__ = ["PlainRequest", "PlainResponse", "connection_class"]
+__all__ = ["connection_class"]
 
 logger = logging.getLogger(__name__)
+
+# Answers being worked out (a task must be referenced until it is done).
+_pending: set[asyncio.Future[Response]] = set()
 
 MAX_BODY = 1024 * 1024
 
 
-@dataclass(frozen=True, slots=True)
-class PlainRequest:
-    method: str
-    target: str
-    headers: dict[str, str]
-    body: bytes
-    remote_address: str
-
-
-@dataclass(frozen=True, slots=True)
-class PlainResponse:
-    status: int
-    body: bytes = b""
-    content_type: str = "application/json"
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-Handler = Callable[[PlainRequest], PlainResponse]
+Handler = Callable[[HttpRequest], Awaitable[Response]]
 
 
 def connection_class(handler: Handler, *, max_body: int = MAX_BODY) -> type[DeliveringConnection]:
@@ -70,11 +60,9 @@ def connection_class(handler: Handler, *, max_body: int = MAX_BODY) -> type[Deli
             if self._http is None:
                 super().data_received(data)
                 return
-            self._plain_received(data)
+            self._plain_received(self._http, data)
 
-        def _plain_received(self, data: bytes) -> None:
-            http = self._http
-            assert http is not None
+        def _plain_received(self, http: h11.Connection, data: bytes) -> None:
             try:
                 http.receive_data(data)
                 while True:  # bounded by the data received
@@ -86,7 +74,7 @@ def connection_class(handler: Handler, *, max_body: int = MAX_BODY) -> type[Deli
                     elif isinstance(event, h11.Data):
                         self._body += event.data
                         if len(self._body) > max_body:
-                            self._answer(PlainResponse(413, b'{"error":"body too large"}'))
+                            self._answer(error_response(413, "body too large"))
                             return
                     elif isinstance(event, h11.EndOfMessage):
                         self._dispatch()
@@ -94,14 +82,15 @@ def connection_class(handler: Handler, *, max_body: int = MAX_BODY) -> type[Deli
                     else:
                         return
             except h11.RemoteProtocolError as error:
-                self._answer(PlainResponse(400, b'{"error":"malformed HTTP request"}'))
+                self._answer(error_response(400, "malformed HTTP request"))
                 logger.info("malformed HTTP request: %s", error)
 
         def _dispatch(self) -> None:
             request = self._request
-            assert request is not None
+            if request is None:  # h11 yields a Request before EndOfMessage
+                return
             address = self.transport.get_extra_info("peername") if self.transport else None
-            plain = PlainRequest(
+            plain = HttpRequest(
                 method=request.method.decode("ascii", "replace"),
                 target=request.target.decode("ascii", "replace"),
                 headers={
@@ -109,37 +98,30 @@ def connection_class(handler: Handler, *, max_body: int = MAX_BODY) -> type[Deli
                     for name, value in request.headers
                 },
                 body=bytes(self._body),
-                remote_address=str(address[0]) if address else "unknown",
+                client=str(address[0]) if address else "unknown",
             )
-            try:
-                response = handler(plain)
-            except Exception:
-                logger.exception("HTTP %s %s failed", plain.method, plain.target)
-                response = PlainResponse(500, b'{"error":"internal error"}')
-            self._answer(response)
+            task = asyncio.ensure_future(handler(plain))
+            _pending.add(task)
+            task.add_done_callback(self._answered)
 
-        def _answer(self, response: PlainResponse) -> None:
-            http = self._http
-            transport = self.transport
-            if http is None or transport is None or transport.is_closing():
+        def _answered(self, task: asyncio.Future[Response]) -> None:
+            _pending.discard(task)
+            if task.cancelled():
                 return
-            headers: list[tuple[str, str]] = [
-                ("Content-Type", response.content_type),
-                ("Content-Length", str(len(response.body))),
-                ("Connection", "close"),
-                ("Cache-Control", "no-store"),
-                *response.headers.items(),
-            ]
-            if http.our_state is h11.SEND_RESPONSE:
-                head = http.send(h11.Response(status_code=response.status, headers=headers))
-            else:
-                head = _head(response.status, headers)  # a request h11 could not even parse
-            transport.write((head or b"") + response.body)
+            error = task.exception()
+            if error is not None:  # the API answers its own failures; this is a last resort
+                logger.error("HTTP handler failed", exc_info=error)
+                self._answer(error_response(500, "internal error"))
+                return
+            self._answer(task.result())
+
+        def _answer(self, response: Response) -> None:
+            # One request per connection: the response says `Connection: close`, and so do we.
+            transport = self.transport
+            if self._http is None or transport is None or transport.is_closing():
+                return
+            transport.write(response.serialize())
             transport.close()
 
     return Connection
 
-
-def _head(status: int, headers: list[tuple[str, str]]) -> bytes:
-    lines = [f"HTTP/1.1 {status} \r\n"] + [f"{name}: {value}\r\n" for name, value in headers]
-    return ("".join(lines) + "\r\n").encode("latin-1")

@@ -1,80 +1,85 @@
-"""The small HTTP surface served beside the WebSockets: health, metrics, rooms, the demo page."""
+"""One response shape for every HTTP answer, WebSocket handshake refusals included.
+
+No I/O here but `file_response`, which reads in a worker thread. Every answer is a
+websockets `Response` (returned from `process_request` for GETs, serialized by the plain
+connection for other methods); every error body is `{"error": message, "status": status}`.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import mimetypes
-from collections.abc import Callable
+from email.utils import formatdate
+from http import HTTPStatus
 from pathlib import Path
 
-from websockets.asyncio.server import ServerConnection
+import anyio
+from websockets.datastructures import Headers
 from websockets.http11 import Response
 
-from rtc.room import Room, RoomKey
+__all__ = ["HttpError", "error_response", "file_response", "json_response", "text_response"]
 
-__all__ = ["error_response", "file_response", "json_response", "room_json", "text_response"]
+JSON = "application/json"
+
+
+class HttpError(Exception):
+    """A request refused with an HTTP status and a one-line message (the JSON error body)."""
+
+    def __init__(self, status: int, message: str, *, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
 
 
 def text_response(
-    connection: ServerConnection, status: int, body: bytes, content_type: str
+    status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None
 ) -> Response:
-    response = connection.respond(status, "")
-    response = dataclasses.replace(response, body=body)
-    for name in ("Content-Type", "Content-Length"):
-        del response.headers[name]
-    response.headers["Content-Type"] = content_type
-    response.headers["Content-Length"] = str(len(body))
-    response.headers["Cache-Control"] = "no-store"
-    return response
+    """A complete response; the connection closes after it (no keep-alive on this port)."""
+    try:
+        reason = HTTPStatus(status).phrase
+    except ValueError:
+        reason = ""
+    fields = Headers()
+    fields["Date"] = formatdate(usegmt=True)
+    fields["Connection"] = "close"
+    fields["Content-Type"] = content_type
+    fields["Content-Length"] = str(len(body))
+    fields["Cache-Control"] = "no-store"
+    for name, value in (headers or {}).items():
+        fields[name] = value
+    return Response(status, reason, fields, body)
 
 
-def json_response(connection: ServerConnection, status: int, payload: object) -> Response:
+def json_response(
+    status: int, payload: object, headers: dict[str, str] | None = None
+) -> Response:
     body = json.dumps(payload, separators=(",", ":")).encode()
-    return text_response(connection, status, body, "application/json")
+    return text_response(status, body, JSON, headers)
 
 
-def error_response(connection: ServerConnection, status: int, message: str) -> Response:
-    return json_response(connection, status, {"error": message, "status": status})
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return json_response(status, {"error": message, "status": status}, headers)
 
 
-def file_response(
-    connection: ServerConnection, root: Path, relative: str, *, on_missing: Callable[[], None]
-) -> Response:
-    """Serve a file under `root`, never outside it."""
-    base = root.resolve()
-    path = (base / relative).resolve()
-    if not path.is_relative_to(base) or not path.is_file():
-        on_missing()
-        return error_response(connection, 404, f"no such file: {relative}")
-    content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+async def file_response(root: Path, relative: str) -> Response:
+    """Serve a file under `root`, never outside it, read off the event loop.
+
+    Raises:
+        HttpError: 404 when there is no such file under `root`.
+    """
+
+    def read() -> bytes | None:
+        base = root.resolve()
+        path = (base / relative).resolve()
+        if not path.is_relative_to(base) or not path.is_file():
+            return None
+        return path.read_bytes()
+
+    body = await anyio.to_thread.run_sync(read)
+    if body is None:
+        raise HttpError(404, f"no such file: {relative}")
+    content_type = mimetypes.guess_type(relative)[0] or "application/octet-stream"
     if content_type.startswith("text/") or content_type == "application/javascript":
         content_type += "; charset=utf-8"
-    return text_response(connection, 200, path.read_bytes(), content_type)
-
-
-def room_json(key: RoomKey, room: Room | None) -> dict[str, object]:
-    """The live roster of a room (empty when it is not loaded)."""
-    contributors = []
-    sessions = 0
-    if room is not None:
-        sessions = room.session_count
-        for contributor in room.roster():
-            entry: dict[str, object] = {}
-            if contributor.user_id is not None:
-                entry["id"] = contributor.user_id
-            if contributor.name is not None:
-                entry["name"] = contributor.name
-            entry["sessions"] = [
-                {"session_id": s.session_id, "connected_since": s.connected_at_ms}
-                for s in contributor.sessions
-            ]
-            contributors.append(entry)
-    return {
-        "blog_id": key.blog_id,
-        "post_id": key.post_id,
-        "loaded": room is not None,
-        "session_count": sessions,
-        "contributor_count": len(room.contributor_ids()) if room is not None else 0,
-        "contributors": contributors,
-    }
+    return text_response(200, body, content_type)

@@ -1,4 +1,4 @@
-"""The URL layout: which path is a room, the event feed, an API endpoint or a demo file.
+"""The URL layout: each path is one typed route, and each route names the methods it takes.
 
 No I/O here. Anything else is a 404 and ids that are not positive integers a 400, answered
 before any WebSocket upgrade.
@@ -6,30 +6,43 @@ before any WebSocket upgrade.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from urllib.parse import parse_qs, unquote, urlsplit
+from typing import ClassVar
 
+from rtc.http.request import HttpRequest
+from rtc.http.responses import HttpError
+from rtc.ids import id_from_text
 from rtc.room import RoomKey
 
-__all__ = ["ApiRoute", "FeedRoute", "HttpError", "RoomRoute", "Route", "StaticRoute", "route"]
+__all__ = [
+    "CaptureBlog",
+    "CaptureList",
+    "FeedRoute",
+    "Health",
+    "Ingest",
+    "Kick",
+    "LiveStats",
+    "MetricsText",
+    "Page",
+    "RoomList",
+    "RoomRoute",
+    "Roster",
+    "Route",
+    "SessionTimeline",
+    "Stats",
+    "Streams",
+    "allowed",
+    "route",
+]
 
-_ID = re.compile(r"[1-9][0-9]{0,17}")
-
-
-class HttpError(Exception):
-    """A request refused before any upgrade, with its HTTP status and a one-line message."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+_GET: tuple[str, ...] = ("GET",)
 
 
 @dataclass(frozen=True, slots=True)
 class RoomRoute:
     """`/rooms/{blog_id}/{post_id}`: a WebSocket to a post's room."""
 
+    methods: ClassVar[tuple[str, ...]] = _GET
     key: RoomKey
     post_type: str | None = None
     token: str | None = None
@@ -39,52 +52,133 @@ class RoomRoute:
 class FeedRoute:
     """`/events?blog_id=&post_id=`: a WebSocket streaming the room's recorded events."""
 
+    methods: ClassVar[tuple[str, ...]] = _GET
     key: RoomKey
 
 
 @dataclass(frozen=True, slots=True)
-class ApiRoute:
-    """A JSON or text endpoint: `healthz`, `metrics`, `rooms`, `room`, `kick` (POST),
-    `events` (POST), `streams`, `capture`, `capture_blog` (PUT/POST), `session`."""
+class Health:
+    """`GET /healthz`."""
 
-    name: str
-    key: RoomKey | None = None
-    blog_id: int | None = None
-    session_id: int | None = None
+    methods: ClassVar[tuple[str, ...]] = _GET
 
 
 @dataclass(frozen=True, slots=True)
-class StaticRoute:
-    """A file of the demo page, relative to the demo folder."""
+class MetricsText:
+    """`GET /metrics`: Prometheus text."""
 
+    methods: ClassVar[tuple[str, ...]] = _GET
+
+
+@dataclass(frozen=True, slots=True)
+class RoomList:
+    """`GET /api/rooms`."""
+
+    methods: ClassVar[tuple[str, ...]] = _GET
+
+
+@dataclass(frozen=True, slots=True)
+class Roster:
+    """`GET /api/rooms/{blog_id}/{post_id}`: the live roster."""
+
+    methods: ClassVar[tuple[str, ...]] = _GET
+    key: RoomKey
+
+
+@dataclass(frozen=True, slots=True)
+class Kick:
+    """`POST /api/rooms/{blog_id}/{post_id}/kick` (admin)."""
+
+    methods: ClassVar[tuple[str, ...]] = ("POST",)
+    key: RoomKey
+
+
+@dataclass(frozen=True, slots=True)
+class Ingest:
+    """`POST /api/events`: client events from browsers (and its CORS preflight)."""
+
+    methods: ClassVar[tuple[str, ...]] = ("POST", "OPTIONS")
+
+
+@dataclass(frozen=True, slots=True)
+class Streams:
+    """`GET /api/streams[?blog_id=]`: what browsers need to sample and send."""
+
+    methods: ClassVar[tuple[str, ...]] = _GET
+    blog_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureList:
+    """`GET /api/capture` (admin)."""
+
+    methods: ClassVar[tuple[str, ...]] = _GET
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureBlog:
+    """`PUT|POST /api/capture/{blog_id}` (admin)."""
+
+    methods: ClassVar[tuple[str, ...]] = ("PUT", "POST")
+    blog_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """`GET /api/stats?blog_id=&post_id=&since=&until=`."""
+
+    methods: ClassVar[tuple[str, ...]] = _GET
+
+
+@dataclass(frozen=True, slots=True)
+class LiveStats:
+    """`GET /api/stats/live`: active now."""
+
+    methods: ClassVar[tuple[str, ...]] = _GET
+
+
+@dataclass(frozen=True, slots=True)
+class SessionTimeline:
+    """`GET /api/sessions/{blog_id}/{post_id}/{session_id}`."""
+
+    methods: ClassVar[tuple[str, ...]] = _GET
+    key: RoomKey
+    session_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """A file of the demo folder (the demo, stats and session pages and their assets)."""
+
+    methods: ClassVar[tuple[str, ...]] = _GET
     path: str
 
 
-Route = RoomRoute | FeedRoute | ApiRoute | StaticRoute
+Route = (
+    RoomRoute | FeedRoute | Health | MetricsText | RoomList | Roster | Kick | Ingest | Streams
+    | CaptureList | CaptureBlog | Stats | LiveStats | SessionTimeline | Page
+)
 
 
-def _room_key(blog: str, post: str) -> RoomKey:
-    if not (_ID.fullmatch(blog) and _ID.fullmatch(post)):
+def _room_key(blog: str | None, post: str | None) -> RoomKey:
+    blog_id, post_id = id_from_text(blog or ""), id_from_text(post or "")
+    if blog_id is None or post_id is None:
         raise HttpError(400, "blog_id and post_id must be positive integers")
-    return RoomKey(int(blog), int(post))
+    return RoomKey(blog_id, post_id)
 
 
-def _positive(text: str) -> int:
-    if not _ID.fullmatch(text):
+def _blog_id(text: str) -> int:
+    blog_id = id_from_text(text)
+    if blog_id is None:
         raise HttpError(400, "ids must be positive integers")
-    return int(text)
+    return blog_id
 
 
 def _session_id(text: str) -> int:
     # A Yjs clientID is a uint32; 0 is possible in principle.
-    if not (text.isdigit() and len(text) <= 10):
-        raise HttpError(400, "session_id must be a non-negative integer")
+    if not (text.isascii() and text.isdigit() and len(text) <= 10 and int(text) < 2**32):
+        raise HttpError(400, "session_id must be an integer from 0 to 2**32 - 1")
     return int(text)
-
-
-def _single(query: dict[str, list[str]], name: str) -> str | None:
-    values = query.get(name)
-    return values[-1] if values else None
 
 
 def route(target: str) -> Route:
@@ -93,52 +187,61 @@ def route(target: str) -> Route:
     Raises:
         HttpError: 404 for an unknown path, 400 for malformed ids.
     """
-    parts = urlsplit(target)
-    path = unquote(parts.path)
-    query = parse_qs(parts.query)
-    segments = [segment for segment in path.split("/") if segment]
-    match segments:
+    request = HttpRequest(method="GET", target=target)
+    path = request.path
+    match [segment for segment in path.split("/") if segment]:
         case ["rooms", blog, post]:
-            post_type = _single(query, "post_type")
-            return RoomRoute(_room_key(blog, post), post_type or None, _single(query, "token"))
+            return RoomRoute(_room_key(blog, post), request.query("post_type"),
+                             request.query("token"))
         case ["events"]:
-            blog_id, post_id = _single(query, "blog_id"), _single(query, "post_id")
-            return FeedRoute(_room_key(blog_id or "", post_id or ""))
+            return FeedRoute(_room_key(request.query("blog_id"), request.query("post_id")))
         case ["healthz"]:
-            return ApiRoute("healthz")
+            return Health()
         case ["metrics"]:
-            return ApiRoute("metrics")
+            return MetricsText()
         case ["api", "rooms"]:
-            return ApiRoute("rooms")
+            return RoomList()
         case ["api", "rooms", blog, post]:
-            return ApiRoute("room", _room_key(blog, post))
+            return Roster(_room_key(blog, post))
         case ["api", "rooms", blog, post, "kick"]:
-            return ApiRoute("kick", _room_key(blog, post))
+            return Kick(_room_key(blog, post))
         case ["api", "events"]:
-            return ApiRoute("events")
+            return Ingest()
         case ["api", "streams"]:
-            blog_id = _single(query, "blog_id")
-            return ApiRoute("streams", blog_id=_positive(blog_id) if blog_id else None)
+            blog_id = request.query("blog_id")
+            return Streams(_blog_id(blog_id) if blog_id is not None else None)
         case ["api", "capture"]:
-            return ApiRoute("capture")
+            return CaptureList()
         case ["api", "capture", blog]:
-            return ApiRoute("capture_blog", blog_id=_positive(blog))
+            return CaptureBlog(_blog_id(blog))
         case ["api", "stats"]:
-            return ApiRoute("stats")
+            return Stats()
         case ["api", "stats", "live"]:
-            return ApiRoute("stats_live")
-        case ["stats"]:
-            return StaticRoute("stats.html")
+            return LiveStats()
         case ["api", "sessions", blog, post, session]:
-            return ApiRoute("session", _room_key(blog, post), session_id=_session_id(session))
+            return SessionTimeline(_room_key(blog, post), _session_id(session))
+        case ["stats"]:
+            return Page("stats.html")
         case ["sessions", blog, post, session]:
             _room_key(blog, post), _session_id(session)
-            return StaticRoute("session.html")
+            return Page("session.html")
         case [] | ["demo"]:
-            return StaticRoute("index.html")
+            return Page("index.html")
         case ["demo", *rest] if all(_safe(segment) for segment in rest):
-            return StaticRoute("/".join(rest))
+            return Page("/".join(rest))
     raise HttpError(404, f"no such path: {path}")
+
+
+def allowed(target: Route, method: str) -> None:
+    """Refuse a method the route does not take.
+
+    Raises:
+        HttpError: 405, with the `Allow` header.
+    """
+    if method not in target.methods:
+        allow = ", ".join(target.methods)
+        raise HttpError(405, f"{method} is not allowed here; use {allow}",
+                        headers={"Allow": allow})
 
 
 def _safe(segment: str) -> bool:

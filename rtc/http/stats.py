@@ -14,15 +14,13 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
 import anyio
 from anyio.abc import TaskStatus
-from websockets.asyncio.server import ServerConnection
-from websockets.http11 import Response
 
-from rtc.http import responses as http
-from rtc.http.routes import HttpError
+from rtc.http.request import HttpRequest
+from rtc.http.responses import HttpError
+from rtc.ids import id_from_text
 from rtc.room import Room
 from tracks import JSONValue
 from tracks.presence.figures import DAY_MS
@@ -71,29 +69,27 @@ def live_json(
     return {"active_sessions": sessions, "active_contributors": len(users), "rooms": listed}
 
 
-def _positive(query: dict[str, list[str]], name: str) -> int | None:
-    values = query.get(name)
-    if not values or values[-1] == "":
+def _id(request: HttpRequest, name: str) -> int | None:
+    text = request.query(name)
+    if text is None:
         return None
-    text = values[-1]
-    if not (text.isdigit() and 0 < len(text) <= 18 and int(text) > 0):
+    value = id_from_text(text)
+    if value is None:
         raise HttpError(400, f"{name} must be a positive integer")
-    return int(text)
+    return value
 
 
-def parse_scope(target: str, *, now_ms: int) -> Scope:
-    """The `Scope` of a request target's query string.
+def parse_scope(request: HttpRequest, *, now_ms: int) -> Scope:
+    """The `Scope` of a request's query string.
 
     Raises:
         HttpError: 400 for malformed ids or days.
     """
-    query = parse_qs(urlsplit(target).query)
+    since, until = request.query("since"), request.query("until")
     try:
-        since = query.get("since", [""])[-1]
-        until = query.get("until", [""])[-1]
         return Scope(
-            blog_id=_positive(query, "blog_id"),
-            post_id=_positive(query, "post_id"),
+            blog_id=_id(request, "blog_id"),
+            post_id=_id(request, "post_id"),
             since_day=parse_day(since, now_ms=now_ms) if since else None,
             until_day=parse_day(until, now_ms=now_ms, until=True) if until else None,
         )
@@ -126,20 +122,26 @@ class StatsApi:
         self.rollups = 0
         self._rolled = anyio.Event()
 
-    async def respond(self, connection: ServerConnection, name: str, target: str) -> Response:
-        """Answer ``GET /api/stats`` (``name == "stats"``) or ``GET /api/stats/live``."""
-        try:
-            scope = parse_scope(target, now_ms=_now_ms())
-            if name == "stats_live":
-                payload = live_json(self._rooms(), blog_id=scope.blog_id, post_id=scope.post_id)
-                return http.json_response(connection, 200, payload)
-            store = self._event_store
-            if store is None or not store.exists():
-                raise HttpError(404, "no SQLite event store to read stats from")
-            figures = await anyio.to_thread.run_sync(self._query, store, scope)
-        except HttpError as error:
-            return http.error_response(connection, error.status, error.message)
-        return http.json_response(connection, 200, figures)
+    def live(self, request: HttpRequest) -> dict[str, JSONValue]:
+        """``GET /api/stats/live``: active now, in this server's rooms.
+
+        Raises:
+            HttpError: 400 for a malformed scope.
+        """
+        scope = parse_scope(request, now_ms=_now_ms())
+        return live_json(self._rooms(), blog_id=scope.blog_id, post_id=scope.post_id)
+
+    async def figures(self, request: HttpRequest) -> dict[str, JSONValue]:
+        """``GET /api/stats``: the figures of a scope, queried off the event loop.
+
+        Raises:
+            HttpError: 400 for a malformed scope, 404 without an event store.
+        """
+        scope = parse_scope(request, now_ms=_now_ms())
+        store = self._event_store
+        if store is None or not store.exists():
+            raise HttpError(404, "no SQLite event store to read stats from")
+        return await anyio.to_thread.run_sync(self._query, store, scope)
 
     @staticmethod
     def _query(store: Path, scope: Scope) -> dict[str, JSONValue]:

@@ -2,7 +2,23 @@
 
 import pytest
 
-from rtc.http.routes import ApiRoute, FeedRoute, HttpError, RoomRoute, StaticRoute, route
+from rtc.http.responses import HttpError
+from rtc.http.routes import (
+    CaptureBlog,
+    FeedRoute,
+    Health,
+    Ingest,
+    Kick,
+    MetricsText,
+    Page,
+    RoomList,
+    RoomRoute,
+    Roster,
+    SessionTimeline,
+    Streams,
+    allowed,
+    route,
+)
 from rtc.room import RoomKey
 
 
@@ -29,11 +45,40 @@ def test_unknown_paths_are_404(path: str) -> None:
 
 
 def test_http_endpoints() -> None:
-    assert route("/healthz") == ApiRoute("healthz")
-    assert route("/metrics") == ApiRoute("metrics")
-    assert route("/api/rooms") == ApiRoute("rooms")
-    assert route("/api/rooms/3/4") == ApiRoute("room", RoomKey(3, 4))
+    assert route("/healthz") == Health()
+    assert route("/metrics") == MetricsText()
+    assert route("/api/rooms") == RoomList()
+    assert route("/api/rooms/3/4") == Roster(RoomKey(3, 4))
+    assert route("/api/rooms/3/4/kick") == Kick(RoomKey(3, 4))
+    assert route("/api/streams?blog_id=5") == Streams(5)
+    assert route("/api/streams") == Streams(None)
+    assert route("/api/sessions/3/4/0") == SessionTimeline(RoomKey(3, 4), 0)
     assert route("/events?blog_id=3&post_id=4") == FeedRoute(RoomKey(3, 4))
-    assert route("/") == StaticRoute("index.html")
-    assert route("/demo") == StaticRoute("index.html")
-    assert route("/demo/dist/app.js") == StaticRoute("dist/app.js")
+    assert route("/") == Page("index.html")
+    assert route("/demo") == Page("index.html")
+    assert route("/demo/dist/app.js") == Page("dist/app.js")
+    assert route("/sessions/3/4/99") == Page("session.html")
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/api/streams?blog_id=0", "/api/capture/x", "/api/sessions/1/2/-1",
+     "/api/sessions/1/2/4294967296", "/rooms/9223372036854775808/1"],
+)
+def test_ids_out_of_range_are_400(path: str) -> None:
+    with pytest.raises(HttpError) as raised:
+        route(path)
+    assert raised.value.status == 400
+
+
+def test_each_route_names_its_methods() -> None:
+    allowed(Kick(RoomKey(1, 2)), "POST")
+    allowed(Ingest(), "OPTIONS")
+    allowed(CaptureBlog(3), "PUT")
+    with pytest.raises(HttpError) as raised:
+        allowed(Kick(RoomKey(1, 2)), "GET")
+    assert raised.value.status == 405
+    assert raised.value.headers == {"Allow": "POST"}
+    with pytest.raises(HttpError) as raised:
+        allowed(Health(), "DELETE")
+    assert raised.value.headers == {"Allow": "GET"}

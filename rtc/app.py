@@ -1,0 +1,254 @@
+"""The composition root: builds every part of a server and owns their one lifecycle.
+
+`RtcServer` is the only place that knows what is wired to what: recorders, the document
+store, the rooms, the analytics bridge, the HTTP API and the WebSocket driver. Each part
+is built, entered and closed here, in one `async with`, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import anyio
+from websockets.asyncio.server import Server, serve
+
+from rtc.analytics.capture import CaptureSettings
+from rtc.analytics.feed import EventFeed
+from rtc.analytics.tracking import Tracking
+from rtc.config import ServerConfig
+from rtc.documents import DocumentStore
+from rtc.history import SessionHistory
+from rtc.http.analytics import AnalyticsApi
+from rtc.http.api import HttpApi
+from rtc.http.connection import connection_class
+from rtc.http.stats import StatsApi
+from rtc.metrics import Metrics, live_figures, recorder_figures
+from rtc.room import RoomLimits
+from rtc.rooms import RoomRegistry
+from rtc.server import CLOSE_TIMEOUT, RoomServer
+from tracks import Recorder, open_recorder
+from tracks.presence.reading import locate
+from tracks.streams import StreamConfig, load_streams
+
+__all__ = ["RtcServer"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class _Parts:
+    """Everything a running server is made of."""
+
+    recorders: tuple[Recorder, ...]
+    documents: DocumentStore
+    rooms: RoomRegistry
+    driver: RoomServer
+    stats: StatsApi
+    listener: Server
+
+
+class RtcServer:
+    """The room server. Use as `async with RtcServer(config) as server:`.
+
+    Args:
+        config: the server configuration.
+        recorders: where events go; by default opened from `config.recorder_urls` and closed
+            with the server. Recorders passed in are used as they are and left open.
+    """
+
+    def __init__(self, config: ServerConfig, *, recorders: Sequence[Recorder] | None = None):
+        self.config = config
+        self._given_recorders = None if recorders is None else tuple(recorders)
+        self._stack = contextlib.AsyncExitStack()
+        self._parts: _Parts | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self._parts is not None:
+            raise RuntimeError("the server is already running")
+        try:
+            self._parts = await self._assemble(self._stack)
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        logger.info("rtc listening on %s", self.http_url)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop accepting, close every peer with 1001, then flush documents and events."""
+        parts, self._parts = self._parts, None
+        if parts is not None:
+            logger.info("rtc shutting down: closing %d connections",
+                        parts.driver.connections.total)
+            parts.listener.close(close_connections=True)
+            with anyio.move_on_after(self.config.ping_timeout + 5):
+                await parts.listener.wait_closed()
+            await parts.rooms.unload_all()
+        await self._stack.aclose()  # background tasks, then documents, then recorders
+        logger.info("rtc stopped")
+
+    async def _assemble(self, stack: contextlib.AsyncExitStack) -> _Parts:
+        config = self.config
+        given = self._given_recorders
+        recorders = given if given is not None else await _open_recorders(config, stack)
+        streams = (
+            load_streams(config.streams)
+            if config.streams is not None
+            else StreamConfig.default(prefix=config.event_prefix)
+        )
+        named = {
+            name: await stack.enter_async_context(open_recorder(url))
+            for name, url in streams.recorder_urls().items()
+        }
+        documents = await stack.enter_async_context(
+            DocumentStore(
+                config.data_dir / "documents.sqlite", flush_interval=config.store_flush_interval
+            )
+        )
+        task_group = await stack.enter_async_context(anyio.create_task_group())
+        stack.callback(task_group.cancel_scope.cancel)  # runs first on the way out
+        rooms = RoomRegistry(
+            documents,
+            limits=RoomLimits(
+                max_contributors=config.max_contributors,
+                max_connections=config.max_connections_per_room,
+            ),
+            history=SessionHistory(),
+            grace=config.room_grace,
+            task_group=task_group,
+        )
+        every_recorder = (*recorders, *named.values())
+        metrics = Metrics(
+            lambda: live_figures(rooms.loaded()), lambda: recorder_figures(every_recorder)
+        )
+        feed = EventFeed()
+        capture = CaptureSettings(config.data_dir / "capture.json")
+        tracking = Tracking(
+            recorders,
+            feed=feed,
+            metrics=metrics,
+            prefix=config.event_prefix,
+            capture=capture,
+            streams=streams,
+            named_recorders=named,
+        )
+        driver = RoomServer(
+            config,
+            rooms=rooms,
+            documents=documents,
+            tracking=tracking,
+            feed=feed,
+            metrics=metrics,
+            task_group=task_group,
+        )
+        event_store = _event_store(config)
+        stats = StatsApi(
+            event_store=event_store,
+            rooms=rooms.loaded,
+            rollup_interval=config.rollup_interval,
+            retention_days=config.retention_days,
+        )
+        await task_group.start(stats.run)
+        if config.secret is not None:
+            await task_group.start(driver.expiry.run)
+        api = HttpApi(
+            config,
+            metrics=metrics,
+            rooms=rooms,
+            analytics=AnalyticsApi(
+                config, tracking=tracking, metrics=metrics, capture=capture,
+                event_store=event_store,
+            ),
+            stats=stats,
+            live=lambda: live_figures(rooms.loaded()),
+            kick=driver.kick,
+            connections=driver.connections,
+        )
+        listener = await serve(
+            driver.handle,
+            config.host,
+            config.port,
+            process_request=api.process_request,
+            max_size=config.max_message_size,
+            ping_interval=config.ping_interval,
+            ping_timeout=config.ping_timeout,
+            close_timeout=CLOSE_TIMEOUT,
+            # Compression costs a zlib context per connection; y-websocket frames are small.
+            compression=None,
+            create_connection=connection_class(api.plain_request),
+        )
+        return _Parts(every_recorder, documents, rooms, driver, stats, listener)
+
+    # --- what a running server offers --------------------------------------------------
+
+    @property
+    def parts(self) -> _Parts:
+        if self._parts is None:
+            raise RuntimeError("the server is not running: use `async with RtcServer(...)`")
+        return self._parts
+
+    @property
+    def recorders(self) -> tuple[Recorder, ...]:
+        """Every recorder events go to (the default ones and the streams' named ones)."""
+        return self.parts.recorders
+
+    @property
+    def stats(self) -> StatsApi:
+        return self.parts.stats
+
+    @property
+    def port(self) -> int:
+        return int(self.parts.listener.sockets[0].getsockname()[1])
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.config.host}:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        """The base URL a `WebsocketProvider` takes; the room name is `blog_id/post_id`."""
+        return f"ws://{self.config.host}:{self.port}/rooms"
+
+    async def flush(self) -> None:
+        """Write queued document updates and flush every recorder."""
+        parts = self.parts
+        await parts.documents.flush()
+        for recorder in parts.recorders:
+            await recorder.flush()
+
+
+async def _open_recorders(
+    config: ServerConfig, stack: contextlib.AsyncExitStack
+) -> tuple[Recorder, ...]:
+    opened = []
+    for index, url in enumerate(config.recorder_urls):
+        options: dict[str, object] = {}
+        if url.startswith(("http://", "https://", "sqlite:", "jsonl:/")):
+            # A backend outage or a store locked longer than the retries must not
+            # lose events: batches wait on disk and are re-sent, oldest first.
+            options["spool"] = config.data_dir / "spool" / f"recorder-{index}"
+        opened.append(await stack.enter_async_context(open_recorder(url, **options)))
+    return tuple(opened)
+
+
+def _event_store(config: ServerConfig) -> Path | None:
+    """The first SQLite recorder's file: where timelines and stats are read from."""
+    for url in config.recorder_urls:
+        if url.startswith("sqlite://"):
+            return locate(url)[1]
+    return None

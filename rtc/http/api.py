@@ -1,0 +1,228 @@
+"""The HTTP API: one dispatch for every route, one error shape, and the early refusals of
+WebSocket handshakes (origin, connection caps).
+
+GETs arrive through websockets' `process_request`, other methods through the plain
+connection class (`rtc.http.connection`); both become an `HttpRequest` and take the same
+way from here. WebSocket upgrades are only admitted here; the server serves them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from websockets.asyncio.server import ServerConnection
+from websockets.http11 import Request, Response
+
+from rtc.config import ServerConfig
+from rtc.http.analytics import AnalyticsApi
+from rtc.http.request import HttpRequest
+from rtc.http.responses import (
+    HttpError,
+    error_response,
+    file_response,
+    json_response,
+    text_response,
+)
+from rtc.http.roster import room_json, rooms_json
+from rtc.http.routes import (
+    CaptureBlog,
+    CaptureList,
+    FeedRoute,
+    Health,
+    Ingest,
+    Kick,
+    LiveStats,
+    MetricsText,
+    Page,
+    RoomList,
+    RoomRoute,
+    Roster,
+    Route,
+    SessionTimeline,
+    Stats,
+    Streams,
+    allowed,
+    route,
+)
+from rtc.http.stats import StatsApi
+from rtc.ids import id_from_json
+from rtc.metrics import LiveFigures, Metrics
+from rtc.room import RoomKey
+from rtc.rooms import RoomRegistry
+from rtc.server import ConnectionCounts, address_of
+
+__all__ = ["HttpApi"]
+
+logger = logging.getLogger(__name__)
+
+
+class HttpApi:
+    """Answers HTTP requests and admits WebSocket handshakes.
+
+    Args:
+        config: the server configuration.
+        metrics: counters.
+        rooms: the loaded rooms (rosters).
+        analytics: ingest, capture, streams and timelines.
+        stats: the stats API.
+        live: what is present right now.
+        kick: closes a user's sessions in a room; returns how many.
+        connections: open connection counts, for the caps.
+    """
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        metrics: Metrics,
+        rooms: RoomRegistry,
+        analytics: AnalyticsApi,
+        stats: StatsApi,
+        live: Callable[[], LiveFigures],
+        kick: Callable[[RoomKey, int], int],
+        connections: ConnectionCounts,
+    ) -> None:
+        self._config = config
+        self._metrics = metrics
+        self._rooms = rooms
+        self._analytics = analytics
+        self._stats = stats
+        self._live = live
+        self._kick_user = kick
+        self._connections = connections
+        self._started = time.monotonic()
+
+    # --- the two ways in ---------------------------------------------------------------
+
+    def process_request(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | Awaitable[Response] | None:
+        """websockets' hook for every GET: admit an upgrade (None) or answer the request."""
+        headers = {name.lower(): value for name, value in request.headers.raw_items()}
+        plain = HttpRequest(
+            method="GET", target=request.path, headers=headers, client=address_of(connection)
+        )
+        try:
+            target = route(plain.target)
+            if isinstance(target, RoomRoute | FeedRoute):
+                self._admit_handshake(plain)
+                return None  # the WebSocket path: the server's handler takes it from here
+        except HttpError as error:
+            return self._refused(plain, error)
+        return self.respond(plain, target)
+
+    async def plain_request(self, request: HttpRequest) -> Response:
+        """Requests other than GET (ingest, capture control, the admin API)."""
+        try:
+            target = route(request.target)
+        except HttpError as error:
+            return self._refused(request, error)
+        return await self.respond(request, target)
+
+    async def respond(self, request: HttpRequest, target: Route) -> Response:
+        """Answer a routed request; every refusal and failure has the one error shape."""
+        try:
+            allowed(target, request.method)
+            return await self._dispatch(request, target)
+        except HttpError as error:
+            return self._refused(request, error)
+        except Exception:
+            logger.exception("HTTP %s %s failed", request.method, request.path)
+            return self._refused(request, HttpError(500, "internal error"))
+
+    def _refused(self, request: HttpRequest, error: HttpError) -> Response:
+        self._metrics.http_errors.labels(str(error.status)).inc()
+        logger.info("HTTP %d for %s %s: %s", error.status, request.method, request.path,
+                    error.message)
+        return error_response(error.status, error.message, error.headers)
+
+    # --- the routes ----------------------------------------------------------------------
+
+    async def _dispatch(self, request: HttpRequest, target: Route) -> Response:
+        analytics = self._analytics
+        match target:
+            case Page(path=path):
+                return await file_response(self._config.demo_dir, path)
+            case Health():
+                return json_response(200, self._health())
+            case MetricsText():
+                content_type = "text/plain; version=0.0.4; charset=utf-8"
+                return text_response(200, self._metrics.render(), content_type)
+            case RoomList():
+                return json_response(200, rooms_json(self._rooms.loaded()))
+            case Roster(key=key):
+                return json_response(200, room_json(key, self._rooms.get(key)))
+            case Kick(key=key):
+                return self._kick(request, key)
+            case Ingest() if request.method == "OPTIONS":
+                return analytics.preflight(request)
+            case Ingest():
+                return analytics.ingest(request)
+            case Streams(blog_id=blog_id):
+                return json_response(200, analytics.streams_view(blog_id))
+            case CaptureList():
+                analytics.authorise(request)
+                return json_response(200, {"blogs": analytics.capture.to_json()})
+            case CaptureBlog(blog_id=blog_id):
+                return analytics.set_capture(request, blog_id)
+            case SessionTimeline(key=key, session_id=session_id):
+                return json_response(200, await analytics.timeline(key, session_id))
+            case Stats():
+                return json_response(200, await self._stats.figures(request))
+            case LiveStats():
+                return json_response(200, self._stats.live(request))
+            case RoomRoute() | FeedRoute():
+                raise HttpError(400, "this path takes a WebSocket upgrade")
+
+    def _health(self) -> dict[str, object]:
+        live = self._live()
+        return {
+            "status": "ok",
+            "uptime_s": round(time.monotonic() - self._started, 3),
+            "rooms": live.rooms,
+            "connections": live.connections,
+            "sessions": live.sessions,
+        }
+
+    def _kick(self, request: HttpRequest, key: RoomKey) -> Response:
+        """Close a user's sessions in a room with 4403 `revoked` (permissions changed)."""
+        self._analytics.authorise(request)
+        try:
+            user_id = id_from_json(json.loads(request.body)["user_id"])
+        except (ValueError, TypeError, KeyError):
+            raise HttpError(400, 'body must be JSON {"user_id": N}') from None
+        if user_id is None:
+            raise HttpError(400, "user_id must be a positive integer below 2**63")
+        closed = self._kick_user(key, user_id)
+        logger.info("room %s: user %d kicked (%d sessions)", key, user_id, closed)
+        return json_response(200, {"blog_id": key.blog_id, "post_id": key.post_id,
+                                   "user_id": user_id, "closed": closed})
+
+    # --- WebSocket handshakes --------------------------------------------------------------
+
+    def _admit_handshake(self, request: HttpRequest) -> None:
+        """Refuse a WebSocket handshake early: foreign Origins, too many connections.
+
+        Raises:
+            HttpError: 403, 429 or 503.
+        """
+        config = self._config
+        origin = request.header("origin")
+        if config.allowed_origins:
+            if origin is None and config.secret is None:
+                # Without tokens, only a browser on an allowed page may connect.
+                raise HttpError(403, "an Origin header is required")
+            if origin is not None and origin not in config.allowed_origins:
+                self._metrics.limit_refusals.labels("origin").inc()
+                # Cross-site WebSocket hijacking: another site's page in a user's browser.
+                raise HttpError(403, f"origin not allowed: {origin}")
+        if config.max_connections and self._connections.total >= config.max_connections:
+            self._metrics.limit_refusals.labels("connections").inc()
+            raise HttpError(503, "the server is at its connection limit; try again later")
+        by_address = self._connections.by_address[request.client]
+        if config.max_connections_per_ip and by_address >= config.max_connections_per_ip:
+            self._metrics.limit_refusals.labels("connections_per_ip").inc()
+            raise HttpError(429, "too many connections from this address")
