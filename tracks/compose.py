@@ -15,7 +15,7 @@ from tracks.event import Event
 from tracks.recorder import Recorder, RecorderStats
 from tracks.sampling import session_in_sample
 
-__all__ = ["FanoutRecorder", "SampledRecorder", "session_key"]
+__all__ = ["FanoutRecorder", "SampledRecorder"]
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +25,11 @@ class FanoutRecorder:
 
     Each child keeps its own queue, so a slow or broken destination fills only its
     own inbox. `stats` adds the children's counters up.
+
+    One lifecycle, like its children's: ``async with`` enters every child (and leaves
+    them all, closing them concurrently so their shutdown deadlines overlap).
+    `record()` forwards at any time; `flush()` and `aclose()` before entering raise
+    `RuntimeError`.
 
     Args:
         *recorders: the destinations.
@@ -36,6 +41,7 @@ class FanoutRecorder:
         self.recorders = recorders
         self.description = "fanout(" + ", ".join(r.description for r in recorders) + ")"
         self._stack: AsyncExitStack | None = None
+        self._entered = False
 
     def record(self, event: Event) -> None:
         for recorder in self.recorders:
@@ -45,10 +51,29 @@ class FanoutRecorder:
                 logger.exception("%s: record() raised", recorder.description)
 
     async def flush(self) -> None:
+        """Flush every child concurrently; one that fails is logged, the others still flush.
+
+        Raises:
+            RuntimeError: the fanout was never entered.
+        """
+        self._check_entered("flush")
         await self._each(lambda recorder: recorder.flush(), "flush")
 
     async def aclose(self) -> None:
+        """Close every child concurrently. Idempotent.
+
+        Raises:
+            RuntimeError: the fanout was never entered.
+        """
+        self._check_entered("aclose")
         await self._each(lambda recorder: recorder.aclose(), "close")
+
+    def _check_entered(self, verb: str) -> None:
+        if not self._entered:
+            raise RuntimeError(
+                f"{self.description}: {verb}() before the recorder was started;"
+                " use `async with recorder:`"
+            )
 
     async def _each(self, action: Callable[[Recorder], Awaitable[None]], verb: str) -> None:
         async def run(recorder: Recorder) -> None:
@@ -66,6 +91,7 @@ class FanoutRecorder:
             for recorder in self.recorders:
                 await stack.enter_async_context(recorder)
             self._stack = stack.pop_all()
+        self._entered = True
         return self
 
     async def __aexit__(
@@ -83,12 +109,6 @@ class FanoutRecorder:
     @property
     def stats(self) -> RecorderStats:
         return reduce(lambda a, b: a + b, (r.stats for r in self.recorders))
-
-
-def session_key(event: Event) -> str:
-    """``blog_id:post_id:session_id``, the identity of one session in one room."""
-    props = event.props
-    return f"{props.get('blog_id', '')}:{props.get('post_id', '')}:{props.get('session_id', '')}"
 
 
 class SampledRecorder:

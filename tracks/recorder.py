@@ -56,9 +56,17 @@ class RecorderStats:
 class Recorder(Protocol):
     """Where events go. `record()` never blocks and never raises; the rest is lifecycle.
 
-    Use it as an async context manager: entering starts any background work,
-    leaving flushes what was accepted and stops. `record()` before entering is
-    allowed; the events wait in the queue.
+    One lifecycle: ``async with recorder:``. Entering starts any background work;
+    leaving flushes what was accepted (within the shutdown deadline) and stops.
+
+    - `record()` may be called at any time. Before entering, events wait in the
+      bounded queue (the overflow policy applies) until the recorder is entered;
+      once it is closing or closed, they are dropped and counted in
+      ``stats.dropped_by_name``.
+    - `flush()` and `aclose()` belong inside the block. A recorder with background
+      work (`Tracker` and the recorders built on it, `FanoutRecorder`) raises
+      `RuntimeError` when they are called before entering; `MemoryRecorder` and
+      `NullRecorder` have none, so entering them is optional.
     """
 
     description: str
@@ -71,7 +79,10 @@ class Recorder(Protocol):
         """Return once every event accepted so far is written, spooled or counted as lost."""
 
     async def aclose(self) -> None:
-        """Flush everything accepted (within the shutdown deadline), then stop. Idempotent."""
+        """Flush everything accepted (within the shutdown deadline), then stop. Idempotent.
+
+        Leaving ``async with`` calls it; call it inside the block to close early.
+        """
 
     async def __aenter__(self) -> Self: ...
 

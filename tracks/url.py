@@ -58,6 +58,9 @@ def parse_store_url(url: str) -> tuple[StoreKind, Path | Literal["-"]]:
 def open_recorder(url: str, **options: Any) -> Recorder:
     """A recorder for ``url``; ``options`` go to its constructor.
 
+    The recorder is not started: use it as ``async with open_recorder(url) as recorder:``
+    (see `Recorder` for its one lifecycle).
+
     Forms: ``sqlite:///abs/path.sqlite``, ``sqlite://relative.sqlite``,
     ``jsonl:///abs/path.jsonl``, ``jsonl:-`` (stdout), ``http://…``, ``https://…``,
     ``memory:`` and ``none``.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import anyio
+import pytest
 
 from tests.tracks.tracks_testing import TIMEOUT, ScriptedSink, make_events
 from tracks import (
@@ -83,3 +84,22 @@ async def test_sampling_extremes() -> None:
     async with everything:
         everything.record(sessions(1)[0])
     assert everything.stats.accepted == 1
+
+
+async def test_fanout_has_one_lifecycle() -> None:
+    sink = ScriptedSink()
+    memory = MemoryRecorder()
+    fanout = FanoutRecorder(memory, Tracker(sink, flush_interval=3600))
+    fanout.record(make_events(1)[0])  # before entering: kept, and queued
+    assert len(memory.events) == 1
+    with pytest.raises(RuntimeError, match="async with"):
+        await fanout.flush()
+    with pytest.raises(RuntimeError, match="async with"):
+        await fanout.aclose()
+    with anyio.fail_after(TIMEOUT):
+        async with fanout:
+            await fanout.flush()
+            assert len(sink.events) == 1
+        await fanout.aclose()  # idempotent after leaving
+    fanout.record(make_events(1)[0])  # after closing: dropped and counted by each child
+    assert fanout.stats.dropped_by_name == {"jetpack_rtc_join": 2}
