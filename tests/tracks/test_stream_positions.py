@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import tomllib
+from pathlib import Path
 
 import pytest
 
+from tracks.streams import DocumentKey
 from tracks.streams.positions import json_lines, line_of, toml_lines
 
 TOML = '''\
@@ -101,3 +103,25 @@ def test_text_that_is_not_toml_raises_instead_of_looping(text: str) -> None:
 def test_text_that_is_not_json_raises(text: str) -> None:
     with pytest.raises(ValueError, match="not a JSON document"):
         json_lines(text)
+
+
+def keys_of(value: object, key: DocumentKey = ()) -> set[DocumentKey]:
+    """Every key and list index of a parsed document, as the finder names them."""
+    found: set[DocumentKey] = {key} if key else set()
+    if isinstance(value, dict):
+        for name, item in value.items():
+            found |= keys_of(item, (*key, name))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found |= keys_of(item, (*key, index))
+    return found
+
+
+@pytest.mark.parametrize("text", [TOML, (Path(__file__).parents[2] / "pyproject.toml").read_text()])
+def test_the_finder_sees_every_key_the_parsers_see(text: str) -> None:
+    document = tomllib.loads(text)
+    assert set(toml_lines(text)) == keys_of(document)
+    as_json = json.dumps(document, indent=1, default=str)
+    lines = json_lines(as_json)
+    assert set(lines) == keys_of(document)
+    assert all(as_json.splitlines()[line - 1].strip() for line in lines.values())

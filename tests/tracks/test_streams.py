@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.module_imports import imports_of
 from tracks import Event, JSONValue
 from tracks.sampling import session_in_sample
 from tracks.streams import (
@@ -274,3 +275,14 @@ def test_from_mapping_and_constructor_validate() -> None:
             )
         )
     assert caught.value.key == ("streams", "b", "events", 1)
+
+
+def test_routing_is_pure() -> None:
+    # Deciding where events go needs neither the file format nor its validator.
+    imported = imports_of("tracks.streams.routing")
+    assert {name for name in imported if name.startswith("tracks.")} <= {
+        "tracks.event",
+        "tracks.sampling",
+    }
+    io_or_format = {"pydantic", "tomllib", "anyio", "asyncio", "sqlite3", "httpx", "socket"}
+    assert not {name for name in imported if name.split(".")[0] in io_or_format}

@@ -189,25 +189,26 @@ def load_streams(path: str | Path) -> StreamConfig:
         raise StreamConfigError(f"cannot read the stream configuration: {exc}", path=path) from exc
     is_json = path.suffix.lower() == ".json"
     data = _parse_json(text, path) if is_json else _parse_toml(text, path)
+    cause: Exception
     try:
-        try:
-            model = _FileModel.model_validate(data)
-        except ValidationError as exc:
-            problems = [_problem(error) for error in exc.errors(include_url=False)]
-            lines = json_lines(text) if is_json else toml_lines(text)
-            # The problem nearest the top; on one line, one the text names (an unknown key)
-            # before one it only implies (a missing key, placed at its table).
-            first = min(
-                problems,
-                key=lambda problem: (line_of(lines, problem.key), problem.key not in lines),
-            )
-            raise first.located(path, line_of(lines, first.key)) from exc
-        return model.config()
+        return _FileModel.model_validate(data).config()
+    except ValidationError as exc:
+        problems = [_problem(error) for error in exc.errors(include_url=False)]
+        cause = exc
     except StreamConfigError as error:
-        if error.path is not None:
-            raise
+        problems, cause = [error], error
+    try:
         lines = json_lines(text) if is_json else toml_lines(text)
-        raise error.located(path, line_of(lines, error.key)) from error
+    except ValueError:  # a scanner bug must not hide the problem itself: say it without a line
+        lines = None
+    if lines is None:
+        raise problems[0].located(path, None) from cause
+    # The problem nearest the top; on one line, one the text names (an unknown key) before one
+    # it only implies (a missing key, placed at its table).
+    first = min(
+        problems, key=lambda problem: (line_of(lines, problem.key), problem.key not in lines)
+    )
+    raise first.located(path, line_of(lines, first.key)) from cause
 
 
 def _parse_json(text: str, path: Path) -> object:
