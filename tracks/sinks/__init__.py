@@ -3,7 +3,9 @@
 A sink knows nothing about queues, batching, retries or spooling: the shared
 engine in `tracks.tracker` does that for every sink alike. A sink reports
 "try again later" by raising `TransientError` and "never send this again" by
-raising `RejectedError`; anything else it raises is treated as transient.
+raising `RejectedError`; anything else it raises is retried like a transient
+error but logged with its traceback (`tracks.outage.classify` is the one place
+that reads these).
 """
 
 from __future__ import annotations
