@@ -132,7 +132,10 @@ class Spool:
                 contents = SpoolContents([], oldest.count)
             discarded.extend(contents.events)
             lost += contents.lost
-            self.remove(oldest)
+            try:
+                self.remove(oldest)
+            except OSError as exc:
+                logger.error("spool %s could not be deleted: %s", oldest.path, exc)
         return SpoolContents(discarded, lost)
 
     def oldest(self) -> SpoolSegment | None:
