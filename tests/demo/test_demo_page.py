@@ -7,192 +7,20 @@ Two pages on one room, as a person would test it with two tabs. Every wait is a 
 from __future__ import annotations
 
 import base64
-import os
-import queue
-import re
-import signal
-import subprocess
-import sys
-import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import anyio
 import pytest
-import pytest_asyncio
-from playwright.async_api import (
-    Browser,
-    BrowserContext,
-    Locator,
-    Page,
-    WebSocket,
-    async_playwright,
-    expect,
-)
+from playwright.async_api import BrowserContext, Locator, Page, WebSocket, expect
 
-from tracks import Event, read_events
+from tests.demo.harness import ARTIFACTS, FACTOR, TIMEOUT_MS, VIEWPORT, ServerFactory, stop
+from tests.rtc.processes import ServerProcess
+from tracks import Event
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
-ROOT = Path(__file__).resolve().parents[2]
-ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM = Path(os.environ.get("RTC_TEST_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-FACTOR = float(os.environ.get("RTC_TEST_TIMEOUT_FACTOR", "1"))
-TIMEOUT = 10.0 * FACTOR
-TIMEOUT_MS = TIMEOUT * 1000
 # Issue 4: a closed tab leaves the other tab's roster "within a couple of seconds".
 LEAVE_WITHIN_MS = 2000 * FACTOR
-VIEWPORT = {"width": 1000, "height": 720}
-
-expect.set_options(timeout=TIMEOUT_MS)
-
-
-def _missing(what: str, how: str) -> None:
-    # `make test` installs both; under CI a missing one is a set-up bug, not a reason to skip.
-    message = f"{what} is missing: {how}"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-@dataclass
-class Server:
-    """A running `rtc serve` subprocess."""
-
-    process: subprocess.Popen[str]
-    base: str
-    data_dir: Path
-    stdout: list[str] = field(default_factory=list)
-
-    @property
-    def ws_base(self) -> str:
-        return self.base.replace("http://", "ws://", 1)
-
-    async def stop(self) -> list[Event]:
-        """SIGTERM, wait for a clean exit (it flushes the recorders), return the stored events."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            code = await anyio.to_thread.run_sync(self.process.wait, TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            pytest.fail("rtc serve did not exit within the timeout after SIGTERM")
-        assert code == 0, f"rtc serve exited with {code}"
-        return list(read_events(self.data_dir / "events.sqlite"))
-
-
-ServerFactory = Callable[..., Awaitable[Server]]
-
-
-@pytest.fixture(scope="module")
-def built_page() -> None:
-    if not (ROOT / "demo" / "dist" / "app.js").exists():
-        _missing("demo/dist/app.js", "run `npm ci --prefix demo && npm run build --prefix demo`")
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Path:
-    if not CHROMIUM.exists():
-        _missing(str(CHROMIUM), "run `apt-get install -y chromium` (or `make setup-test`)")
-    return CHROMIUM
-
-
-@pytest_asyncio.fixture
-async def start_server(tmp_path: Path, built_page: None) -> AsyncIterator[ServerFactory]:
-    """Starts `python -m rtc serve --port 0` and reads its address from the startup banner."""
-    servers: list[Server] = []
-
-    async def start(*args: str) -> Server:
-        data_dir = tmp_path / f"data{len(servers)}"
-        # The server's log (stderr) stays in tmp_path for a failing test's post-mortem.
-        log_path = tmp_path / f"server{len(servers)}.log"
-        command = [
-            sys.executable,
-            "-m",
-            "rtc",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--data-dir",
-            str(data_dir),
-            *args,
-        ]
-
-        def spawn() -> subprocess.Popen[str]:
-            with log_path.open("w") as log:
-                return subprocess.Popen(
-                    command,
-                    cwd=ROOT,
-                    stdout=subprocess.PIPE,
-                    stderr=log,
-                    stdin=subprocess.DEVNULL,
-                    text=True,
-                )
-
-        process = await anyio.to_thread.run_sync(spawn)
-        lines: queue.Queue[str | None] = queue.Queue()
-
-        def drain() -> None:
-            # Keep reading to EOF so the server never blocks on a full stdout pipe.
-            assert process.stdout is not None
-            for line in process.stdout:
-                lines.put(line)
-            lines.put(None)
-
-        threading.Thread(target=drain, daemon=True).start()
-        server = Server(process=process, base="", data_dir=data_dir)
-        servers.append(server)
-        with anyio.fail_after(TIMEOUT):
-            while True:
-                line = await anyio.to_thread.run_sync(lines.get)
-                if line is None:
-                    pytest.fail(f"rtc serve exited before listening: {server.stdout}")
-                server.stdout.append(line)
-                if match := re.search(r"rtc listening on (http://127\.0\.0\.1:\d+)", line):
-                    server.base = match.group(1)
-                    return server
-
-    yield start
-    for server in servers:
-        if server.process.poll() is None:
-            server.process.send_signal(signal.SIGTERM)
-            try:
-                await anyio.to_thread.run_sync(server.process.wait, TIMEOUT)
-            except subprocess.TimeoutExpired:
-                server.process.kill()
-                server.process.wait()
-
-
-@pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def browser(chromium: Path) -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        # Debian's Chromium, never a browser downloaded by `playwright install`.
-        browser = await playwright.chromium.launch(
-            executable_path=str(chromium), args=CHROMIUM_ARGS, timeout=TIMEOUT_MS
-        )
-        yield browser
-        await browser.close()
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def context(browser: Browser) -> AsyncIterator[BrowserContext]:
-    # One context = one browser profile: its pages are tabs of one browser, like the manual test.
-    context = await browser.new_context(viewport=VIEWPORT)  # type: ignore[arg-type]
-    yield context
-    await context.close()
 
 
 @dataclass
@@ -209,7 +37,7 @@ class Tab:
 
 async def open_tab(
     context: BrowserContext,
-    server: Server,
+    server: ServerProcess,
     *,
     user: int,
     name: str,
@@ -225,7 +53,7 @@ async def open_tab(
         "websocket",
         lambda socket: tab.room_sockets.append(socket) if "/rooms/" in socket.url else None,
     )
-    await page.goto(f"{server.base}/?blog={blog}&post={post}&user={user}&name={name}")
+    await page.goto(f"{server.http_url}/?blog={blog}&post={post}&user={user}&name={name}")
     if synced:
         await expect(page.get_by_test_id("status")).to_have_text("synced")
     return tab
@@ -271,113 +99,119 @@ async def save_two_tab_screenshot(context: BrowserContext, left: Tab, right: Tab
 async def test_typing_in_one_tab_appears_in_the_other(
     start_server: ServerFactory, context: BrowserContext
 ) -> None:
-    server = await start_server()
-    ada = await open_tab(context, server, user=7, name="Ada")
-    grace = await open_tab(context, server, user=8, name="Grace")
+    async with start_server() as server:
+        ada = await open_tab(context, server, user=7, name="Ada")
+        grace = await open_tab(context, server, user=8, name="Grace")
 
-    await ada.page.get_by_test_id("editor").click()
-    await ada.page.keyboard.type("Hello from Ada.\nSecond line")
-    await expect(grace.page.get_by_test_id("editor")).to_have_value("Hello from Ada.\nSecond line")
+        await ada.page.get_by_test_id("editor").click()
+        await ada.page.keyboard.type("Hello from Ada.\nSecond line")
+        await expect(grace.page.get_by_test_id("editor")).to_have_value(
+            "Hello from Ada.\nSecond line"
+        )
 
-    # Grace edits in the middle while Ada's caret sits at the end: Ada's caret must stay there.
-    await grace.page.get_by_test_id("editor").click()
-    await grace.page.keyboard.press("Control+Home")
-    await grace.page.keyboard.type(">> ")
-    await expect(ada.page.get_by_test_id("editor")).to_have_value(">> Hello from Ada.\nSecond line")
-    await ada.page.keyboard.type("!")
-    await expect(grace.page.get_by_test_id("editor")).to_have_value(
-        ">> Hello from Ada.\nSecond line!"
-    )
+        # Grace edits in the middle while Ada's caret sits at the end: Ada's caret must stay there.
+        await grace.page.get_by_test_id("editor").click()
+        await grace.page.keyboard.press("Control+Home")
+        await grace.page.keyboard.type(">> ")
+        await expect(ada.page.get_by_test_id("editor")).to_have_value(
+            ">> Hello from Ada.\nSecond line"
+        )
+        await ada.page.keyboard.type("!")
+        await expect(grace.page.get_by_test_id("editor")).to_have_value(
+            ">> Hello from Ada.\nSecond line!"
+        )
 
-    # Remote cursors: each tab draws the other's caret, labelled with the other's name.
-    await expect(ada.page.locator('.remote-caret[data-name="Grace"]')).to_have_count(1)
-    await expect(grace.page.locator('.remote-caret[data-name="Ada"]')).to_have_count(1)
-    assert ada.errors == grace.errors == []
+        # Remote cursors: each tab draws the other's caret, labelled with the other's name.
+        await expect(ada.page.locator('.remote-caret[data-name="Grace"]')).to_have_count(1)
+        await expect(grace.page.locator('.remote-caret[data-name="Ada"]')).to_have_count(1)
+        assert ada.errors == grace.errors == []
 
 
 async def test_roster_shows_both_users_and_drops_a_closed_tab(
     start_server: ServerFactory, context: BrowserContext
 ) -> None:
-    server = await start_server()
-    ada = await open_tab(context, server, user=7, name="Ada")
-    grace = await open_tab(context, server, user=8, name="Grace")
-    ada_session, grace_session = await ada.read_session_id(), await grace.read_session_id()
+    async with start_server() as server:
+        ada = await open_tab(context, server, user=7, name="Ada")
+        grace = await open_tab(context, server, user=8, name="Grace")
+        ada_session, grace_session = await ada.read_session_id(), await grace.read_session_id()
 
-    for tab, own in ((ada, ada_session), (grace, grace_session)):
-        roster = tab.page.get_by_test_id("contributor")
-        await expect(roster).to_have_count(2)
-        await expect(roster.filter(has_text="Ada")).to_have_attribute("data-user-id", "7")
-        await expect(roster.filter(has_text="Grace")).to_have_attribute("data-user-id", "8")
-        await expect(roster_session(tab.page, ada_session)).to_have_count(1)
-        await expect(roster_session(tab.page, grace_session)).to_have_count(1)
-        await expect(roster_session(tab.page, own)).to_contain_text("you")
-        # The page's roster (awareness) agrees with the server's (GET /api/rooms/1/42).
-        await expect(tab.page.get_by_test_id("server-roster")).to_contain_text(
-            "2 contributors, 2 sessions"
+        for tab, own in ((ada, ada_session), (grace, grace_session)):
+            roster = tab.page.get_by_test_id("contributor")
+            await expect(roster).to_have_count(2)
+            await expect(roster.filter(has_text="Ada")).to_have_attribute("data-user-id", "7")
+            await expect(roster.filter(has_text="Grace")).to_have_attribute("data-user-id", "8")
+            await expect(roster_session(tab.page, ada_session)).to_have_count(1)
+            await expect(roster_session(tab.page, grace_session)).to_have_count(1)
+            await expect(roster_session(tab.page, own)).to_contain_text("you")
+            # The page's roster (awareness) agrees with the server's (GET /api/rooms/1/42).
+            await expect(tab.page.get_by_test_id("server-roster")).to_contain_text(
+                "2 contributors, 2 sessions"
+            )
+
+        await ada.page.get_by_test_id("editor").click()
+        await ada.page.keyboard.type("Ada: two tabs, one post.")
+        await expect(grace.page.get_by_test_id("editor")).to_have_value("Ada: two tabs, one post.")
+        await grace.page.get_by_test_id("editor").click()
+        await grace.page.keyboard.press("Control+End")
+        await grace.page.keyboard.type("\nGrace: and each tab its own session.")
+        await expect(ada.page.get_by_test_id("editor")).to_have_value(
+            "Ada: two tabs, one post.\nGrace: and each tab its own session."
         )
+        await expect(ada.page.locator('.remote-caret[data-name="Grace"]')).to_have_count(1)
+        await expect(feed_item(grace.page, "jetpack_rtc_join", grace_session)).to_have_count(1)
+        shot = await save_two_tab_screenshot(context, ada, grace)
+        assert shot.stat().st_size > 0
 
-    await ada.page.get_by_test_id("editor").click()
-    await ada.page.keyboard.type("Ada: two tabs, one post.")
-    await expect(grace.page.get_by_test_id("editor")).to_have_value("Ada: two tabs, one post.")
-    await grace.page.get_by_test_id("editor").click()
-    await grace.page.keyboard.press("Control+End")
-    await grace.page.keyboard.type("\nGrace: and each tab its own session.")
-    await expect(ada.page.get_by_test_id("editor")).to_have_value(
-        "Ada: two tabs, one post.\nGrace: and each tab its own session."
-    )
-    await expect(ada.page.locator('.remote-caret[data-name="Grace"]')).to_have_count(1)
-    await expect(feed_item(grace.page, "jetpack_rtc_join", grace_session)).to_have_count(1)
-    shot = await save_two_tab_screenshot(context, ada, grace)
-    assert shot.stat().st_size > 0
-
-    await ada.page.close()
-    await expect(grace.page.get_by_test_id("contributor")).to_have_count(1, timeout=LEAVE_WITHIN_MS)
-    await expect(roster_session(grace.page, ada_session)).to_have_count(0)
-    await expect(feed_item(grace.page, "jetpack_rtc_leave", ada_session)).to_have_count(1)
+        await ada.page.close()
+        await expect(grace.page.get_by_test_id("contributor")).to_have_count(
+            1, timeout=LEAVE_WITHIN_MS
+        )
+        await expect(roster_session(grace.page, ada_session)).to_have_count(0)
+        await expect(feed_item(grace.page, "jetpack_rtc_leave", ada_session)).to_have_count(1)
 
 
 async def test_session_ids_differ_and_each_has_a_recorded_join(
     start_server: ServerFactory, context: BrowserContext
 ) -> None:
-    server = await start_server()
-    ada = await open_tab(context, server, user=7, name="Ada")
-    grace = await open_tab(context, server, user=8, name="Grace")
-    ada_session, grace_session = await ada.read_session_id(), await grace.read_session_id()
-    assert ada_session != grace_session
-    # Session id = the Yjs awareness clientID of the tab's document.
-    assert await ada.page.evaluate("window.rtcDemo.doc.clientID") == ada_session
+    async with start_server() as server:
+        ada = await open_tab(context, server, user=7, name="Ada")
+        grace = await open_tab(context, server, user=8, name="Grace")
+        ada_session, grace_session = await ada.read_session_id(), await grace.read_session_id()
+        assert ada_session != grace_session
+        # Session id = the Yjs awareness clientID of the tab's document.
+        assert await ada.page.evaluate("window.rtcDemo.doc.clientID") == ada_session
 
-    # Recorded, and pushed live to both feeds.
-    for tab in (ada, grace):
-        await expect(feed_item(tab.page, "jetpack_rtc_join", ada_session)).to_have_count(1)
-        await expect(feed_item(tab.page, "jetpack_rtc_join", grace_session)).to_have_count(1)
+        # Recorded, and pushed live to both feeds.
+        for tab in (ada, grace):
+            await expect(feed_item(tab.page, "jetpack_rtc_join", ada_session)).to_have_count(1)
+            await expect(feed_item(tab.page, "jetpack_rtc_join", grace_session)).to_have_count(1)
 
-    events = await server.stop()
-    joins = {event.props["session_id"]: event for event in named(events, "jetpack_rtc_join")}
-    assert set(joins) == {ada_session, grace_session}
-    assert joins[ada_session].props["wp_user_id"] == 7
-    assert joins[grace_session].props["wp_user_id"] == 8
-    assert list(joins[grace_session].props["contributors"]) == [7, 8]
+        events = await stop(server)
+        joins = {event.props["session_id"]: event for event in named(events, "jetpack_rtc_join")}
+        assert set(joins) == {ada_session, grace_session}
+        assert joins[ada_session].props["wp_user_id"] == 7
+        assert joins[grace_session].props["wp_user_id"] == 8
+        assert list(joins[grace_session].props["contributors"]) == [7, 8]
 
 
 async def test_reload_shows_a_new_session_and_records_a_new_join(
     start_server: ServerFactory, context: BrowserContext
 ) -> None:
-    server = await start_server()
-    ada = await open_tab(context, server, user=7, name="Ada")
-    before = await ada.read_session_id()
-    await expect(feed_item(ada.page, "jetpack_rtc_join", before)).to_have_count(1)
+    async with start_server() as server:
+        ada = await open_tab(context, server, user=7, name="Ada")
+        before = await ada.read_session_id()
+        await expect(feed_item(ada.page, "jetpack_rtc_join", before)).to_have_count(1)
 
-    await ada.page.reload()
-    await expect(ada.page.get_by_test_id("status")).to_have_text("synced")
-    after = await ada.read_session_id()
-    assert after != before
-    await expect(feed_item(ada.page, "jetpack_rtc_join", after)).to_have_count(1)
-    await expect(roster_session(ada.page, after)).to_contain_text("you")
+        await ada.page.reload()
+        await expect(ada.page.get_by_test_id("status")).to_have_text("synced")
+        after = await ada.read_session_id()
+        assert after != before
+        await expect(feed_item(ada.page, "jetpack_rtc_join", after)).to_have_count(1)
+        await expect(roster_session(ada.page, after)).to_contain_text("you")
 
-    events = await server.stop()
-    joins = [event.props["session_id"] for event in named(events, "jetpack_rtc_join")]
-    assert joins == [before, after]
+        events = await stop(server)
+        joins = [event.props["session_id"] for event in named(events, "jetpack_rtc_join")]
+        assert joins == [before, after]
 
 
 async def wait_past_reconnect_backoff(tab: Tab) -> dict[str, object]:
@@ -400,122 +234,123 @@ async def wait_past_reconnect_backoff(tab: Tab) -> dict[str, object]:
 async def test_full_room_blocks_the_second_user_once(
     start_server: ServerFactory, context: BrowserContext
 ) -> None:
-    server = await start_server("--max-contributors", "1")
-    ada = await open_tab(context, server, user=7, name="Ada")
-    await ada.page.get_by_test_id("editor").fill("Ada's draft")
-    ada_session = await ada.read_session_id()
-    await expect(feed_item(ada.page, "jetpack_rtc_join", ada_session)).to_have_count(1)
-    grace = await open_tab(context, server, user=8, name="Grace", synced=False)
+    async with start_server("--max-contributors", "1") as server:
+        ada = await open_tab(context, server, user=7, name="Ada")
+        await ada.page.get_by_test_id("editor").fill("Ada's draft")
+        ada_session = await ada.read_session_id()
+        await expect(feed_item(ada.page, "jetpack_rtc_join", ada_session)).to_have_count(1)
+        grace = await open_tab(context, server, user=8, name="Grace", synced=False)
 
-    notice = grace.page.get_by_test_id("blocked-notice")
-    await expect(notice).to_be_visible()
-    await expect(notice).to_contain_text("This post already has 1 person editing.")
-    await expect(grace.page.get_by_test_id("status")).to_have_text(
-        "closed 4429 connection-limit-exceeded"
-    )
-    grace_session = await grace.read_session_id()
-    ARTIFACTS.mkdir(exist_ok=True)
-    await grace.page.screenshot(path=str(ARTIFACTS / "blocked.png"))
+        notice = grace.page.get_by_test_id("blocked-notice")
+        await expect(notice).to_be_visible()
+        await expect(notice).to_contain_text("This post already has 1 person editing.")
+        await expect(grace.page.get_by_test_id("status")).to_have_text(
+            "closed 4429 connection-limit-exceeded"
+        )
+        grace_session = await grace.read_session_id()
+        ARTIFACTS.mkdir(exist_ok=True)
+        await grace.page.screenshot(path=str(ARTIFACTS / "blocked.png"))
 
-    state = await wait_past_reconnect_backoff(grace)
-    assert state == {
-        "socket": False,
-        "shouldConnect": False,
-        "closes": [{"code": 4429, "reason": "connection-limit-exceeded"}],
-    }
-    assert len(grace.room_sockets) == 1
-    # Turned away before admission: Grace never received the document.
-    await expect(grace.page.get_by_test_id("editor")).to_have_value("")
-    await expect(grace.page.get_by_test_id("editor")).not_to_be_editable()
-    await expect(ada.page.get_by_test_id("contributor")).to_have_count(1)
-    await expect(feed_item(ada.page, "jetpack_rtc_blocked", grace_session)).to_have_count(1)
+        state = await wait_past_reconnect_backoff(grace)
+        assert state == {
+            "socket": False,
+            "shouldConnect": False,
+            "closes": [{"code": 4429, "reason": "connection-limit-exceeded"}],
+        }
+        assert len(grace.room_sockets) == 1
+        # Turned away before admission: Grace never received the document.
+        await expect(grace.page.get_by_test_id("editor")).to_have_value("")
+        await expect(grace.page.get_by_test_id("editor")).not_to_be_editable()
+        await expect(ada.page.get_by_test_id("contributor")).to_have_count(1)
+        await expect(feed_item(ada.page, "jetpack_rtc_blocked", grace_session)).to_have_count(1)
 
-    events = await server.stop()
-    blocked = named(events, "jetpack_rtc_blocked")
-    assert len(blocked) == 1
-    props = blocked[0].props
-    assert props["session_id"] == grace_session
-    assert props["wp_user_id"] == 8
-    assert list(props["contributors"]) == [7]
-    assert props["limit"] == 1
-    assert props["limit_kind"] == "contributors"
-    joins = [event.props["session_id"] for event in named(events, "jetpack_rtc_join")]
-    assert joins == [ada_session]
-    assert named(events, "jetpack_rtc_connection_error") == []
+        events = await stop(server)
+        blocked = named(events, "jetpack_rtc_blocked")
+        assert len(blocked) == 1
+        props = blocked[0].props
+        assert props["session_id"] == grace_session
+        assert props["wp_user_id"] == 8
+        assert list(props["contributors"]) == [7]
+        assert props["limit"] == 1
+        assert props["limit_kind"] == "contributors"
+        joins = [event.props["session_id"] for event in named(events, "jetpack_rtc_join")]
+        assert joins == [ada_session]
+        assert named(events, "jetpack_rtc_connection_error") == []
 
 
 async def test_try_again_retries_once_and_is_blocked_again(
     start_server: ServerFactory, context: BrowserContext
 ) -> None:
-    server = await start_server("--max-contributors", "1")
-    await open_tab(context, server, user=7, name="Ada")
-    grace = await open_tab(context, server, user=8, name="Grace", synced=False)
-    notice = grace.page.get_by_test_id("blocked-notice")
-    await expect(notice).to_be_visible()
+    async with start_server("--max-contributors", "1") as server:
+        await open_tab(context, server, user=7, name="Ada")
+        grace = await open_tab(context, server, user=8, name="Grace", synced=False)
+        notice = grace.page.get_by_test_id("blocked-notice")
+        await expect(notice).to_be_visible()
 
-    await grace.page.get_by_test_id("try-again").click()
-    await grace.page.wait_for_function("window.rtcDemo.closes.length === 2", timeout=TIMEOUT_MS)
-    await expect(grace.page.get_by_test_id("status")).to_have_text(
-        "closed 4429 connection-limit-exceeded"
-    )
-    await expect(notice).to_be_visible()
-    state = await wait_past_reconnect_backoff(grace)
-    assert state["closes"] == [{"code": 4429, "reason": "connection-limit-exceeded"}] * 2
-    assert state["shouldConnect"] is False
-    assert len(grace.room_sockets) == 2
+        await grace.page.get_by_test_id("try-again").click()
+        await grace.page.wait_for_function("window.rtcDemo.closes.length === 2", timeout=TIMEOUT_MS)
+        await expect(grace.page.get_by_test_id("status")).to_have_text(
+            "closed 4429 connection-limit-exceeded"
+        )
+        await expect(notice).to_be_visible()
+        state = await wait_past_reconnect_backoff(grace)
+        assert state["closes"] == [{"code": 4429, "reason": "connection-limit-exceeded"}] * 2
+        assert state["shouldConnect"] is False
+        assert len(grace.room_sockets) == 2
 
-    events = await server.stop()
-    # Same session retrying: still one blocked event (issue 3, item 11).
-    assert len(named(events, "jetpack_rtc_blocked")) == 1
+        events = await stop(server)
+        # Same session retrying: still one blocked event (issue 3, item 11).
+        assert len(named(events, "jetpack_rtc_blocked")) == 1
 
 
 async def test_without_a_query_each_tab_is_a_different_random_user(
     start_server: ServerFactory, context: BrowserContext
 ) -> None:
-    server = await start_server()
-    first, second = await context.new_page(), await context.new_page()
-    await first.goto(f"{server.base}/")
-    await second.goto(f"{server.base}/demo")
-    for page in (first, second):
-        await expect(page.get_by_test_id("status")).to_have_text("synced")
-        await expect(page.get_by_test_id("contributor")).to_have_count(2)
-    users = [await page.input_value('input[name="user"]') for page in (first, second)]
-    assert users[0] != users[1]
-    # The made-up user is put in the address bar, so a reload keeps it.
-    assert f"user={users[0]}" in first.url
-    await first.reload()
-    await expect(first.get_by_test_id("status")).to_have_text("synced")
-    assert await first.input_value('input[name="user"]') == users[0]
+    async with start_server() as server:
+        first, second = await context.new_page(), await context.new_page()
+        await first.goto(f"{server.http_url}/")
+        await second.goto(f"{server.http_url}/demo")
+        for page in (first, second):
+            await expect(page.get_by_test_id("status")).to_have_text("synced")
+            await expect(page.get_by_test_id("contributor")).to_have_count(2)
+        users = [await page.input_value('input[name="user"]') for page in (first, second)]
+        assert users[0] != users[1]
+        # The made-up user is put in the address bar, so a reload keeps it.
+        assert f"user={users[0]}" in first.url
+        await first.reload()
+        await expect(first.get_by_test_id("status")).to_have_text("synced")
+        assert await first.input_value('input[name="user"]') == users[0]
 
 
 async def test_changing_the_room_in_the_form_reconnects(
     start_server: ServerFactory, context: BrowserContext
 ) -> None:
-    server = await start_server()
-    ada = await open_tab(context, server, user=7, name="Ada")
-    grace = await open_tab(context, server, user=8, name="Grace", post=43)
-    before = await ada.read_session_id()
+    async with start_server() as server:
+        ada = await open_tab(context, server, user=7, name="Ada")
+        grace = await open_tab(context, server, user=8, name="Grace", post=43)
+        before = await ada.read_session_id()
 
-    form = ada.page.get_by_test_id("identity-form")
-    await form.locator('input[name="post"]').fill("43")
-    await form.locator('input[name="name"]').fill("Ada L.")
-    await ada.page.get_by_test_id("reconnect").click()
+        form = ada.page.get_by_test_id("identity-form")
+        await form.locator('input[name="post"]').fill("43")
+        await form.locator('input[name="name"]').fill("Ada L.")
+        await ada.page.get_by_test_id("reconnect").click()
 
-    await expect(ada.page.get_by_test_id("room")).to_have_text("blog 1 · post 43")
-    await expect(ada.page.get_by_test_id("status")).to_have_text("synced")
-    after = await ada.read_session_id()
-    assert after != before
-    assert "post=43" in ada.page.url
-    roster = grace.page.get_by_test_id("contributor")
-    await expect(roster.filter(has_text="Ada L.")).to_have_count(1)
-    await expect(feed_item(grace.page, "jetpack_rtc_join", after)).to_have_count(1)
-    # The feed now shows post 43's events only: the old room's join is not there.
-    await expect(feed_item(ada.page, "jetpack_rtc_join", after)).to_have_count(1)
-    await expect(feed_item(ada.page, "jetpack_rtc_join", before)).to_have_count(0)
+        await expect(ada.page.get_by_test_id("room")).to_have_text("blog 1 · post 43")
+        await expect(ada.page.get_by_test_id("status")).to_have_text("synced")
+        after = await ada.read_session_id()
+        assert after != before
+        assert "post=43" in ada.page.url
+        roster = grace.page.get_by_test_id("contributor")
+        await expect(roster.filter(has_text="Ada L.")).to_have_count(1)
+        await expect(feed_item(grace.page, "jetpack_rtc_join", after)).to_have_count(1)
+        # The feed now shows post 43's events only: the old room's join is not there.
+        await expect(feed_item(ada.page, "jetpack_rtc_join", after)).to_have_count(1)
+        await expect(feed_item(ada.page, "jetpack_rtc_join", before)).to_have_count(0)
 
-    events = await server.stop()
-    rooms = {(e.props["post_id"], e.props["session_id"]) for e in named(events, "jetpack_rtc_join")}
-    assert (42, before) in rooms
-    assert (43, after) in rooms
-    leaves = [e.props["session_id"] for e in named(events, "jetpack_rtc_leave")]
-    assert before in leaves
+        events = await stop(server)
+        joins = named(events, "jetpack_rtc_join")
+        rooms = {(e.props["post_id"], e.props["session_id"]) for e in joins}
+        assert (42, before) in rooms
+        assert (43, after) in rooms
+        leaves = [e.props["session_id"] for e in named(events, "jetpack_rtc_leave")]
+        assert before in leaves

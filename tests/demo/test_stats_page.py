@@ -14,7 +14,7 @@ import pytest
 from playwright.async_api import async_playwright, expect
 
 from rtc import RtcServer, ServerConfig
-from tests.demo.test_demo_page import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, _missing
+from tests.demo.harness import CHROMIUM_ARGS, TIMEOUT_MS
 from tests.rtc.clients import RawClient
 from tracks import Event
 from tracks.presence.sqlite_schema import connect, insert_events
@@ -44,9 +44,7 @@ def seed(path: Path) -> None:
         connection.close()
 
 
-async def test_stats_page_shows_live_and_recorded_figures(tmp_path: Path) -> None:
-    if not CHROMIUM.exists():
-        _missing("Chromium", "apt-get install chromium")
+async def test_stats_page_shows_live_and_recorded_figures(tmp_path: Path, chromium: Path) -> None:
     seed(tmp_path / "events.sqlite")
     config = ServerConfig(data_dir=tmp_path, port=0, room_grace=0.05, rollup_interval=0)
     async with RtcServer(config) as server, RawClient.connect(f"{server.ws_url}/7/44") as client:
@@ -54,7 +52,7 @@ async def test_stats_page_shows_live_and_recorded_figures(tmp_path: Path) -> Non
         await client.barrier()
         async with async_playwright() as playwright:
             browser = await playwright.chromium.launch(
-                executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=TIMEOUT_MS
+                executable_path=str(chromium), args=CHROMIUM_ARGS, timeout=TIMEOUT_MS
             )
             try:
                 page = await browser.new_page()

@@ -27,8 +27,9 @@ _PORT = re.compile(rb"rtc listening on http://127\.0\.0\.1:(\d+)")
 class ServerProcess:
     """A running `rtc serve`: its port, its output, and ways to end it."""
 
-    def __init__(self, process: Process) -> None:
+    def __init__(self, process: Process, data_dir: Path) -> None:
         self.process = process
+        self.data_dir = data_dir
         self.port = 0
         self.log: deque[str] = deque(maxlen=10_000)  # the last lines of stderr
         self._line = anyio.Event()
@@ -41,6 +42,10 @@ class ServerProcess:
     @property
     def http_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
 
     def room_url(self, blog_id: int = 7, post_id: int = 42) -> str:
         return f"ws://127.0.0.1:{self.port}/rooms/{blog_id}/{post_id}"
@@ -104,7 +109,7 @@ async def rtc_process(
         stderr=subprocess.PIPE,
         env={**os.environ, **(env or {})},
     )
-    server = ServerProcess(process)
+    server = ServerProcess(process, data_dir)
     ready = anyio.Event()
     async with process, anyio.create_task_group() as tg:
         assert process.stdout is not None
