@@ -10,37 +10,23 @@ import csv
 import io
 import json
 import logging
-import re
 import sys
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import cast
 
+from tracks.event import Event, JSONValue, json_text, now_ms
 from tracks.presence import sqlite_schema as schema
-from tracks.event import Event, JSONValue, json_text
 from tracks.presence.archive import archive_store
-from tracks.presence.reading import follow, locate, read_events
+from tracks.presence.figures import DAY_MS
+from tracks.presence.reading import follow, locate
+from tracks.presence.retention import check_retention, parse_duration
 from tracks.presence.rollup import rollup_state
-from tracks.presence.sqlite import SqliteStatsStore, open_stats_store
+from tracks.presence.sqlite import open_stats_store
 from tracks.presence.stats import Scope, parse_day
 
-__all__ = ["main", "parse_duration"]
-
-DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
-UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
-
-
-def parse_duration(text: str) -> int:
-    """``"7d"``, ``"24h"``, ``"30m"``, ``"90s"`` or ``"2w"`` to milliseconds.
-
-    Raises:
-        ValueError: anything else.
-    """
-    match = DURATION.match(text)
-    if match is None:
-        raise ValueError(f"bad duration {text!r}: expected a number and s, m, h, d or w (e.g. 7d)")
-    return int(match[1]) * UNIT_SECONDS[match[2]] * 1000
+__all__ = ["main"]
 
 
 def _duration(text: str) -> int:
@@ -190,19 +176,15 @@ def _tail(args: argparse.Namespace) -> int:
     return 0
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 def _report(args: argparse.Namespace) -> int:
-    now = _now_ms()
+    now = now_ms()
     scope = Scope(
         blog_id=args.blog_id,
         post_id=args.post_id,
         since_day=None if args.since is None else parse_day(args.since, now_ms=now),
         until_day=None if args.until is None else parse_day(args.until, now_ms=now, until=True),
     )
-    with _report_store(args.source, args.archive) as store:
+    with open_stats_store(args.source, archive=args.archive) as store:
         result = store.stats(scope, now_ms=now)
     fmt = "json" if args.json else args.format
     if fmt == "json":
@@ -223,42 +205,27 @@ def _aggregate(args: argparse.Namespace) -> int:
     _sqlite_only(args.source)
     with open_stats_store(args.source) as store:
         started = time.perf_counter()
-        events = store.aggregate(now_ms=_now_ms())
+        events = store.aggregate(now_ms=now_ms())
     print(f"rolled up {events} events in {time.perf_counter() - started:.2f}s")
     return 0
 
 
 def _prune(args: argparse.Namespace) -> int:
     _sqlite_only(args.source)
-    if args.older_than < 2 * 86_400_000:
-        # Peaks of the last rolled-up days are recomputed from up to a day of raw events.
-        raise ValueError("--older-than must be at least 2d")
+    check_retention(args.older_than, name="--older-than")
     with open_stats_store(args.source) as store:
-        now = _now_ms()
+        now = now_ms()
         store.aggregate(now_ms=now)
         deleted = store.prune(before_ms=now - args.older_than)
-    print(f"deleted {deleted} raw events older than {args.older_than // 86_400_000} days")
+    print(f"deleted {deleted} raw events older than {args.older_than // DAY_MS} days")
     return 0
-
-
-
-def _report_store(source: str, archive: str | None) -> SqliteStatsStore:
-    if archive is None:
-        return open_stats_store(source)
-    # Raw events only, from the store and the archive, in memory: the store's rollups already
-    # hold the archived days, so reading them as well would count those days twice.
-    connection = schema.connect(":memory:")
-    schema.insert_events(connection, read_events(source, archive=archive))
-    return SqliteStatsStore(locate(source)[1], connection=connection)
 
 
 def _archive(args: argparse.Namespace) -> int:
     _sqlite_only(args.source)
-    if args.older_than < 2 * 86_400_000:
-        # As for prune: peaks of the last rolled-up days are recomputed from raw events.
-        raise ValueError("--older-than must be at least 2d")
+    check_retention(args.older_than, name="--older-than")
     path = locate(args.source)[1]
-    now = _now_ms()
+    now = now_ms()
     # Roll up first, so the store's own figures keep the days that leave it, and archive only
     # rows the rollups hold.
     with open_stats_store(path) as store:

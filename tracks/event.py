@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TypeAlias, Union
 
-__all__ = ["Event", "EventError", "JSONValue", "json_text"]
+__all__ = ["Event", "EventError", "JSONValue", "json_text", "now_ms"]
 
 JSONValue: TypeAlias = Union[  # noqa: UP007 - a recursive alias needs Union's string forward refs
     bool, int, float, str, Sequence["JSONValue"], Mapping[str, "JSONValue"], None
@@ -34,7 +34,12 @@ class EventError(ValueError):
     """An event, or one of its parts, breaks the Tracks rules. The message names the part."""
 
 
-def _now_ms() -> int:
+def now_ms() -> int:
+    """Milliseconds since the Unix epoch, the unit of `Event.ts`.
+
+    From `time.time_ns`, so integer arithmetic all the way (``time.time() * 1000`` can
+    be one ms off through float rounding).
+    """
     return time.time_ns() // 1_000_000
 
 
@@ -72,7 +77,7 @@ class Event:
         _check_name(name, prefix)
         clean = _check_props(props)
         if ts is None:
-            ts = _now_ms()
+            ts = now_ms()
         elif isinstance(ts, bool) or not isinstance(ts, int) or ts < 0:
             raise EventError(f"event {name}: ts must be a non-negative int of ms, got {ts!r}")
         event_id = str(uuid.uuid4()) if event_id is None else _check_event_id(name, event_id)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tracks import Event, JSONValue, cli, read_events, schema
+from tracks import Event, JSONValue, cli, read_events
+from tracks.presence import sqlite_schema as schema
 from tracks.presence.archive import ArchiveError, archive_store, day_path, read_archive, write_day
 
 DAY = 86_400_000

@@ -11,7 +11,7 @@ import pytest
 
 from tests.tracks.tracks_testing import TIMEOUT
 from tracks import Event, JsonlRecorder, Recorder, SqliteRecorder
-from tracks.cli import format_event, main, parse_duration
+from tracks.cli import format_event, main
 
 NOW = time.time_ns() // 1_000_000
 DAY = 86_400_000
@@ -98,20 +98,6 @@ def test_cli_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "no event store" in capsys.readouterr().err
     assert main(["report", "x.sqlite", "--since", "soon"]) == 2
     assert "bad day" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize(
-    ("text", "ms"),
-    [("90s", 90_000), ("30m", 1_800_000), ("24h", DAY), ("7d", 7 * DAY), ("2w", 14 * DAY)],
-)
-def test_parse_duration(text: str, ms: int) -> None:
-    assert parse_duration(text) == ms
-
-
-@pytest.mark.parametrize("text", ["7", "d", "1.5d", "-1d", "7y", ""])
-def test_parse_duration_rejects(text: str) -> None:
-    with pytest.raises(ValueError, match="bad duration"):
-        parse_duration(text)
 
 
 def test_format_event() -> None:

@@ -1,14 +1,18 @@
-"""Presence figures (tracks.stats over SQLite) against hand-computed expectations.
+"""Presence figures against hand-computed expectations, through the `StatsStore` interface.
 
 The same events are answered from raw events only, from rollups only, from rollups plus the
 raw events since (stored out of order, aggregated part way), and after pruning: every
-answer must equal the hand-computed one.
+answer must equal the hand-computed one. The interface tests take a `Backend` (how to store
+events and open the `StatsStore` over them), one per store: SQLite today; a PostgreSQL
+store adds its own to `BACKENDS` and must pass the same tests.
 """
 
 from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,7 +24,7 @@ from tracks.cli import main
 from tracks.presence.figures import day_of
 from tracks.presence.sqlite import SqliteStatsStore, open_stats_store
 from tracks.presence.sqlite_schema import connect, insert_events
-from tracks.presence.stats import Scope, parse_day
+from tracks.presence.stats import Scope, StatsStore, parse_day
 
 MIN = 60_000
 HOUR = 60 * MIN
@@ -134,7 +138,7 @@ def close_to(actual: dict[str, Any], expected: dict[str, Any]) -> None:
     assert actual == expected
 
 
-def write(path: Path, events: list[Event]) -> None:
+def write(path: Path, events: Iterable[Event]) -> None:
     connection = connect(path)
     try:
         insert_events(connection, events)
@@ -142,117 +146,187 @@ def write(path: Path, events: list[Event]) -> None:
         connection.close()
 
 
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """One kind of store under the interface tests."""
+
+    write: Callable[[Iterable[Event]], None]
+    """Store events (the store exists once this was called, even with none)."""
+    open: Callable[[], StatsStore]
+    """A `StatsStore` over what was written; the caller closes it."""
+
+
+def sqlite_backend(tmp_path: Path) -> Backend:
+    path = tmp_path / "events.sqlite"
+    return Backend(write=lambda events: write(path, events), open=lambda: SqliteStatsStore(path))
+
+
+BACKENDS: dict[str, Callable[[Path], Backend]] = {"sqlite": sqlite_backend}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    return BACKENDS[request.param](tmp_path)
+
+
 @pytest.fixture
 def store_path(tmp_path: Path) -> Path:
     return tmp_path / "events.sqlite"
 
 
-def answer(path: Path, scope: Scope | None = None) -> dict[str, Any]:
-    with SqliteStatsStore(path) as store:
-        return dict(store.stats(scope or Scope(since_day=A, until_day=B), now_ms=NOW))
+def answer(backend: Backend, scope: Scope | None = None, *, now_ms: int = NOW) -> dict[str, Any]:
+    with backend.open() as store:
+        return dict(store.stats(scope or Scope(since_day=A, until_day=B), now_ms=now_ms))
 
 
-def test_raw_events_only(store_path: Path) -> None:
-    write(store_path, story())
-    close_to(answer(store_path), EXPECTED)
+def aggregate(backend: Backend, *, now_ms: int = NOW) -> int:
+    with backend.open() as store:
+        return store.aggregate(now_ms=now_ms)
 
 
-def test_rollups_only(store_path: Path) -> None:
-    write(store_path, story())
-    with SqliteStatsStore(store_path) as store:
-        assert store.aggregate(now_ms=NOW) == len(story())
-    close_to(answer(store_path), EXPECTED)
+# --- the interface: every store passes these ---------------------------------------
+
+
+def test_raw_events_only(backend: Backend) -> None:
+    backend.write(story())
+    close_to(answer(backend), EXPECTED)
+
+
+def test_rollups_only(backend: Backend) -> None:
+    backend.write(story())
+    assert aggregate(backend) == len(story())
+    assert aggregate(backend) == 0  # nothing new
+    close_to(answer(backend), EXPECTED)
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_rollups_plus_raw_events_out_of_order(store_path: Path, seed: int) -> None:
+def test_rollups_plus_raw_events_out_of_order(backend: Backend, seed: int) -> None:
     events = story()
     random.Random(seed).shuffle(events)
     thirds = len(events) // 3
-    write(store_path, events[:thirds])
-    with SqliteStatsStore(store_path) as store:
+    backend.write(events[:thirds])
+    with backend.open() as store:
         store.aggregate(now_ms=NOW)
-        write(store_path, events[thirds : 2 * thirds])
+        backend.write(events[thirds : 2 * thirds])
         store.aggregate(now_ms=NOW)
-        write(store_path, events[2 * thirds :])
-    close_to(answer(store_path), EXPECTED)
-    with SqliteStatsStore(store_path) as store:
-        store.aggregate(now_ms=NOW)
-    close_to(answer(store_path), EXPECTED)
+        backend.write(events[2 * thirds :])
+    close_to(answer(backend), EXPECTED)
+    aggregate(backend)
+    close_to(answer(backend), EXPECTED)
 
 
-def test_each_event_aggregated_on_its_own(store_path: Path) -> None:
-    write(store_path, [])
-    with SqliteStatsStore(store_path) as store:
+def test_each_event_aggregated_on_its_own(backend: Backend) -> None:
+    backend.write([])
+    with backend.open() as store:
         for event in story():
-            write(store_path, [event])
+            backend.write([event])
             store.aggregate(now_ms=NOW)
-    close_to(answer(store_path), EXPECTED)
+    close_to(answer(backend), EXPECTED)
 
 
-def test_scopes(store_path: Path) -> None:
-    write(store_path, story())
-    for aggregated in (False, True):
-        if aggregated:
-            with SqliteStatsStore(store_path) as store:
-                store.aggregate(now_ms=NOW)
-        blog = answer(store_path, Scope(blog_id=1, since_day=A, until_day=B))
-        assert (blog["joins"], blog["unique_sessions"], blog["unique_users"]) == (8, 6, 4)
-        assert (blog["unique_posts"], blog["blocked"], blog["blocked_rate"]) == (2, 1, 0.1429)
-        assert blog["connection_errors_by_code"] == {"abnormal-closure": 1}
-        assert [p["post_id"] for p in blog["top_posts"]] == [10, 11]
-        post = answer(store_path, Scope(blog_id=1, post_id=10, since_day=A, until_day=B))
-        assert (post["joins"], post["unique_sessions"], post["unique_users"]) == (7, 5, 3)
-        assert (post["unique_posts"], post["blocked"], post["peak_concurrent_sessions"]) == (
-            1, 0, 3,
-        )
-        day_b = answer(store_path, Scope(since_day=B, until_day=B))
-        close_to(
-            {k: v for k, v in day_b.items() if k not in ("top_posts", "daily")},
-            {k: v for k, v in EXPECTED_DAY_B.items() if k != "day"},
-        )
-        other_blog = answer(store_path, Scope(blog_id=2, since_day=A, until_day=A))
-        assert other_blog["joins"] == other_blog["unique_users"] == 0
-        assert other_blog["top_posts"] == []
+def test_aggregate_in_small_chunks(backend: Backend) -> None:
+    backend.write(story())
+    with backend.open() as store:
+        assert store.aggregate(now_ms=NOW, chunk=2) == len(story())
+    close_to(answer(backend), EXPECTED)
 
 
-def test_prune_keeps_the_figures(store_path: Path) -> None:
-    write(store_path, story())
+@pytest.mark.parametrize("aggregated", [False, True])
+def test_scopes(backend: Backend, aggregated: bool) -> None:
+    backend.write(story())
+    if aggregated:
+        aggregate(backend)
+    blog = answer(backend, Scope(blog_id=1, since_day=A, until_day=B))
+    assert (blog["joins"], blog["unique_sessions"], blog["unique_users"]) == (8, 6, 4)
+    assert (blog["unique_posts"], blog["blocked"], blog["blocked_rate"]) == (2, 1, 0.1429)
+    assert blog["connection_errors_by_code"] == {"abnormal-closure": 1}
+    assert [p["post_id"] for p in blog["top_posts"]] == [10, 11]
+    post = answer(backend, Scope(blog_id=1, post_id=10, since_day=A, until_day=B))
+    assert (post["joins"], post["unique_sessions"], post["unique_users"]) == (7, 5, 3)
+    assert (post["unique_posts"], post["blocked"], post["peak_concurrent_sessions"]) == (1, 0, 3)
+    day_b = answer(backend, Scope(since_day=B, until_day=B))
+    close_to(
+        {k: v for k, v in day_b.items() if k not in ("top_posts", "daily")},
+        {k: v for k, v in EXPECTED_DAY_B.items() if k != "day"},
+    )
+    other_blog = answer(backend, Scope(blog_id=2, since_day=A, until_day=A))
+    assert other_blog["joins"] == other_blog["unique_users"] == 0
+    assert other_blog["top_posts"] == []
+
+
+@pytest.mark.parametrize("aggregated", [False, True])
+def test_open_ended_range_starts_at_the_first_event(backend: Backend, aggregated: bool) -> None:
+    backend.write(story())
+    if aggregated:
+        aggregate(backend)
+    figures = answer(backend, Scope(), now_ms=at(B, 23))
+    assert [day["day"] for day in figures["daily"]] == ["2024-05-01", "2024-05-02"]
+    close_to({**figures, "daily": []}, {**EXPECTED, "daily": []})
+
+
+def test_a_session_seen_in_the_rollups_counts_once(backend: Backend) -> None:
+    """Raw joins of an entity the rollups hold add no distinct count (day or range)."""
+    events = story()
+    backend.write(events)
+    aggregate(backend)
+    # s1 of post 1/10 (user 5) joins again on day B: rolled up there already.
+    backend.write([Event("jetpack_rtc_join", {
+        "blog_id": 1, "post_id": 10, "session_id": 1, "wp_user_id": 5, "reconnect": True,
+    }, ts=at(B, 15))])
+    figures = answer(backend)
+    assert (figures["joins"], figures["unique_sessions"], figures["unique_users"]) == (10, 7, 4)
+    day_b = figures["daily"][1]
+    assert (day_b["joins"], day_b["unique_sessions"], day_b["unique_users"]) == (5, 3, 2)
+    assert figures["top_posts"][0] == {"blog_id": 1, "post_id": 10, "unique_sessions": 5}
+
+
+def test_prune_keeps_the_figures(backend: Backend) -> None:
+    backend.write(story())
     later = NOW + 100 * 86_400_000
-    with SqliteStatsStore(store_path) as store:
+    with backend.open() as store:
         store.aggregate(now_ms=later)
         assert store.prune(before_ms=later - 90 * 86_400_000) == len(story())
-    with SqliteStatsStore(store_path) as store:
-        close_to(dict(store.stats(Scope(since_day=A, until_day=B), now_ms=later)), EXPECTED)
+    close_to(answer(backend, now_ms=later), EXPECTED)
 
 
-def test_prune_keeps_events_not_rolled_up(store_path: Path) -> None:
-    write(store_path, story())
-    with SqliteStatsStore(store_path) as store:
+def test_prune_keeps_events_not_rolled_up(backend: Backend) -> None:
+    backend.write(story())
+    with backend.open() as store:
         assert store.prune(before_ms=NOW) == 0
-    close_to(answer(store_path), EXPECTED)
+    close_to(answer(backend), EXPECTED)
 
 
-def test_open_session_counts_until_now(store_path: Path) -> None:
+def test_open_session_counts_until_now(backend: Backend) -> None:
     join = Event("jetpack_rtc_join", {"blog_id": 1, "post_id": 1, "session_id": 1,
                                       "wp_user_id": 1}, ts=at(A, 23))
     other = Event("jetpack_rtc_join", {"blog_id": 1, "post_id": 1, "session_id": 2,
                                        "wp_user_id": 2}, ts=at(B, 1))
-    write(store_path, [join])
+    backend.write([join])
     now = at(B, 0, 10)
-    with SqliteStatsStore(store_path) as store:
+    with backend.open() as store:
         store.aggregate(now_ms=at(A, 23, 30))
         # Past midnight with no new event: the open session is still there on day B.
         figures = dict(store.stats(Scope(since_day=B, until_day=B), now_ms=now))
         assert figures["peak_concurrent_sessions"] == 1
-        write(store_path, [other])
+        backend.write([other])
         figures = dict(store.stats(Scope(since_day=B, until_day=B), now_ms=at(B, 2)))
         assert (figures["peak_concurrent_sessions"], figures["peak_concurrent_users"]) == (2, 2)
         store.aggregate(now_ms=at(B, 2))
         assert dict(store.stats(Scope(since_day=B, until_day=B), now_ms=at(B, 2))) == figures
 
 
+def test_close_is_idempotent(backend: Backend) -> None:
+    backend.write(story())
+    store = backend.open()
+    store.close()
+    store.close()
+
+
+# --- SQLite only: JSONL stores, the CLI -----------------------------------------------
+
+
 def test_jsonl_store(tmp_path: Path) -> None:
+    """A JSONL store is answered through an in-memory SQLite copy."""
     path = tmp_path / "events.jsonl"
     path.write_text("".join(json.dumps(event.to_json()) + "\n" for event in story()))
     with open_stats_store(path) as store:

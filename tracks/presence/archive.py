@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 
-from tracks.presence import sqlite_schema as schema
 from tracks.event import Event, EventError, json_text
+from tracks.presence import sqlite_schema as schema
 
 __all__ = [
     "ArchiveError",
@@ -201,7 +201,7 @@ def archive_store(
     it runs are left for the next run.
 
     Args:
-        source: the SQLite store's path (`tracks.store.locate` resolves URLs).
+        source: the SQLite store's path (`tracks.presence.reading.locate` resolves URLs).
         directory: the archive's root; created if missing.
         before_ms: the cutoff, in ms since the epoch.
         upto_id: leave rows with a larger row id (e.g. those the stats rollups have not

@@ -84,8 +84,8 @@ def bucket_value(bucket: int) -> int:
 def percentile(buckets: Mapping[int, int], percent: int) -> int | None:
     """Nearest-rank ``percent``-th percentile of a bucket histogram (None when empty).
 
-    The rank is ``ceil(percent * total / 100)`` in integers, as the SQL of the rollups
-    computes it (``running * 100 >= total * percent``), so both always agree.
+    The rank is ``ceil(percent * total / 100)``, computed in integers so that no float
+    rounding moves it: the first bucket whose running count reaches the rank holds it.
     """
     total = sum(buckets.values())
     if total == 0:

@@ -1,6 +1,10 @@
 """Reading stored events back: `read_events()` and `follow()`, SQLite or JSONL. Blocking I/O.
 
-This is for tests, the CLI and offline tools; the server never reads events.
+Whole-store reads for the CLI (``tracks tail``, a report over a JSONL store or an
+archive), tests and offline tools. The server reads events too, but through narrower
+queries in a worker thread: a session's timeline (`tracks.presence.timeline`) and the
+presence figures (`tracks.presence.sqlite`); `locate()` tells it which kind of store a
+recorder URL names.
 """
 
 from __future__ import annotations
@@ -12,8 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
-from tracks.presence import sqlite_schema as schema
 from tracks.event import Event, EventError
+from tracks.presence import sqlite_schema as schema
 from tracks.presence.archive import read_archive
 from tracks.url import parse_store_url
 
@@ -55,7 +59,7 @@ def read_events(source: str | Path, *, archive: str | Path | None = None) -> Ite
 
     Args:
         source: a path, or a ``sqlite:…`` / ``jsonl:…`` URL as `open_recorder` takes.
-        archive: also the events archived there by ``tracks archive`` (`tracks.archive`);
+        archive: also the events archived there by ``tracks archive`` (`tracks.presence.archive`);
             an event in both (an interrupted archive run) comes once.
 
     Raises:

@@ -1,16 +1,17 @@
-"""Daily rollups of the SQLite event store: their tables and the aggregation job. Blocking I/O.
+"""Daily rollups of the SQLite event store: the aggregation job that fills them. Blocking I/O.
 
 `aggregate()` folds the events stored since the last run (by row id, so late events are
-never missed) into per-day tables. Every table is keyed by ``(blog_id, post_id, day)`` at
-three levels: a post ``(b, p)``, a blog ``(b, 0)`` and everything ``(0, 0)`` (ids are
-positive), so any scope reads at most one row per day and figure.
+never missed) into per-day tables (`tracks.presence.sqlite_schema.ROLLUP_TABLES`). Every
+table is keyed by ``(blog_id, post_id, day)`` at three levels: a post ``(b, p)``, a blog
+``(b, 0)`` and everything ``(0, 0)`` (ids are positive), so any scope reads at most one row
+per day and figure.
 
 Distinct counts stay exact across days: ``rollup_entity_days`` keeps each entity (a
 session, a post, a user at each level) once per day it joined, with ``prev_day``, the
 previous day it joined (-1 for none). An entity joined within days ``[d1, d2]`` exactly once
 on its first day there, the row whose ``prev_day < d1``; ``rollup_distinct`` counts those
 rows per ``(day, prev_day)``, so a distinct count is one indexed sum. Peaks are recomputed
-from raw events for every (post, day) that new events touch (see `tracks.figures.peak`).
+from raw events for every (post, day) that new events touch (see `tracks.presence.figures.peak`).
 
 Events without ``blog_id`` and ``post_id`` are not rolled up. Event kinds are recognised
 by name suffix (``*_join``, ``*_leave``, ``*_blocked``, ``*_connection_error``).
@@ -20,83 +21,20 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from tracks.presence.figures import DAY_MS, MAX_OPEN_MS, day_of, duration_bucket, peak, visits
+from tracks.presence.figures import DAY_MS, MAX_OPEN_MS, day_of, duration_bucket
+from tracks.presence.sqlite_peaks import recompute_peaks
+from tracks.presence.sqlite_schema import ERROR_CODE_SQL, create_rollup_tables, kind_sql
+from tracks.presence.stats import AGGREGATE_CHUNK
 
 __all__ = [
-    "ROLLUP_TABLES",
     "Aggregated",
     "aggregate",
-    "compute_peaks",
-    "create_rollup_tables",
-    "kind_sql",
-    "recompute_peaks",
     "rollup_state",
 ]
 
 logger = logging.getLogger(__name__)
-
-ROLLUP_VERSION = 1
-
-ROLLUP_TABLES: Sequence[str] = (
-    """CREATE TABLE IF NOT EXISTS rollup_state (
-        singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
-        version INTEGER NOT NULL, last_id INTEGER NOT NULL, rolled_at INTEGER NOT NULL)""",
-    """CREATE TABLE IF NOT EXISTS rollup_counts (
-        blog_id INTEGER NOT NULL, post_id INTEGER NOT NULL, day INTEGER NOT NULL,
-        joins INTEGER NOT NULL, blocked INTEGER NOT NULL,
-        PRIMARY KEY (blog_id, post_id, day)) WITHOUT ROWID""",
-    """CREATE TABLE IF NOT EXISTS rollup_errors (
-        blog_id INTEGER NOT NULL, post_id INTEGER NOT NULL, day INTEGER NOT NULL,
-        code TEXT NOT NULL, n INTEGER NOT NULL,
-        PRIMARY KEY (blog_id, post_id, day, code)) WITHOUT ROWID""",
-    """CREATE TABLE IF NOT EXISTS rollup_durations (
-        blog_id INTEGER NOT NULL, post_id INTEGER NOT NULL, day INTEGER NOT NULL,
-        bucket INTEGER NOT NULL, n INTEGER NOT NULL,
-        PRIMARY KEY (blog_id, post_id, day, bucket)) WITHOUT ROWID""",
-    """CREATE TABLE IF NOT EXISTS rollup_peaks (
-        blog_id INTEGER NOT NULL, post_id INTEGER NOT NULL, day INTEGER NOT NULL,
-        sessions INTEGER NOT NULL, users INTEGER NOT NULL,
-        PRIMARY KEY (blog_id, post_id, day)) WITHOUT ROWID""",
-    "CREATE INDEX IF NOT EXISTS rollup_peaks_day ON rollup_peaks (day)",
-    """CREATE TABLE IF NOT EXISTS rollup_entity_days (
-        kind TEXT NOT NULL, blog_id INTEGER NOT NULL, post_id INTEGER NOT NULL,
-        entity NOT NULL, day INTEGER NOT NULL, prev_day INTEGER NOT NULL,
-        PRIMARY KEY (kind, blog_id, post_id, entity, day)) WITHOUT ROWID""",
-    """CREATE TABLE IF NOT EXISTS rollup_distinct (
-        kind TEXT NOT NULL, blog_id INTEGER NOT NULL, post_id INTEGER NOT NULL,
-        day INTEGER NOT NULL, prev_day INTEGER NOT NULL, n INTEGER NOT NULL,
-        PRIMARY KEY (kind, blog_id, post_id, day, prev_day)) WITHOUT ROWID""",
-    # Sessions a post ever had: an upper bound for any range, so top posts can stop early.
-    """CREATE TABLE IF NOT EXISTS rollup_post_totals (
-        blog_id INTEGER NOT NULL, post_id INTEGER NOT NULL, sessions INTEGER NOT NULL,
-        PRIMARY KEY (blog_id, post_id)) WITHOUT ROWID""",
-    "CREATE INDEX IF NOT EXISTS rollup_post_totals_sessions ON rollup_post_totals (sessions)",
-    # Peaks are recomputed from one post's recent joins and leaves: a range, not its history.
-    "CREATE INDEX IF NOT EXISTS events_post_ts ON events (blog_id, post_id, ts)",
-    """CREATE TABLE IF NOT EXISTS rollup_open_posts (
-        blog_id INTEGER NOT NULL, post_id INTEGER NOT NULL,
-        PRIMARY KEY (blog_id, post_id)) WITHOUT ROWID""",
-)
-
-
-def kind_sql(column: str = "name") -> str:
-    """SQL giving an event's kind from its name: join, leave, blocked, error, or NULL."""
-    return (
-        f"CASE WHEN {column} LIKE '%\\_join' ESCAPE '\\' THEN 'join'"
-        f" WHEN {column} LIKE '%\\_leave' ESCAPE '\\' THEN 'leave'"
-        f" WHEN {column} LIKE '%\\_blocked' ESCAPE '\\' THEN 'blocked'"
-        f" WHEN {column} LIKE '%\\_connection\\_error' ESCAPE '\\' THEN 'error' END"
-    )
-
-
-ERROR_CODE_SQL = (
-    "COALESCE(CAST(COALESCE(json_extract(props, '$.error_code'),"
-    " json_extract(props, '$.close_code'), json_extract(props, '$.code')) AS TEXT), 'unknown')"
-)
 
 # Each batch row at three levels: the post, its blog (post 0), everything (0, 0).
 _LEVELS = (
@@ -115,16 +53,6 @@ class Aggregated:
     peaks_recomputed: int
 
 
-def create_rollup_tables(connection: sqlite3.Connection) -> None:
-    for statement in ROLLUP_TABLES:
-        connection.execute(statement)
-    connection.execute(
-        "INSERT OR IGNORE INTO rollup_state (singleton, version, last_id, rolled_at)"
-        " VALUES (1, ?, 0, 0)",
-        (ROLLUP_VERSION,),
-    )
-
-
 def rollup_state(connection: sqlite3.Connection) -> tuple[int, int]:
     """``(last_id, rolled_at_ms)`` of the rollups; ``(0, 0)`` when there are none yet."""
     try:
@@ -135,7 +63,7 @@ def rollup_state(connection: sqlite3.Connection) -> tuple[int, int]:
 
 
 def aggregate(
-    connection: sqlite3.Connection, *, now_ms: int, chunk: int = 1_000_000
+    connection: sqlite3.Connection, *, now_ms: int, chunk: int = AGGREGATE_CHUNK
 ) -> Aggregated:
     """Fold every event stored since the last run into the rollups, ``chunk`` rows per
     transaction. The connection must be writable and in autocommit mode (`schema.connect`).
@@ -225,8 +153,7 @@ def _fold(
         "SELECT blog_id, post_id,"
         " MIN(CASE WHEN kind = 'leave' THEN ts - COALESCE(duration_ms, 0) ELSE ts END),"
         f" MAX(CASE WHEN kind = 'join' THEN ts + {MAX_OPEN_MS} ELSE ts END)"
-        " FROM batch WHERE kind IN ('join', 'leave') GROUP BY blog_id, post_id,"
-        " ts / 86400000"
+        " FROM batch WHERE kind IN ('join', 'leave') GROUP BY blog_id, post_id, day"
     ):
         for day in range(day_of(int(first)), day_of(int(last)) + 1):
             touched.add((int(blog_id), int(post_id), day))
@@ -314,10 +241,9 @@ def _open_post_days(connection: sqlite3.Connection, now_ms: int) -> set[tuple[in
     """
     since = now_ms - MAX_OPEN_MS
     rows = connection.execute(
-        f"SELECT {kind_sql()} AS kind, blog_id, post_id, session_id, ts,"
-        " json_extract(props, '$.duration_ms') FROM events"
-        " WHERE ts >= ? AND (name LIKE '%\\_join' ESCAPE '\\' OR name LIKE '%\\_leave' ESCAPE '\\')"
-        " AND blog_id IS NOT NULL AND post_id IS NOT NULL",
+        "SELECT kind, blog_id, post_id, session_id, ts, json_extract(props, '$.duration_ms')"
+        f" FROM (SELECT *, {kind_sql()} AS kind FROM events WHERE ts >= ?"
+        " AND blog_id IS NOT NULL AND post_id IS NOT NULL) WHERE kind IN ('join', 'leave')",
         (since,),
     ).fetchall()
     ended = {
@@ -340,80 +266,3 @@ def _open_post_days(connection: sqlite3.Connection, now_ms: int) -> set[tuple[in
         for (blog, post), first in open_posts.items()
         for day in range(day_of(first), today + 1)
     }
-
-
-def load_visits(
-    connection: sqlite3.Connection, blog_id: int, post_id: int, first_day: int, *, now_ms: int
-) -> list[tuple[object, int | None, int, int | None, str]]:
-    """Joins and leaves of one post that can overlap days from ``first_day`` on."""
-    rows = connection.execute(
-        f"SELECT session_id, wp_user_id, ts, json_extract(props, '$.duration_ms'), {kind_sql()}"
-        " FROM events WHERE blog_id = ? AND post_id = ? AND ts >= ?"
-        " AND (name LIKE '%\\_join' ESCAPE '\\' OR name LIKE '%\\_leave' ESCAPE '\\')",
-        (blog_id, post_id, first_day * DAY_MS - MAX_OPEN_MS),
-    ).fetchall()
-    return [(row[0], row[1], int(row[2]), row[3], str(row[4])) for row in rows]
-
-
-def post_day_peaks(
-    rows: Iterable[tuple[object, int | None, int, int | None, str]],
-    days: Iterable[int],
-    *,
-    now_ms: int,
-) -> dict[int, tuple[int, int]]:
-    """Peak (sessions, users) of one post for each of ``days``, from `load_visits` rows."""
-    joins = [(session, user, ts) for session, user, ts, _, kind in rows if kind == "join"]
-    leaves = [
-        (session, user, ts, int(duration) if isinstance(duration, int | float) else None)
-        for session, user, ts, duration, kind in rows
-        if kind == "leave"
-    ]
-    post_visits = visits(joins, leaves, now_ms=now_ms)
-    return {
-        day: peak(post_visits, day * DAY_MS, min((day + 1) * DAY_MS, max(now_ms, day * DAY_MS)))
-        for day in days
-    }
-
-
-def compute_peaks(
-    connection: sqlite3.Connection, touched: Iterable[tuple[int, int, int]], *, now_ms: int
-) -> dict[tuple[int, int, int], tuple[int, int]]:
-    """Peak (sessions, users) of each touched (blog, post, day) up to today, from raw events."""
-    by_post: dict[tuple[int, int], set[int]] = defaultdict(set)
-    for blog_id, post_id, day in touched:
-        if day <= day_of(now_ms):
-            by_post[(blog_id, post_id)].add(day)
-    result: dict[tuple[int, int, int], tuple[int, int]] = {}
-    for (blog_id, post_id), days in by_post.items():
-        rows = load_visits(connection, blog_id, post_id, min(days), now_ms=now_ms)
-        for day, figures in post_day_peaks(rows, days, now_ms=now_ms).items():
-            result[(blog_id, post_id, day)] = figures
-    return result
-
-
-def recompute_peaks(
-    connection: sqlite3.Connection, touched: Iterable[tuple[int, int, int]], *, now_ms: int
-) -> int:
-    """Recompute and store the peaks of ``touched`` (blog, post, day), then the blog and
-    overall maxima of those days. Returns how many post-days were recomputed."""
-    peaks = compute_peaks(connection, touched, now_ms=now_ms)
-    connection.executemany(
-        "INSERT INTO rollup_peaks (blog_id, post_id, day, sessions, users)"
-        " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET"
-        " sessions = excluded.sessions, users = excluded.users",
-        [(*key, *figures) for key, figures in peaks.items()],
-    )
-    blog_days = {(blog_id, day) for blog_id, _, day in peaks}
-    connection.executemany(
-        "INSERT OR REPLACE INTO rollup_peaks (blog_id, post_id, day, sessions, users)"
-        " SELECT ?, 0, ?, MAX(sessions), MAX(users) FROM rollup_peaks"
-        " WHERE blog_id = ? AND post_id != 0 AND day = ?",
-        [(blog_id, day, blog_id, day) for blog_id, day in blog_days],
-    )
-    connection.executemany(
-        "INSERT OR REPLACE INTO rollup_peaks (blog_id, post_id, day, sessions, users)"
-        " SELECT 0, 0, ?, MAX(sessions), MAX(users) FROM rollup_peaks"
-        " WHERE blog_id != 0 AND post_id = 0 AND day = ?",
-        [(day, day) for day in {day for _, day in blog_days}],
-    )
-    return len(peaks)

@@ -25,14 +25,19 @@ from tracks.event import Event, JSONValue
 
 __all__ = [
     "COLUMNS",
+    "ERROR_CODE_SQL",
     "MIGRATIONS",
+    "ROLLUP_TABLES",
+    "ROLLUP_VERSION",
     "SCHEMA_VERSION",
     "SELECT_EVENT",
     "SchemaError",
     "connect",
+    "create_rollup_tables",
     "delete_events",
     "event_from_row",
     "insert_events",
+    "kind_sql",
     "migrate",
     "row_from_event",
 ]
@@ -153,6 +158,82 @@ def migrate(connection: sqlite3.Connection) -> int:
         raise
     connection.execute("COMMIT")
     return SCHEMA_VERSION
+
+
+ROLLUP_VERSION = 1
+"""The version of the rollup tables, kept in ``rollup_state``."""
+
+ROLLUP_TABLES: Sequence[str] = (
+    # Created on the first rollup (`tracks.presence.rollup.aggregate`), not by `migrate()`:
+    # a store that is never rolled up never pays for them.
+    """CREATE TABLE IF NOT EXISTS rollup_state (
+        singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+        version INTEGER NOT NULL, last_id INTEGER NOT NULL, rolled_at INTEGER NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS rollup_counts (
+        blog_id INTEGER NOT NULL, post_id INTEGER NOT NULL, day INTEGER NOT NULL,
+        joins INTEGER NOT NULL, blocked INTEGER NOT NULL,
+        PRIMARY KEY (blog_id, post_id, day)) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS rollup_errors (
+        blog_id INTEGER NOT NULL, post_id INTEGER NOT NULL, day INTEGER NOT NULL,
+        code TEXT NOT NULL, n INTEGER NOT NULL,
+        PRIMARY KEY (blog_id, post_id, day, code)) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS rollup_durations (
+        blog_id INTEGER NOT NULL, post_id INTEGER NOT NULL, day INTEGER NOT NULL,
+        bucket INTEGER NOT NULL, n INTEGER NOT NULL,
+        PRIMARY KEY (blog_id, post_id, day, bucket)) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS rollup_peaks (
+        blog_id INTEGER NOT NULL, post_id INTEGER NOT NULL, day INTEGER NOT NULL,
+        sessions INTEGER NOT NULL, users INTEGER NOT NULL,
+        PRIMARY KEY (blog_id, post_id, day)) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS rollup_peaks_day ON rollup_peaks (day)",
+    """CREATE TABLE IF NOT EXISTS rollup_entity_days (
+        kind TEXT NOT NULL, blog_id INTEGER NOT NULL, post_id INTEGER NOT NULL,
+        entity NOT NULL, day INTEGER NOT NULL, prev_day INTEGER NOT NULL,
+        PRIMARY KEY (kind, blog_id, post_id, entity, day)) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS rollup_distinct (
+        kind TEXT NOT NULL, blog_id INTEGER NOT NULL, post_id INTEGER NOT NULL,
+        day INTEGER NOT NULL, prev_day INTEGER NOT NULL, n INTEGER NOT NULL,
+        PRIMARY KEY (kind, blog_id, post_id, day, prev_day)) WITHOUT ROWID""",
+    # Sessions a post ever had: an upper bound for any range, so top posts can stop early.
+    """CREATE TABLE IF NOT EXISTS rollup_post_totals (
+        blog_id INTEGER NOT NULL, post_id INTEGER NOT NULL, sessions INTEGER NOT NULL,
+        PRIMARY KEY (blog_id, post_id)) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS rollup_post_totals_sessions ON rollup_post_totals (sessions)",
+    # Peaks are recomputed from one post's recent joins and leaves: a range, not its history.
+    "CREATE INDEX IF NOT EXISTS events_post_ts ON events (blog_id, post_id, ts)",
+    """CREATE TABLE IF NOT EXISTS rollup_open_posts (
+        blog_id INTEGER NOT NULL, post_id INTEGER NOT NULL,
+        PRIMARY KEY (blog_id, post_id)) WITHOUT ROWID""",
+)
+
+
+
+
+def create_rollup_tables(connection: sqlite3.Connection) -> None:
+    """Create the rollup tables that are missing (inside the caller's transaction)."""
+    for statement in ROLLUP_TABLES:
+        connection.execute(statement)
+    connection.execute(
+        "INSERT OR IGNORE INTO rollup_state (singleton, version, last_id, rolled_at)"
+        " VALUES (1, ?, 0, 0)",
+        (ROLLUP_VERSION,),
+    )
+
+
+def kind_sql(column: str = "name") -> str:
+    """SQL giving an event's kind from its name: join, leave, blocked, error, or NULL."""
+    return (
+        f"CASE WHEN {column} LIKE '%\\_join' ESCAPE '\\' THEN 'join'"
+        f" WHEN {column} LIKE '%\\_leave' ESCAPE '\\' THEN 'leave'"
+        f" WHEN {column} LIKE '%\\_blocked' ESCAPE '\\' THEN 'blocked'"
+        f" WHEN {column} LIKE '%\\_connection\\_error' ESCAPE '\\' THEN 'error' END"
+    )
+
+
+ERROR_CODE_SQL = (
+    "COALESCE(CAST(COALESCE(json_extract(props, '$.error_code'),"
+    " json_extract(props, '$.close_code'), json_extract(props, '$.code')) AS TEXT), 'unknown')"
+)
 
 
 # Which value types each promoted column stores exactly, so props can leave them out.

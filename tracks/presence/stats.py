@@ -1,6 +1,6 @@
 """Presence statistics: what a scope is, what a store must answer, and the JSON it answers.
 
-No SQL and no I/O here (see `tracks.sqlite_stats` for the SQLite store). A `StatsStore`
+No SQL and no I/O here (see `tracks.presence.sqlite` for the SQLite store). A `StatsStore`
 answers `stats()` with the figures below for a `Scope` (everything, a blog or a post, over
 whole UTC days); `tracks report` and the server's ``GET /api/stats`` print the same JSON.
 
@@ -17,23 +17,17 @@ and days), ``session_duration_ms`` (``p50``, ``p90`` and a ``histogram``, from l
 
 from __future__ import annotations
 
-import re
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import Protocol
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Protocol, Self
 
 from tracks.event import JSONValue
-from tracks.presence.figures import (
-    DAY_MS,
-    bucket_value,
-    day_from_text,
-    day_of,
-    day_text,
-    histogram,
-    percentile,
-)
+from tracks.presence.figures import DAY_MS, day_from_text, day_of, day_text, histogram, percentile
+from tracks.presence.retention import parse_duration
 
 __all__ = [
+    "AGGREGATE_CHUNK",
     "TOP_POSTS",
     "DayFigures",
     "Scope",
@@ -44,8 +38,8 @@ __all__ = [
 
 TOP_POSTS = 10
 
-_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
-_UNIT_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": DAY_MS, "w": 7 * DAY_MS}
+AGGREGATE_CHUNK = 1_000_000
+"""Events per rollup transaction unless the caller says otherwise (`StatsStore.aggregate`)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -82,7 +76,8 @@ class Scope:
 
 def parse_day(text: str, *, now_ms: int, until: bool = False) -> int:
     """A day number from ``YYYY-MM-DD``, a duration (``7d``: the last 7 days, today
-    included, as ``since``; 7 days ago as ``until``) or an epoch time in ms.
+    included, as ``since``; 7 days ago as ``until``; see `parse_duration`) or an epoch
+    time in ms.
 
     Raises:
         ValueError: none of these.
@@ -90,9 +85,11 @@ def parse_day(text: str, *, now_ms: int, until: bool = False) -> int:
     text = text.strip()
     if text.isdigit() and len(text) > 10:
         return day_of(int(text) - (1 if until else 0))
-    match = _DURATION.match(text)
-    if match is not None:
-        span = int(match[1]) * _UNIT_MS[match[2]]
+    try:
+        span = parse_duration(text)
+    except ValueError:
+        pass
+    else:
         if until:
             return day_of(now_ms - span)
         return day_of(now_ms) - max(-(-span // DAY_MS), 1) + 1
@@ -104,9 +101,15 @@ def parse_day(text: str, *, now_ms: int, until: bool = False) -> int:
         ) from None
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DayFigures:
-    """Partial figures of one day (or a whole range) before they become JSON."""
+    """The figures of one day, or of a whole range, before they become JSON.
+
+    Figures of disjoint parts add up with ``+``: counts and histograms are summed, peaks
+    take the larger. Distinct counts are summed too, so a store adds only entities the
+    other part has not counted; a peak that must be replaced is set with
+    `dataclasses.replace`.
+    """
 
     joins: int = 0
     blocked: int = 0
@@ -116,16 +119,38 @@ class DayFigures:
     peak_sessions: int = 0
     peak_users: int = 0
     durations: Counter[int] = field(default_factory=Counter)
+    """Leaves per duration bucket (`tracks.presence.figures.duration_bucket`)."""
     errors: Counter[str] = field(default_factory=Counter)
-    percentile_buckets: tuple[int | None, int | None] | None = None
-    """The p50 and p90 buckets when a store computed them instead of filling `durations`."""
+    """Connection errors per code."""
+
+    def __add__(self, other: DayFigures) -> DayFigures:
+        return DayFigures(
+            joins=self.joins + other.joins,
+            blocked=self.blocked + other.blocked,
+            unique_sessions=self.unique_sessions + other.unique_sessions,
+            unique_users=self.unique_users + other.unique_users,
+            unique_posts=self.unique_posts + other.unique_posts,
+            peak_sessions=max(self.peak_sessions, other.peak_sessions),
+            peak_users=max(self.peak_users, other.peak_users),
+            durations=self.durations + other.durations,
+            errors=self.errors + other.errors,
+        )
+
+    def with_distinct(self, counts: Mapping[str, int]) -> DayFigures:
+        """These figures with the distinct counts of ``counts`` by entity kind (``session``,
+        ``user``, ``post``; a missing kind counts zero)."""
+        return replace(
+            self,
+            unique_sessions=counts.get("session", 0),
+            unique_users=counts.get("user", 0),
+            unique_posts=counts.get("post", 0),
+        )
 
     def json(self, *, with_histogram: bool) -> dict[str, JSONValue]:
-        if self.durations or self.percentile_buckets is None:
-            p50, p90 = percentile(self.durations, 50), percentile(self.durations, 90)
-        else:
-            p50, p90 = (None if b is None else bucket_value(b) for b in self.percentile_buckets)
-        duration: dict[str, JSONValue] = {"p50": p50, "p90": p90}
+        duration: dict[str, JSONValue] = {
+            "p50": percentile(self.durations, 50),
+            "p90": percentile(self.durations, 90),
+        }
         if with_histogram:
             duration["histogram"] = list(histogram(self.durations))
         attempts = self.unique_sessions + self.blocked
@@ -171,22 +196,46 @@ def stats_json(
 
 
 class StatsStore(Protocol):
-    """An event store that answers presence figures. Blocking: call it from a thread.
+    """An event store that answers presence figures: the interface of every store.
 
-    SQLite implements it (`tracks.sqlite_stats.SqliteStatsStore`); a PostgreSQL store can
-    implement the same three methods over the same rollup design.
+    SQLite implements it (`tracks.presence.sqlite.SqliteStatsStore`); a PostgreSQL store
+    implements the same methods over the same rollup design and passes the same tests
+    (tests/tracks/test_stats.py). Blocking: call it from a thread, never from an event
+    loop. A store is used as a context manager, or closed with `close()`.
     """
 
     def stats(self, scope: Scope, *, now_ms: int) -> dict[str, JSONValue]:
-        """The figures of `stats_json` for ``scope``, exact up to the last stored event."""
+        """The figures of `stats_json` for ``scope``, exact up to the last stored event.
+
+        Args:
+            scope: which events count.
+            now_ms: the time of the question: ``until`` defaults to its day, and a visit
+                without a leave counts as open until then (at most 24 hours).
+        """
         ...
 
-    def aggregate(self, *, now_ms: int) -> int:
-        """Fold events stored since the last run into the daily rollups; return how many."""
+    def aggregate(self, *, now_ms: int, chunk: int = AGGREGATE_CHUNK) -> int:
+        """Fold the events stored since the last run into the daily rollups.
+
+        Args:
+            now_ms: the time of the run (visits still open are open until then).
+            chunk: at most this many events per transaction, so writers wait less.
+
+        Returns:
+            How many events were rolled up.
+        """
         ...
 
     def prune(self, *, before_ms: int) -> int:
-        """Delete rolled-up raw events older than ``before_ms``; return how many."""
+        """Delete the raw events older than ``before_ms`` that the rollups already hold
+        (figures stay the same); return how many. Callers keep at least
+        `tracks.presence.retention.MIN_RETENTION_MS` of raw events."""
         ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release the store's connections. Idempotent."""
+        ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(self, *exc: object) -> None: ...

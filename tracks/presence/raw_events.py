@@ -1,0 +1,149 @@
+"""What the events stored since the last rollup add to the rollups' figures. Pure.
+
+No SQL and no I/O here: a store reads its raw events (`RawEvent`) and asks its rollups on
+which days they already hold the entities those joined (`joined_entities`); these
+functions turn the answers into `DayFigures` (`raw_figures`) and add them to the rollups'
+(`merge_days`). Every store over the rollup design (SQLite today) combines them this way,
+so its figures are exact at any moment, not only right after a rollup.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
+from typing import NamedTuple
+
+from tracks.presence.figures import MAX_OPEN_MS, day_of, duration_bucket
+from tracks.presence.stats import DayFigures
+
+__all__ = [
+    "EntityKey",
+    "RawEvent",
+    "joined_entities",
+    "merge_days",
+    "raw_figures",
+    "touched_post_days",
+]
+
+
+class RawEvent(NamedTuple):
+    """A presence event stored since the last rollup, as the figures need it."""
+
+    kind: str
+    """``join``, ``leave``, ``blocked`` or ``error`` (`tracks.presence.rollup.kind_sql`)."""
+    blog_id: int
+    post_id: int
+    session_id: object
+    wp_user_id: int | None
+    ts: int
+    duration_ms: object
+    """A leave's ``duration_ms`` property (any JSON value; only numbers count)."""
+    error_code: str | None
+    """An error's code (`tracks.presence.rollup.ERROR_CODE_SQL`)."""
+
+
+EntityKey = tuple[str, int, int, object]
+"""An entity's rollup key: (kind, blog_id, post_id, entity), as in ``rollup_entity_days``."""
+
+
+
+def joined_entities(
+    raw: Iterable[RawEvent], level_key: tuple[int, int]
+) -> dict[EntityKey, set[int]]:
+    """The days each entity joined on, by its rollup key: a session and a post per post, a
+    user at the scope's level."""
+    level_blog, level_post = level_key
+    joined: defaultdict[EntityKey, set[int]] = defaultdict(set)
+    for event in raw:
+        if event.kind != "join":
+            continue
+        day = day_of(event.ts)
+        if event.session_id is not None:
+            joined[("session", event.blog_id, event.post_id, event.session_id)].add(day)
+        joined[("post", event.blog_id, event.post_id, 0)].add(day)
+        if event.wp_user_id is not None:
+            joined[("user", level_blog, level_post, event.wp_user_id)].add(day)
+    return dict(joined)
+
+
+def touched_post_days(
+    raw: Iterable[RawEvent], first: int, last: int, *, now_ms: int
+) -> set[tuple[int, int, int]]:
+    """The (blog, post, day) within ``[first, last]`` whose peaks the joins and leaves of
+    ``raw`` can change: the days their visits span (a join is open at most `MAX_OPEN_MS`)."""
+    touched: set[tuple[int, int, int]] = set()
+    for event in raw:
+        if event.kind == "join":
+            start, end = event.ts, min(event.ts + MAX_OPEN_MS, now_ms)
+        elif event.kind == "leave":
+            duration = event.duration_ms
+            start = event.ts - int(duration) if isinstance(duration, int | float) else event.ts
+            end = event.ts
+        else:
+            continue
+        for day in range(max(day_of(start), first), min(day_of(end), last) + 1):
+            touched.add((event.blog_id, event.post_id, day))
+    return touched
+
+
+def raw_figures(
+    raw: Iterable[RawEvent],
+    joined: Mapping[EntityKey, set[int]],
+    seen: Mapping[EntityKey, set[int]],
+) -> tuple[dict[int, DayFigures], DayFigures, Counter[tuple[int, int]]]:
+    """What the raw events add: figures per day and for the range, and the sessions each
+    post gains. An entity counts on a day (in the range) the rollups do not hold it
+    (``seen``: on which days they do)."""
+    joins: Counter[int] = Counter()
+    blocked: Counter[int] = Counter()
+    errors: defaultdict[int, Counter[str]] = defaultdict(Counter)
+    durations: defaultdict[int, Counter[int]] = defaultdict(Counter)
+    for event in raw:
+        day = day_of(event.ts)
+        if event.kind == "join":
+            joins[day] += 1
+        elif event.kind == "blocked":
+            blocked[day] += 1
+        elif event.kind == "error":
+            errors[day][str(event.error_code)] += 1
+        elif event.kind == "leave" and isinstance(event.duration_ms, int | float):
+            durations[day][duration_bucket(int(event.duration_ms))] += 1
+    distinct: defaultdict[int, Counter[str]] = defaultdict(Counter)
+    range_distinct: Counter[str] = Counter()
+    new_sessions: Counter[tuple[int, int]] = Counter()
+    for key, entity_days in joined.items():
+        kind, blog, post, _ = key
+        held = seen.get(key, set())
+        for day in entity_days - held:
+            distinct[day][kind] += 1
+        if not held:
+            range_distinct[kind] += 1
+            if kind == "session":
+                new_sessions[(blog, post)] += 1
+    days = {
+        day: DayFigures(
+            joins=joins[day], blocked=blocked[day], durations=durations[day], errors=errors[day]
+        ).with_distinct(distinct[day])
+        for day in joins.keys() | blocked.keys() | errors.keys() | durations.keys()
+    }
+    total = sum(days.values(), DayFigures()).with_distinct(range_distinct)
+    return days, total, new_sessions
+
+
+def merge_days(
+    rolled_up: Mapping[int, DayFigures],
+    raw: Mapping[int, DayFigures],
+    peaks: Mapping[int, tuple[int, int]],
+) -> dict[int, DayFigures]:
+    """Each day's figures: the rollups' plus the raw events', with the recomputed peaks in
+    place of the stored ones (a late leave can end a visit that the last run saw open)."""
+    days = {
+        day: rolled_up.get(day, DayFigures()) + raw.get(day, DayFigures())
+        for day in rolled_up.keys() | raw.keys()
+    }
+    for day, (sessions, users) in peaks.items():
+        days[day] = replace(
+            days.get(day, DayFigures()), peak_sessions=sessions, peak_users=users
+        )
+    return days
