@@ -35,6 +35,7 @@ from rtc.server import CLOSE_TIMEOUT, RoomServer
 from tracks import Recorder, open_recorder
 from tracks.presence.reading import locate
 from tracks.streams import StreamConfig, load_streams
+from tracks.url import can_spool, recorder_kind
 
 __all__ = ["RtcServer"]
 
@@ -58,8 +59,9 @@ class RtcServer:
 
     Args:
         config: the server configuration.
-        recorders: where events go; by default opened from `config.recorder_urls` and closed
-            with the server. Recorders passed in are used as they are and left open.
+        recorders: where events go; by default opened from `config.recorder_urls`, entered
+            and closed with the server. Recorders passed in are the caller's: enter them
+            (`async with`) before the server and close them after it.
     """
 
     def __init__(self, config: ServerConfig, *, recorders: Sequence[Recorder] | None = None):
@@ -238,7 +240,7 @@ async def _open_recorders(
     opened = []
     for index, url in enumerate(config.recorder_urls):
         options: dict[str, object] = {}
-        if url.startswith(("http://", "https://", "sqlite:", "jsonl:/")):
+        if can_spool(url):
             # A backend outage or a store locked longer than the retries must not
             # lose events: batches wait on disk and are re-sent, oldest first.
             options["spool"] = config.data_dir / "spool" / f"recorder-{index}"
@@ -249,6 +251,6 @@ async def _open_recorders(
 def _event_store(config: ServerConfig) -> Path | None:
     """The first SQLite recorder's file: where timelines and stats are read from."""
     for url in config.recorder_urls:
-        if url.startswith("sqlite://"):
+        if recorder_kind(url) == "sqlite":
             return locate(url)[1]
     return None

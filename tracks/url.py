@@ -14,7 +14,14 @@ from tracks.builtin import (
 )
 from tracks.recorder import Recorder
 
-__all__ = ["ACCEPTED_FORMS", "open_recorder", "parse_store_url"]
+__all__ = [
+    "ACCEPTED_FORMS",
+    "RecorderKind",
+    "can_spool",
+    "open_recorder",
+    "parse_store_url",
+    "recorder_kind",
+]
 
 ACCEPTED_FORMS = (
     "sqlite:///abs/path.sqlite",
@@ -29,6 +36,7 @@ ACCEPTED_FORMS = (
 )
 
 StoreKind = Literal["sqlite", "jsonl"]
+RecorderKind = Literal["none", "memory", "http", "sqlite", "jsonl"]
 
 
 def _bad(url: str, why: str) -> ValueError:
@@ -55,6 +63,42 @@ def parse_store_url(url: str) -> tuple[StoreKind, Path | Literal["-"]]:
     return kind, Path(rest[2:])
 
 
+def recorder_kind(url: str) -> RecorderKind:
+    """What `open_recorder` builds from ``url``, without building it or touching a file.
+
+    Raises:
+        TypeError: ``url`` is not a string.
+        ValueError: the URL is not one of the accepted forms (the message lists them).
+    """
+    if not isinstance(url, str):
+        raise TypeError(f"recorder URL must be a string, got {type(url).__name__}")
+    url = url.strip()
+    if url == "none":
+        return "none"
+    if url == "memory:":
+        return "memory"
+    scheme = url.partition(":")[0].lower()
+    if scheme in ("http", "https"):
+        if not url.lower().startswith(f"{scheme}://") or len(url) <= len(scheme) + 3:
+            raise _bad(url, "needs a host")
+        return "http"
+    return parse_store_url(url)[0]
+
+
+def can_spool(url: str) -> bool:
+    """Whether the recorder of ``url`` takes a ``spool`` folder: it delivers in the
+    background to a file or a backend (SQLite, a JSONL file, HTTP), so batches can wait on
+    disk through an outage. Memory, ``none`` and ``jsonl:-`` (stdout) have nothing to wait for.
+
+    Raises:
+        TypeError, ValueError: as `recorder_kind`.
+    """
+    kind = recorder_kind(url)
+    if kind == "jsonl":
+        return parse_store_url(url.strip())[1] != "-"
+    return kind in ("http", "sqlite")
+
+
 def open_recorder(url: str, **options: Any) -> Recorder:
     """A recorder for ``url``; ``options`` go to its constructor.
 
@@ -69,22 +113,18 @@ def open_recorder(url: str, **options: Any) -> Recorder:
         ValueError: the URL is not one of the accepted forms (the message lists them).
         TypeError: an option the recorder does not take.
     """
-    if not isinstance(url, str):
-        raise TypeError(f"recorder URL must be a string, got {type(url).__name__}")
+    kind = recorder_kind(url)
     url = url.strip()
-    if url == "none":
+    if kind == "none":
         if options:
             raise TypeError(f"'none' takes no options, got {sorted(options)}")
         return NullRecorder()
-    if url == "memory:":
+    if kind == "memory":
         return MemoryRecorder(**options)
-    scheme = url.partition(":")[0].lower()
-    if scheme in ("http", "https"):
-        if not url.lower().startswith(f"{scheme}://") or len(url) <= len(scheme) + 3:
-            raise _bad(url, "needs a host")
+    if kind == "http":
         return HttpRecorder(url, **options)
-    kind, path = parse_store_url(url)
-    if kind == "sqlite":
+    store, path = parse_store_url(url)
+    if store == "sqlite":
         if path == "-":  # pragma: no cover - parse_store_url gives "-" only for jsonl
             raise _bad(url, "sqlite cannot write to stdout")
         return SqliteRecorder(path, **options)

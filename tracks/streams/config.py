@@ -48,7 +48,7 @@ from tracks.streams.routing import (
     StreamConfig,
     StreamConfigError,
 )
-from tracks.url import parse_store_url
+from tracks.url import recorder_kind
 
 __all__ = ["load_streams", "streams_from_mapping"]
 
@@ -82,27 +82,8 @@ def _recorder_name(name: str) -> str:
 
 
 def _recorder_url(url: str) -> str:
-    _recorder_kind(url)
+    recorder_kind(url)
     return url
-
-
-def _recorder_kind(url: str) -> str:
-    """What `tracks.open_recorder` would build from ``url``, without building it.
-
-    A stand-in until `tracks.url` offers this itself (one place that reads recorder URLs).
-
-    Raises:
-        ValueError: not a form ``open_recorder`` accepts.
-    """
-    url = url.strip()
-    if url in ("none", "memory:"):
-        return url.rstrip(":")
-    scheme = url.partition(":")[0].lower()
-    if scheme in ("http", "https"):
-        if not url.lower().startswith(f"{scheme}://") or len(url) <= len(scheme) + 3:
-            raise ValueError(f"bad recorder URL {url!r}: needs a host")
-        return "http"
-    return parse_store_url(url)[0]
 
 
 def _some_streams(streams: dict[str, _StreamModel]) -> dict[str, _StreamModel]:
