@@ -17,7 +17,7 @@ PUBLIC = {
     "RoomKey": "rtc.room",
     "RoomLimits": "rtc.room",
     "RtcError": "rtc.errors",
-    "RtcServer": "rtc.server",
+    "RtcServer": "rtc.app",
     "ServerConfig": "rtc.config",
 }
 
