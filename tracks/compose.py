@@ -13,7 +13,7 @@ import anyio
 
 from tracks.event import Event
 from tracks.recorder import Recorder, RecorderStats
-from tracks.sampling import session_in_sample
+from tracks.sampling import props_in_sample
 
 __all__ = ["FanoutRecorder", "SampledRecorder"]
 
@@ -24,7 +24,9 @@ class FanoutRecorder:
     """Sends every event to several recorders; a failing one never affects the others.
 
     Each child keeps its own queue, so a slow or broken destination fills only its
-    own inbox. `stats` adds the children's counters up.
+    own inbox. `stats` adds the children's counters up. A child whose `record()` breaks
+    its promise and raises is contained: counted in `failures`, logged once until it
+    records again.
 
     One lifecycle, like its children's: ``async with`` enters every child (and leaves
     them all, closing them concurrently so their shutdown deadlines overlap).
@@ -42,13 +44,21 @@ class FanoutRecorder:
         self.description = "fanout(" + ", ".join(r.description for r in recorders) + ")"
         self._stack: AsyncExitStack | None = None
         self._entered = False
+        self.failures = 0
+        self._failing: set[int] = set()  # children whose last record() raised, by index
 
     def record(self, event: Event) -> None:
-        for recorder in self.recorders:
+        for index, recorder in enumerate(self.recorders):
             try:
                 recorder.record(event)
             except Exception:  # a recorder that breaks its promise must not starve the rest
-                logger.exception("%s: record() raised", recorder.description)
+                self.failures += 1
+                if index not in self._failing:
+                    self._failing.add(index)
+                    logger.exception("%s: record() raised; containing it", recorder.description)
+            else:
+                if self._failing:
+                    self._failing.discard(index)
 
     async def flush(self) -> None:
         """Flush every child concurrently; one that fails is logged, the others still flush.
@@ -115,7 +125,7 @@ class SampledRecorder:
     """Keeps a deterministic fraction of sessions, and every event of a kept session.
 
     Whether a session is kept depends only on its ``blog_id``, ``post_id`` and
-    ``session_id`` (`tracks.sampling.session_in_sample`), so every process, the stream
+    ``session_id`` (`tracks.sampling.props_in_sample`), so every process, the stream
     router and the browser client keep the same sessions at the same rate.
 
     Args:
@@ -134,10 +144,7 @@ class SampledRecorder:
 
     def keeps(self, event: Event) -> bool:
         """Whether this event's session is in the sample."""
-        props = event.props
-        return session_in_sample(
-            props.get("blog_id"), props.get("post_id"), props.get("session_id"), self.rate
-        )
+        return props_in_sample(event.props, self.rate)
 
     def record(self, event: Event) -> None:
         try:

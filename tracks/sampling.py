@@ -16,8 +16,16 @@ in the sample, which is fine for sampling and wrong for anything that must resis
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
-__all__ = ["FNV_OFFSET_BASIS", "FNV_PRIME", "fnv1a_32", "session_fraction", "session_in_sample"]
+__all__ = [
+    "FNV_OFFSET_BASIS",
+    "FNV_PRIME",
+    "fnv1a_32",
+    "props_in_sample",
+    "session_fraction",
+    "session_in_sample",
+]
 
 FNV_OFFSET_BASIS = 0x811C9DC5
 FNV_PRIME = 0x01000193
@@ -66,3 +74,17 @@ def session_in_sample(blog_id: object, post_id: object, session_id: object, rate
     if not 0 <= rate <= 1:  # also refuses NaN
         raise ValueError(f"sample rate must be within [0, 1], got {rate!r}")
     return session_fraction(blog_id, post_id, session_id) < rate
+
+
+def props_in_sample(props: Mapping[str, object], rate: float) -> bool:
+    """Whether the session an event's props name (``blog_id``, ``post_id``, ``session_id``)
+    is in a sample of ``rate``: the one sampling rule of recorders, streams and capture.
+
+    Raises:
+        ValueError: ``rate`` is not within [0, 1].
+    """
+    if rate >= 1:
+        return True
+    return session_in_sample(
+        props.get("blog_id"), props.get("post_id"), props.get("session_id"), rate
+    )

@@ -17,8 +17,8 @@ from rtc.analytics.capture import CaptureSettings
 from rtc.analytics.feed import EventFeed
 from rtc.metrics import Metrics
 from rtc.room import Blocked, Joined, Left, RoomKey, Session
-from tracks import Event, JSONValue, Recorder
-from tracks.sampling import session_in_sample
+from tracks import Event, FanoutRecorder, JSONValue, Recorder
+from tracks.sampling import props_in_sample
 from tracks.streams import Origin, Routing, StreamConfig
 
 __all__ = ["Tracking"]
@@ -36,11 +36,14 @@ class Tracking:
     """Turns what rooms decide into recorded events, the live feed and metrics.
 
     Args:
-        recorders: where events go (each one's `record()` only enqueues).
+        recorders: the default destinations (each one's `record()` only enqueues).
         feed: the in-process stream for live viewers.
         metrics: counters to keep in step.
         prefix: prefix of every event name.
         instance: distinguishes this server process in ids of events that have no session.
+        capture: per-blog capture switches and sampling (None: everything is captured).
+        streams: which events are accepted and where they go (None: the defaults).
+        named_recorders: the streams' other destinations, by name.
     """
 
     def __init__(
@@ -55,17 +58,18 @@ class Tracking:
         streams: StreamConfig | None = None,
         named_recorders: Mapping[str, Recorder] | None = None,
     ) -> None:
-        self._recorders = tuple(recorders)
-        self._named: dict[str, tuple[Recorder, ...]] = {"default": self._recorders}
+        self._named: dict[str, tuple[Recorder, ...]] = {"default": tuple(recorders)}
         for name, recorder in (named_recorders or {}).items():
             self._named[name] = (recorder,)
+        # One fan-out per set of destinations a stream names, built when first used: it
+        # contains a recorder that raises, so no destination can starve another.
+        self._fanouts: dict[tuple[str, ...], FanoutRecorder | None] = {}
         self.streams = streams or StreamConfig.default(prefix=prefix)
         self._capture = capture
         self._feed = feed
         self._metrics = metrics
         self._prefix = prefix
         self._instance = instance or uuid.uuid4().hex
-        self._failing: set[int] = set()  # ids of recorders whose last record() raised
 
     def joined(self, joined: Joined, *, post_type: str | None) -> None:
         session = joined.session
@@ -189,18 +193,11 @@ class Tracking:
 
     def captured(self, event: Event) -> bool:
         """Whether capture control lets this event through (its blog's switch and sample)."""
-        if self._capture is None:
-            return True
         blog_id = event.props.get("blog_id")
-        if not isinstance(blog_id, int):
+        if self._capture is None or not isinstance(blog_id, int):
             return True
         settings = self._capture.for_blog(blog_id)
-        if not settings.enabled:
-            return False
-        return settings.sample_rate >= 1.0 or session_in_sample(
-            blog_id, event.props.get("post_id"), event.props.get("session_id"),
-            settings.sample_rate,
-        )
+        return settings.enabled and props_in_sample(event.props, settings.sample_rate)
 
     def record(
         self, event: Event, room: RoomKey | None, *, origin: Origin = "server"
@@ -218,18 +215,19 @@ class Tracking:
             self._metrics.events_not_captured.labels("capture_off").inc()
             return Routing(outcome="sampled_out", stream=routing.stream, reason="capture control")
         self._metrics.events_recorded.labels(event.name).inc()
-        targets = {id(r): r for name in routing.recorders for r in self._named.get(name, ())}
-        for key, recorder in targets.items():
-            try:
-                recorder.record(event)
-            except Exception:
-                # A recorder's front door must never raise; if one does, contain it here.
-                self._metrics.recorder_failures.inc()
-                if key not in self._failing:
-                    logger.exception("a recorder raised on record(); containing it")
-                    self._failing.add(key)
-            else:
-                self._failing.discard(key)
+        fanout = self._fanout(routing.recorders)
+        if fanout is not None:
+            failures = fanout.failures
+            fanout.record(event)
+            if fanout.failures != failures:
+                self._metrics.recorder_failures.inc(fanout.failures - failures)
         if room is not None:
             self._feed.publish(room, event.to_json())
         return routing
+
+    def _fanout(self, names: tuple[str, ...]) -> FanoutRecorder | None:
+        if names not in self._fanouts:
+            # Each destination once, whichever names lead to it.
+            targets = {id(r): r for name in names for r in self._named.get(name, ())}
+            self._fanouts[names] = FanoutRecorder(*targets.values()) if targets else None
+        return self._fanouts[names]

@@ -44,11 +44,19 @@ class Raising:
         raise RuntimeError("broken recorder")
 
 
-async def test_fanout_survives_a_recorder_that_raises() -> None:
+async def test_fanout_survives_a_recorder_that_raises(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     memory = MemoryRecorder()
     fanout = FanoutRecorder(Raising(), memory)  # type: ignore[arg-type]
-    fanout.record(make_events(1)[0])
-    assert len(memory.events) == 1
+    for event in make_events(3):
+        fanout.record(event)
+    assert len(memory.events) == 3
+    assert fanout.failures == 3
+    # Logged once for the burst, not once per event.
+    assert [r.getMessage() for r in caplog.records if "raising:" in r.getMessage()] == [
+        "raising:: record() raised; containing it"
+    ]
 
 
 def sessions(count: int) -> list[Event]:

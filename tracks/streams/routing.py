@@ -20,7 +20,7 @@ from types import MappingProxyType
 from typing import Literal, TypeAlias
 
 from tracks.event import Event, JSONValue
-from tracks.sampling import session_in_sample
+from tracks.sampling import props_in_sample
 
 __all__ = [
     "DEFAULT_RECORDER",
@@ -280,15 +280,8 @@ class StreamConfig:
             reason = rule.check(name, event.props)
             if reason is not None:
                 return Routing(outcome="rejected", stream=stream.name, reason=reason)
-        if stream.sample_rate < 1:
-            props = event.props
-            if not session_in_sample(
-                props.get("blog_id"),
-                props.get("post_id"),
-                props.get("session_id"),
-                stream.sample_rate,
-            ):
-                return Routing(outcome="sampled_out", stream=stream.name, reason="sampled out")
+        if not props_in_sample(event.props, stream.sample_rate):
+            return Routing(outcome="sampled_out", stream=stream.name, reason="sampled out")
         return Routing(outcome="accepted", stream=stream.name, recorders=stream.recorders)
 
     def recorder_urls(self) -> dict[str, str]:
