@@ -9,7 +9,6 @@ per burst, counted, and the room carries on.
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from collections.abc import Mapping, Sequence
 
@@ -18,6 +17,7 @@ from rtc.analytics.feed import EventFeed
 from rtc.metrics import Metrics
 from rtc.room import Blocked, Joined, Left, RoomKey, Session
 from tracks import Event, FanoutRecorder, JSONValue, Recorder
+from tracks.event import now_ms
 from tracks.sampling import props_in_sample
 from tracks.streams import Origin, Routing, StreamConfig
 
@@ -181,7 +181,7 @@ class Tracking:
             event = Event(
                 name,
                 {"blog_id": room.blog_id, "post_id": room.post_id, **props},
-                ts=ts if ts is not None else int(time.time() * 1000),
+                ts=ts if ts is not None else now_ms(),
                 event_id=str(event_id),
                 prefix=self._prefix,
             )

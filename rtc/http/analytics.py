@@ -31,6 +31,7 @@ from rtc.metrics import Metrics
 from rtc.ratelimit import TokenBucket
 from rtc.room import RoomKey
 from tracks import JSONValue
+from tracks.event import now_ms
 from tracks.presence.timeline import session_timeline
 
 __all__ = ["AnalyticsApi"]
@@ -103,13 +104,12 @@ class AnalyticsApi:
         if not self._allow(request.client):
             self._metrics.limit_refusals.labels("ingest").inc()
             raise HttpError(429, "too many batches from this address; retry later")
-        now_ms = int(time.time() * 1000)
         try:
             events, rejections = parse_batch(
                 request.body,
                 max_events=MAX_BATCH_EVENTS,
                 window_ms=int(self._config.ingest_window * 1000),
-                now_ms=now_ms,
+                now_ms=now_ms(),
                 max_age_ms=MAX_EVENT_AGE_MS,
             )
         except BatchError as error:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -23,8 +22,9 @@ from rtc.http.responses import HttpError
 from rtc.ids import id_from_text
 from rtc.room import Room
 from tracks import JSONValue
+from tracks.event import now_ms
 from tracks.presence.figures import DAY_MS
-from tracks.presence.sqlite import SqliteStatsStore
+from tracks.presence.sqlite import open_stats_store
 from tracks.presence.stats import Scope, parse_day
 
 __all__ = ["StatsApi", "live_json"]
@@ -34,10 +34,6 @@ logger = logging.getLogger(__name__)
 # Rows per rollup transaction in the server: the recorder waits for the write lock meanwhile
 # (about half a second per 10,000 events on a 2-core machine; its busy timeout is 5 s).
 ROLLUP_CHUNK = 10_000
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def live_json(
@@ -128,7 +124,7 @@ class StatsApi:
         Raises:
             HttpError: 400 for a malformed scope.
         """
-        scope = parse_scope(request, now_ms=_now_ms())
+        scope = parse_scope(request, now_ms=now_ms())
         return live_json(self._rooms(), blog_id=scope.blog_id, post_id=scope.post_id)
 
     async def figures(self, request: HttpRequest) -> dict[str, JSONValue]:
@@ -137,7 +133,7 @@ class StatsApi:
         Raises:
             HttpError: 400 for a malformed scope, 404 without an event store.
         """
-        scope = parse_scope(request, now_ms=_now_ms())
+        scope = parse_scope(request, now_ms=now_ms())
         store = self._event_store
         if store is None or not store.exists():
             raise HttpError(404, "no SQLite event store to read stats from")
@@ -146,8 +142,8 @@ class StatsApi:
     @staticmethod
     def _query(store: Path, scope: Scope) -> dict[str, JSONValue]:
         # A connection per query: cheap next to the query, and never shared across threads.
-        with SqliteStatsStore(store) as stats:
-            return stats.stats(scope, now_ms=_now_ms())
+        with open_stats_store(store) as stats:
+            return stats.stats(scope, now_ms=now_ms())
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Roll up (and prune) at once, then every ``rollup_interval`` seconds until
@@ -179,8 +175,8 @@ class StatsApi:
             await self._rolled.wait()
 
     def _roll_up(self, store: Path) -> None:
-        now = _now_ms()
-        with SqliteStatsStore(store) as stats:
+        now = now_ms()
+        with open_stats_store(store) as stats:
             events = stats.aggregate(now_ms=now, chunk=ROLLUP_CHUNK)
             pruned = 0
             if self._retention_days:
