@@ -12,7 +12,8 @@ import anyio
 import pytest
 
 from tests.tracks.tracks_testing import TIMEOUT, make_events
-from tracks import Event, SqliteRecorder, read_events, schema
+from tracks import Event, SqliteRecorder, read_events
+from tracks.presence import sqlite_schema as schema
 
 
 def query(path: Path, sql: str) -> list[tuple[object, ...]]:
