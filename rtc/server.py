@@ -39,7 +39,7 @@ from rtc.errors import (
     UnsupportedDataError,
 )
 from rtc.expiry import TokenExpiry
-from rtc.http.responses import HttpError
+from rtc.http.errors import HttpError
 from rtc.http.routes import FeedRoute, RoomRoute, route
 from rtc.metrics import Metrics
 from rtc.protocol import decode

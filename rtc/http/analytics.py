@@ -24,8 +24,9 @@ from rtc.analytics.tracking import Tracking
 from rtc.auth import verify
 from rtc.config import ServerConfig
 from rtc.errors import RtcError
+from rtc.http.errors import HttpError
 from rtc.http.request import HttpRequest
-from rtc.http.responses import HttpError, json_response, text_response
+from rtc.http.responses import json_response, text_response
 from rtc.ids import id_from_json
 from rtc.metrics import Metrics
 from rtc.ratelimit import TokenBucket

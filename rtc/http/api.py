@@ -18,9 +18,9 @@ from websockets.http11 import Request, Response
 
 from rtc.config import ServerConfig
 from rtc.http.analytics import AnalyticsApi
+from rtc.http.errors import HttpError
 from rtc.http.request import HttpRequest
 from rtc.http.responses import (
-    HttpError,
     error_response,
     file_response,
     json_response,

@@ -17,19 +17,11 @@ import anyio
 from websockets.datastructures import Headers
 from websockets.http11 import Response
 
-__all__ = ["HttpError", "error_response", "file_response", "json_response", "text_response"]
+from rtc.http.errors import HttpError
+
+__all__ = ["error_response", "file_response", "json_response", "text_response"]
 
 JSON = "application/json"
-
-
-class HttpError(Exception):
-    """A request refused with an HTTP status and a one-line message (the JSON error body)."""
-
-    def __init__(self, status: int, message: str, *, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers or {}
 
 
 def text_response(

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from rtc.http.errors import HttpError
 from rtc.http.request import HttpRequest
-from rtc.http.responses import HttpError
 from rtc.ids import id_from_text
 from rtc.room import RoomKey
 

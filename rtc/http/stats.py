@@ -17,8 +17,8 @@ from pathlib import Path
 import anyio
 from anyio.abc import TaskStatus
 
+from rtc.http.errors import HttpError
 from rtc.http.request import HttpRequest
-from rtc.http.responses import HttpError
 from rtc.ids import id_from_text
 from rtc.room import Room
 from tracks import JSONValue

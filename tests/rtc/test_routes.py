@@ -2,7 +2,7 @@
 
 import pytest
 
-from rtc.http.responses import HttpError
+from rtc.http.errors import HttpError
 from rtc.http.routes import (
     CaptureBlog,
     FeedRoute,
