@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
@@ -33,6 +33,7 @@ __all__ = [
     "histogram",
     "peak",
     "percentile",
+    "percentiles",
     "visits",
 ]
 
@@ -87,16 +88,25 @@ def percentile(buckets: Mapping[int, int], percent: int) -> int | None:
     The rank is ``ceil(percent * total / 100)``, computed in integers so that no float
     rounding moves it: the first bucket whose running count reaches the rank holds it.
     """
+    return percentiles(buckets, (percent,))[0]
+
+
+def percentiles(buckets: Mapping[int, int], percents: Sequence[int]) -> list[int | None]:
+    """`percentile` for each of ``percents``, in one pass over the buckets."""
     total = sum(buckets.values())
     if total == 0:
-        return None
-    rank = max(-(-percent * total // 100), 1)
+        return [None] * len(percents)
+    ranks = [max(-(-percent * total // 100), 1) for percent in percents]
+    pending = sorted(range(len(ranks)), key=ranks.__getitem__)  # indexes, lowest rank first
+    found: list[int | None] = [None] * len(ranks)
     seen = 0
     for bucket in sorted(buckets):
         seen += buckets[bucket]
-        if seen >= rank:
-            return bucket_value(bucket)
-    raise AssertionError("unreachable: ranks never exceed the total")  # pragma: no cover
+        while pending and seen >= ranks[pending[0]]:
+            found[pending.pop(0)] = bucket_value(bucket)
+        if not pending:
+            break
+    return found
 
 
 def histogram(buckets: Mapping[int, int]) -> list[dict[str, int | None]]:

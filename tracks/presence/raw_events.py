@@ -1,7 +1,7 @@
 """What the events stored since the last rollup add to the rollups' figures. Pure.
 
-No SQL and no I/O here: a store reads its raw events (`RawEvent`) and asks its rollups on
-which days they already hold the entities those joined (`joined_entities`); these
+No SQL and no I/O here: a store reads its raw events (`RawEvent`) and asks its rollups
+which of the entities those joined (`joined_entities`) they already hold, and on which days; these
 functions turn the answers into `DayFigures` (`raw_figures`) and add them to the rollups'
 (`merge_days`). Every store over the rollup design (SQLite today) combines them this way,
 so its figures are exact at any moment, not only right after a rollup.
@@ -15,7 +15,7 @@ from dataclasses import replace
 from typing import NamedTuple
 
 from tracks.presence.figures import MAX_OPEN_MS, day_of, duration_bucket
-from tracks.presence.stats import DayFigures
+from tracks.presence.stats import DayFigures, add_up
 
 __all__ = [
     "EntityKey",
@@ -90,11 +90,18 @@ def touched_post_days(
 def raw_figures(
     raw: Iterable[RawEvent],
     joined: Mapping[EntityKey, set[int]],
-    seen: Mapping[EntityKey, set[int]],
+    held: Mapping[EntityKey, set[int]],
 ) -> tuple[dict[int, DayFigures], DayFigures, Counter[tuple[int, int]]]:
     """What the raw events add: figures per day and for the range, and the sessions each
-    post gains. An entity counts on a day (in the range) the rollups do not hold it
-    (``seen``: on which days they do)."""
+    post gains.
+
+    Args:
+        raw: the events stored since the last rollup, within the range.
+        joined: `joined_entities` of ``raw``.
+        held: the joined entities the rollups hold on some day of the range, each with
+            which of its ``joined`` days they hold. An entity counts in the range unless
+            held, and on each of its days that is not held.
+    """
     joins: Counter[int] = Counter()
     blocked: Counter[int] = Counter()
     errors: defaultdict[int, Counter[str]] = defaultdict(Counter)
@@ -114,20 +121,26 @@ def raw_figures(
     new_sessions: Counter[tuple[int, int]] = Counter()
     for key, entity_days in joined.items():
         kind, blog, post, _ = key
-        held = seen.get(key, set())
-        for day in entity_days - held:
+        held_days = held.get(key)
+        for day in entity_days if held_days is None else entity_days - held_days:
             distinct[day][kind] += 1
-        if not held:
+        if held_days is None:
             range_distinct[kind] += 1
             if kind == "session":
                 new_sessions[(blog, post)] += 1
     days = {
         day: DayFigures(
-            joins=joins[day], blocked=blocked[day], durations=durations[day], errors=errors[day]
-        ).with_distinct(distinct[day])
+            joins=joins[day],
+            blocked=blocked[day],
+            unique_sessions=distinct[day]["session"],
+            unique_users=distinct[day]["user"],
+            unique_posts=distinct[day]["post"],
+            durations=durations[day],
+            errors=errors[day],
+        )
         for day in joins.keys() | blocked.keys() | errors.keys() | durations.keys()
     }
-    total = sum(days.values(), DayFigures()).with_distinct(range_distinct)
+    total = add_up(days.values()).with_distinct(range_distinct)
     return days, total, new_sessions
 
 
@@ -138,10 +151,9 @@ def merge_days(
 ) -> dict[int, DayFigures]:
     """Each day's figures: the rollups' plus the raw events', with the recomputed peaks in
     place of the stored ones (a late leave can end a visit that the last run saw open)."""
-    days = {
-        day: rolled_up.get(day, DayFigures()) + raw.get(day, DayFigures())
-        for day in rolled_up.keys() | raw.keys()
-    }
+    days = {**rolled_up, **raw}
+    for day in rolled_up.keys() & raw.keys():
+        days[day] = rolled_up[day] + raw[day]
     for day, (sessions, users) in peaks.items():
         days[day] = replace(
             days.get(day, DayFigures()), peak_sessions=sessions, peak_users=users

@@ -136,8 +136,8 @@ class SqliteStatsStore:
                 top = self._rollup_top_posts(scope, first, last, limit=TOP_POSTS)
         with timer("raw"):
             joined = joined_entities(raw, scope.level_key)
-            seen = self._rolled_up_days(joined, first, last) if rolled_up else {}
-            raw_days, raw_total, new_sessions = raw_figures(raw, joined, seen)
+            held = self._held(joined, first, last) if rolled_up else {}
+            raw_days, raw_total, new_sessions = raw_figures(raw, joined, held)
             if rolled_up:
                 top.update(self._rollup_sessions(new_sessions.keys() - top.keys(), first, last))
             top.update(new_sessions)
@@ -217,14 +217,18 @@ class SqliteStatsStore:
             }
         with timer("errors"):
             errors: defaultdict[int, Counter[str]] = defaultdict(Counter)
+            range_errors: Counter[str] = Counter()
             for day, code, n in run(f"SELECT day, code, n FROM rollup_errors WHERE {where}", key):
                 errors[day][code] = n
+                range_errors[code] += n
         with timer("durations"):
             durations: defaultdict[int, Counter[int]] = defaultdict(Counter)
+            range_durations: Counter[int] = Counter()
             for day, bucket, n in run(
                 f"SELECT day, bucket, n FROM rollup_durations WHERE {where}", key
             ):
                 durations[day][bucket] = n
+                range_durations[bucket] += n
         with timer("peaks"):
             peaks = {
                 int(day): (int(sessions), int(users))
@@ -255,12 +259,21 @@ class SqliteStatsStore:
                 blocked=counts.get(day, (0, 0))[1],
                 peak_sessions=peaks.get(day, (0, 0))[0],
                 peak_users=peaks.get(day, (0, 0))[1],
+                unique_sessions=distinct[day]["session"],
+                unique_users=distinct[day]["user"],
+                unique_posts=distinct[day]["post"],
                 durations=durations[day],
                 errors=errors[day],
-            ).with_distinct(distinct[day])
+            )
             for day in counts.keys() | errors.keys() | durations.keys() | peaks.keys()
         }
-        return days, sum(days.values(), DayFigures()).with_distinct(range_distinct)
+        total = DayFigures(
+            joins=sum(joins for joins, _ in counts.values()),
+            blocked=sum(blocked for _, blocked in counts.values()),
+            durations=range_durations,
+            errors=range_errors,
+        )
+        return days, total.with_distinct(range_distinct)
 
     def _rollup_top_posts(
         self, scope: Scope, first: int, last: int, *, limit: int
@@ -293,9 +306,9 @@ class SqliteStatsStore:
                 cut = sorted(found.values(), reverse=True)[wanted - 1]
                 if int(batch[0][2]) < cut:
                     break
-            posts = [(int(blog), int(post)) for blog, post, _ in batch]
-            found.update(dict.fromkeys(posts, 0))
-            found.update(self._rollup_sessions(posts, first, last))
+            found.update(
+                self._rollup_sessions([(blog, post) for blog, post, _ in batch], first, last)
+            )
         cursor.close()
         ranked = sorted(found.items(), key=lambda item: (-item[1], item[0]))[:wanted]
         return Counter({key: count for key, count in ranked if count})
@@ -307,38 +320,51 @@ class SqliteStatsStore:
         keys = json.dumps(list(posts))
         if keys == "[]":
             return Counter()
-        # CROSS JOIN keeps the given posts as the outer loop: one primary-key range each.
+        # A subquery per post (a primary-key range each) beats a join that must then group.
         rows = self._reader.execute(
-            "SELECT d.blog_id, d.post_id, SUM(d.n) FROM json_each(?) AS j"
-            " CROSS JOIN rollup_distinct AS d WHERE d.kind = 'session'"
-            " AND d.blog_id = json_extract(j.value, '$[0]')"
-            " AND d.post_id = json_extract(j.value, '$[1]')"
-            " AND d.day BETWEEN ? AND ? AND d.prev_day < ? GROUP BY d.blog_id, d.post_id",
-            (keys, first, last, first),
+            "SELECT post.b, post.p, (SELECT COALESCE(SUM(d.n), 0) FROM rollup_distinct AS d"
+            "  WHERE d.kind = 'session' AND d.blog_id = post.b AND d.post_id = post.p"
+            "  AND d.day BETWEEN ? AND ? AND d.prev_day < ?)"
+            " FROM (SELECT json_extract(value, '$[0]') AS b, json_extract(value, '$[1]') AS p"
+            "  FROM json_each(?)) AS post",
+            (first, last, first, keys),
         )
         return Counter({(int(blog), int(post)): int(n) for blog, post, n in rows})
 
-    def _rolled_up_days(
+    def _held(
         self, joined: Mapping[EntityKey, set[int]], first: int, last: int
     ) -> dict[EntityKey, set[int]]:
-        """The days within ``[first, last]`` on which the rollups hold each joined entity."""
-        if not joined:
+        """The joined entities the rollups hold on some day of ``[first, last]``, each with
+        which of its joined days they hold (see `raw_figures`)."""
+        # Two queries for all entities, each an indexed point lookup per entity or day.
+        # Returning every day an entity is held would be far more rows: a user comes back
+        # day after day.
+        keys = list(joined)
+        if not keys:
             return {}
-        # One query for every entity; CROSS JOIN keeps them the outer loop (a primary-key
-        # range each) however few or many they are.
-        rows = self._reader.execute(
-            "SELECT e.kind, e.blog_id, e.post_id, e.entity, e.day FROM json_each(?) AS j"
-            " CROSS JOIN rollup_entity_days AS e WHERE e.kind = json_extract(j.value, '$[0]')"
-            " AND e.blog_id = json_extract(j.value, '$[1]')"
+        entity = (
+            "e.kind = json_extract(j.value, '$[0]') AND e.blog_id = json_extract(j.value, '$[1]')"
             " AND e.post_id = json_extract(j.value, '$[2]')"
-            " AND e.entity = json_extract(j.value, '$[3]') AND e.day BETWEEN ? AND ?",
-            (json.dumps(list(joined)), first, last),
+            " AND e.entity = json_extract(j.value, '$[3]')"
         )
-        seen: defaultdict[EntityKey, set[int]] = defaultdict(set)
-        for kind, blog, post, entity, day in rows:
-            seen[(kind, int(blog), int(post), entity)].add(int(day))
-        return dict(seen)
-
+        rows = self._reader.execute(
+            "SELECT j.key FROM json_each(?) AS j WHERE EXISTS (SELECT 1 FROM"
+            f" rollup_entity_days AS e WHERE {entity} AND e.day BETWEEN ? AND ?)",
+            (json.dumps(keys), first, last),
+        )
+        held: dict[EntityKey, set[int]] = {keys[index]: set() for (index,) in rows}
+        entity_days = [(*key, day) for key in held for day in joined[key]]
+        if entity_days:
+            rows = self._reader.execute(
+                "SELECT j.key FROM json_each(?) AS j WHERE EXISTS (SELECT 1 FROM"
+                f" rollup_entity_days AS e WHERE {entity}"
+                " AND e.day = json_extract(j.value, '$[4]'))",
+                (json.dumps(entity_days),),
+            )
+            for (index,) in rows:
+                kind, blog, post, entity_id, day = entity_days[index]
+                held[(kind, blog, post, entity_id)].add(day)
+        return held
 
 class _Timer:
     """Adds the seconds each named part takes to ``timings`` (when given)."""

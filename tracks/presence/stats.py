@@ -18,12 +18,12 @@ and days), ``session_duration_ms`` (``p50``, ``p90`` and a ``histogram``, from l
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Protocol, Self
 
 from tracks.event import JSONValue
-from tracks.presence.figures import DAY_MS, day_from_text, day_of, day_text, histogram, percentile
+from tracks.presence.figures import DAY_MS, day_from_text, day_of, day_text, histogram, percentiles
 from tracks.presence.retention import parse_duration
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "DayFigures",
     "Scope",
     "StatsStore",
+    "add_up",
     "parse_day",
     "stats_json",
 ]
@@ -124,17 +125,7 @@ class DayFigures:
     """Connection errors per code."""
 
     def __add__(self, other: DayFigures) -> DayFigures:
-        return DayFigures(
-            joins=self.joins + other.joins,
-            blocked=self.blocked + other.blocked,
-            unique_sessions=self.unique_sessions + other.unique_sessions,
-            unique_users=self.unique_users + other.unique_users,
-            unique_posts=self.unique_posts + other.unique_posts,
-            peak_sessions=max(self.peak_sessions, other.peak_sessions),
-            peak_users=max(self.peak_users, other.peak_users),
-            durations=self.durations + other.durations,
-            errors=self.errors + other.errors,
-        )
+        return add_up((self, other))
 
     def with_distinct(self, counts: Mapping[str, int]) -> DayFigures:
         """These figures with the distinct counts of ``counts`` by entity kind (``session``,
@@ -147,10 +138,8 @@ class DayFigures:
         )
 
     def json(self, *, with_histogram: bool) -> dict[str, JSONValue]:
-        duration: dict[str, JSONValue] = {
-            "p50": percentile(self.durations, 50),
-            "p90": percentile(self.durations, 90),
-        }
+        p50, p90 = percentiles(self.durations, (50, 90))
+        duration: dict[str, JSONValue] = {"p50": p50, "p90": p90}
         if with_histogram:
             duration["histogram"] = list(histogram(self.durations))
         attempts = self.unique_sessions + self.blocked
@@ -173,6 +162,34 @@ class DayFigures:
             "blocked_rate": round(self.blocked / attempts, 4) if attempts else 0.0,
             "connection_errors_by_code": errors,
         }
+
+
+def add_up(parts: Iterable[DayFigures]) -> DayFigures:
+    """The figures of disjoint parts together (see `DayFigures`); no parts: all zero."""
+    joins = blocked = sessions = users = posts = peak_sessions = peak_users = 0
+    durations: Counter[int] = Counter()
+    errors: Counter[str] = Counter()
+    for part in parts:
+        joins += part.joins
+        blocked += part.blocked
+        sessions += part.unique_sessions
+        users += part.unique_users
+        posts += part.unique_posts
+        peak_sessions = max(peak_sessions, part.peak_sessions)
+        peak_users = max(peak_users, part.peak_users)
+        durations.update(part.durations)
+        errors.update(part.errors)
+    return DayFigures(
+        joins=joins,
+        blocked=blocked,
+        unique_sessions=sessions,
+        unique_users=users,
+        unique_posts=posts,
+        peak_sessions=peak_sessions,
+        peak_users=peak_users,
+        durations=durations,
+        errors=errors,
+    )
 
 
 def stats_json(
