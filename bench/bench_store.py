@@ -20,7 +20,7 @@ import anyio.lowlevel
 from pycrdt import Doc, Text
 
 from rtc.documents import DocumentStore
-from rtc.room import RoomKey
+from rtc.ids import RoomKey
 
 
 def updates(count: int) -> list[bytes]:

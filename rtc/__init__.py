@@ -6,7 +6,8 @@ Public API: `RtcServer` (run it with `async with`), `ServerConfig`, and the erro
 from rtc.app import RtcServer
 from rtc.config import ConfigError, ServerConfig
 from rtc.errors import CloseCode, ProtocolError, RtcError
-from rtc.room import RoomKey, RoomLimits
+from rtc.ids import RoomKey
+from rtc.limits import RoomLimits
 
 __all__ = [
     "CloseCode",

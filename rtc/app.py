@@ -28,8 +28,8 @@ from rtc.http.analytics import AnalyticsApi
 from rtc.http.api import HttpApi
 from rtc.http.connection import connection_class
 from rtc.http.stats import StatsApi
+from rtc.limits import RoomLimits
 from rtc.metrics import Metrics, live_figures, recorder_figures
-from rtc.room import RoomLimits
 from rtc.rooms import RoomRegistry
 from rtc.server import CLOSE_TIMEOUT, RoomServer
 from tracks import Recorder, open_recorder

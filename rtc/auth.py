@@ -12,8 +12,7 @@ from dataclasses import dataclass
 import jwt
 
 from rtc.errors import CloseCode, RtcError
-from rtc.ids import id_from_json
-from rtc.room import RoomKey
+from rtc.ids import RoomKey, id_from_json
 
 __all__ = ["AuthenticationError", "ForbiddenError", "Grant", "issue", "verify"]
 

@@ -18,7 +18,7 @@ from typing import Self
 import anyio
 from anyio.abc import TaskGroup
 
-from rtc.room import RoomKey
+from rtc.ids import RoomKey
 
 __all__ = ["DocumentStore"]
 

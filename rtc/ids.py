@@ -1,4 +1,5 @@
-"""What counts as an id: blog, post and user ids, from a URL, a token or a JSON value.
+"""What counts as an id: blog, post and user ids, from a URL, a token or a JSON value;
+and `RoomKey`, the id of a room (one post of one blog).
 
 No I/O here. Ids are positive integers below 2**63, so that every id fits a signed 64-bit
 column (SQLite INTEGER, PostgreSQL bigint) wherever it is stored.
@@ -6,7 +7,9 @@ column (SQLite INTEGER, PostgreSQL bigint) wherever it is stored.
 
 from __future__ import annotations
 
-__all__ = ["MAX_ID", "id_from_json", "id_from_text"]
+from dataclasses import dataclass
+
+__all__ = ["MAX_ID", "RoomKey", "id_from_json", "id_from_text"]
 
 MAX_ID = 2**63 - 1
 _MAX_DIGITS = len(str(MAX_ID))
@@ -40,3 +43,18 @@ def id_from_json(value: object, *, digits: bool = False) -> int | None:
     if digits and isinstance(value, str):
         return id_from_text(value)
     return None
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class RoomKey:
+    """A room is one post of one blog."""
+
+    blog_id: int
+    post_id: int
+
+    def __post_init__(self) -> None:
+        if not (0 < self.blog_id <= MAX_ID and 0 < self.post_id <= MAX_ID):
+            raise ValueError("blog_id and post_id must be positive integers below 2**63")
+
+    def __str__(self) -> str:
+        return f"{self.blog_id}/{self.post_id}"

@@ -15,6 +15,22 @@ from typing import Any
 
 from pycrdt import Doc
 
+from rtc.actions import (
+    ECHO,
+    Action,
+    Blocked,
+    Broadcast,
+    Close,
+    ConnectionId,
+    Contributor,
+    Identity,
+    Joined,
+    Left,
+    Note,
+    Persist,
+    Send,
+    Session,
+)
 from rtc.awareness import (
     AwarenessEntry,
     AwarenessStates,
@@ -24,7 +40,9 @@ from rtc.awareness import (
     user_of,
 )
 from rtc.errors import CloseCode, ProtocolError
-from rtc.history import RecentEnd, SessionHistory
+from rtc.history import SessionHistory
+from rtc.ids import RoomKey
+from rtc.limits import RoomLimits, contributor_key
 from rtc.protocol import (
     EMPTY_UPDATE,
     AuthMessage,
@@ -39,175 +57,7 @@ from rtc.protocol import (
 )
 from rtc.yupdate import check_state_vector, check_update
 
-__all__ = [
-    "ECHO",
-    "Action",
-    "Blocked",
-    "Broadcast",
-    "Close",
-    "Contributor",
-    "Identity",
-    "Joined",
-    "Left",
-    "Note",
-    "Persist",
-    "Room",
-    "RoomKey",
-    "RoomLimits",
-    "Send",
-    "Session",
-]
-
-ConnectionId = int
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class RoomKey:
-    """A room is one post of one blog."""
-
-    blog_id: int
-    post_id: int
-
-    def __post_init__(self) -> None:
-        if self.blog_id <= 0 or self.post_id <= 0:
-            raise ValueError("blog_id and post_id must be positive integers")
-
-    def __str__(self) -> str:
-        return f"{self.blog_id}/{self.post_id}"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RoomLimits:
-    """Admission limits of a room (0 = unlimited) and bounds on what a newcomer may send.
-
-    Attributes:
-        max_contributors: distinct users present; a new user beyond it is blocked.
-        max_connections: sessions present, whoever they belong to.
-        max_held_messages: messages held from a connection before it names its session.
-        max_held_bytes: bytes held likewise.
-    """
-
-    max_contributors: int = 0
-    max_connections: int = 0
-    max_held_messages: int = 64
-    max_held_bytes: int = 16 * 1024 * 1024
-
-    def __post_init__(self) -> None:
-        for name in ("max_contributors", "max_connections"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0 (0 = unlimited)")
-        if self.max_held_messages < 1 or self.max_held_bytes < 1:
-            raise ValueError("max_held_messages and max_held_bytes must be >= 1")
-
-
-@dataclass(frozen=True, slots=True)
-class Identity:
-    """Who a connection says it is (from its token, or from its awareness state)."""
-
-    user_id: int | None
-    name: str | None = None
-
-
-@dataclass(slots=True)
-class Session:
-    """An admitted connection, named by the awareness clientID it announced."""
-
-    connection: ConnectionId
-    session_id: int
-    user_id: int | None
-    name: str | None
-    connected_at_ms: int
-    joined_at_ms: int
-    updates: int = 0
-
-    @property
-    def contributor(self) -> tuple[str, int]:
-        """What counts as one contributor: the user, or the session itself when anonymous."""
-        if self.user_id is not None:
-            return ("user", self.user_id)
-        return ("session", self.session_id)
-
-
-@dataclass(frozen=True, slots=True)
-class Contributor:
-    """One roster entry: a user (or an anonymous session) with its sessions."""
-
-    user_id: int | None
-    name: str | None
-    sessions: tuple[Session, ...]
-
-
-# --- actions the driver carries out, in order -------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Send:
-    connection: ConnectionId
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Broadcast:
-    data: bytes
-    to: tuple[ConnectionId, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Close:
-    connection: ConnectionId
-    code: int
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Persist:
-    """A document update that was applied and must reach the store."""
-
-    update: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Joined:
-    room: RoomKey
-    session: Session
-    contributors: tuple[int, ...]
-    session_count: int
-    previous_end: RecentEnd | None
-
-
-@dataclass(frozen=True, slots=True)
-class Blocked:
-    room: RoomKey
-    connection: ConnectionId
-    session_id: int
-    user_id: int | None
-    contributors: tuple[int, ...]
-    session_count: int
-    limit: int
-    limit_kind: str
-    first: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Left:
-    room: RoomKey
-    session: Session
-    ended_at_ms: int
-    clean: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Note:
-    """Something worth a counter: an ignored awareness entry, a replaced session..."""
-
-    what: str
-
-
-Action = Send | Broadcast | Close | Persist | Joined | Blocked | Left | Note
-
-# What a message that only re-sent other clients' presence amounts to.
-ECHO = Note("awareness-echo")
-
+__all__ = ["Room"]
 
 @dataclass(slots=True)
 class _Newcomer:
@@ -442,19 +292,14 @@ class Room:
     def _refusal(
         self, connection: ConnectionId, session_id: int, user_id: int | None, now_ms: int
     ) -> Blocked | None:
-        limits = self.limits
-        present = {session.contributor for session in self._sessions.values()}
-        newcomer_key = ("user", user_id) if user_id is not None else ("session", session_id)
-        if limits.max_connections and len(self._sessions) >= limits.max_connections:
-            limit, kind = limits.max_connections, "connections"
-        elif (
-            limits.max_contributors
-            and newcomer_key not in present
-            and len(present) >= limits.max_contributors
-        ):
-            limit, kind = limits.max_contributors, "contributors"
-        else:
+        reached = self.limits.reached(
+            {session.contributor for session in self._sessions.values()},
+            len(self._sessions),
+            contributor_key(session_id, user_id),
+        )
+        if reached is None:
             return None
+        limit, kind = reached
         first = self._history.note_blocked((self.key.blog_id, self.key.post_id, session_id), now_ms)
         return Blocked(
             room=self.key,

@@ -11,7 +11,9 @@ from pycrdt import Doc
 
 from rtc.documents import DocumentStore
 from rtc.history import SessionHistory
-from rtc.room import Room, RoomKey, RoomLimits
+from rtc.ids import RoomKey
+from rtc.limits import RoomLimits
+from rtc.room import Room
 
 __all__ = ["RoomRegistry"]
 

@@ -22,6 +22,19 @@ from anyio.abc import TaskGroup
 from websockets.asyncio.server import ServerConnection
 from websockets.frames import Close as CloseFrame
 
+from rtc.actions import (
+    ECHO,
+    Action,
+    Blocked,
+    Broadcast,
+    Close,
+    Identity,
+    Joined,
+    Left,
+    Note,
+    Persist,
+    Send,
+)
 from rtc.analytics.feed import EventFeed
 from rtc.analytics.tracking import Tracking
 from rtc.auth import Grant, verify
@@ -41,24 +54,11 @@ from rtc.errors import (
 from rtc.expiry import TokenExpiry
 from rtc.http.errors import HttpError
 from rtc.http.routes import FeedRoute, RoomRoute, route
+from rtc.ids import RoomKey
 from rtc.metrics import Metrics
 from rtc.protocol import decode
 from rtc.ratelimit import TokenBucket
-from rtc.room import (
-    ECHO,
-    Action,
-    Blocked,
-    Broadcast,
-    Close,
-    Identity,
-    Joined,
-    Left,
-    Note,
-    Persist,
-    Room,
-    RoomKey,
-    Send,
-)
+from rtc.room import Room
 from rtc.rooms import RoomRegistry
 from tracks.event import now_ms
 

@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from rtc.room import RoomKey
+from rtc.ids import RoomKey
 
 __all__ = ["EventFeed"]
 

@@ -12,10 +12,11 @@ import logging
 import uuid
 from collections.abc import Mapping, Sequence
 
+from rtc.actions import Blocked, Joined, Left, Session
 from rtc.analytics.capture import CaptureSettings
 from rtc.analytics.feed import EventFeed
+from rtc.ids import RoomKey
 from rtc.metrics import Metrics
-from rtc.room import Blocked, Joined, Left, RoomKey, Session
 from tracks import Event, FanoutRecorder, JSONValue, Recorder
 from tracks.event import now_ms
 from tracks.sampling import props_in_sample

@@ -27,10 +27,9 @@ from rtc.errors import RtcError
 from rtc.http.errors import HttpError
 from rtc.http.request import HttpRequest
 from rtc.http.responses import json_response, text_response
-from rtc.ids import id_from_json
+from rtc.ids import RoomKey, id_from_json
 from rtc.metrics import Metrics
 from rtc.ratelimit import TokenBucket
-from rtc.room import RoomKey
 from tracks import JSONValue
 from tracks.event import now_ms
 from tracks.presence.timeline import session_timeline

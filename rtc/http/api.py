@@ -48,9 +48,8 @@ from rtc.http.routes import (
     route,
 )
 from rtc.http.stats import StatsApi
-from rtc.ids import id_from_json
+from rtc.ids import RoomKey, id_from_json
 from rtc.metrics import LiveFigures, Metrics
-from rtc.room import RoomKey
 from rtc.rooms import RoomRegistry
 from rtc.server import ConnectionCounts, address_of
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from rtc.room import Room, RoomKey
+from rtc.ids import RoomKey
+from rtc.room import Room
 
 __all__ = ["room_json", "rooms_json"]
 

@@ -11,8 +11,7 @@ from typing import ClassVar
 
 from rtc.http.errors import HttpError
 from rtc.http.request import HttpRequest
-from rtc.ids import id_from_text
-from rtc.room import RoomKey
+from rtc.ids import RoomKey, id_from_text
 
 __all__ = [
     "CaptureBlog",

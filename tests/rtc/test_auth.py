@@ -12,8 +12,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from rtc.auth import AuthenticationError, ForbiddenError, issue, verify
+from rtc.ids import RoomKey
 from rtc.protocol import SyncStep1
-from rtc.room import RoomKey
 
 from .clients import TIMEOUT, RawClient, serve_rtc
 

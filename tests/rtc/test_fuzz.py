@@ -39,6 +39,8 @@ from pycrdt import Doc, Map, Text
 from rtc.awareness import AwarenessEntry, encode_awareness
 from rtc.errors import ProtocolError
 from rtc.history import SessionHistory
+from rtc.ids import RoomKey
+from rtc.limits import RoomLimits
 from rtc.protocol import (
     MAX_VAR_UINT,
     AuthMessage,
@@ -53,7 +55,7 @@ from rtc.protocol import (
     write_var_bytes,
     write_var_uint,
 )
-from rtc.room import Room, RoomKey, RoomLimits
+from rtc.room import Room
 from tracks import read_events
 
 from .clients import TIMEOUT, YClient

@@ -11,6 +11,7 @@ import pytest
 from tests.module_imports import imports_of, modules_of
 
 PURE = {
+    "rtc.actions",
     "rtc.analytics.feed",
     "rtc.awareness",
     "rtc.closes",
@@ -21,6 +22,7 @@ PURE = {
     "rtc.http.roster",
     "rtc.http.routes",
     "rtc.ids",
+    "rtc.limits",
     "rtc.protocol",
     "rtc.ratelimit",
     "rtc.room",

@@ -7,11 +7,7 @@ import json
 import pytest
 from pycrdt import Doc, Text
 
-from rtc.awareness import AwarenessEntry, decode_awareness, encode_awareness
-from rtc.errors import ProtocolError
-from rtc.history import SessionHistory
-from rtc.protocol import AwarenessMessage, SyncStep1, SyncStep2, SyncUpdate, decode, encode
-from rtc.room import (
+from rtc.actions import (
     ECHO,
     Action,
     Blocked,
@@ -22,11 +18,15 @@ from rtc.room import (
     Left,
     Note,
     Persist,
-    Room,
-    RoomKey,
-    RoomLimits,
     Send,
 )
+from rtc.awareness import AwarenessEntry, decode_awareness, encode_awareness
+from rtc.errors import ProtocolError
+from rtc.history import SessionHistory
+from rtc.ids import RoomKey
+from rtc.limits import RoomLimits
+from rtc.protocol import AwarenessMessage, SyncStep1, SyncStep2, SyncUpdate, decode, encode
+from rtc.room import Room
 
 KEY = RoomKey(7, 42)
 

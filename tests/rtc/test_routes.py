@@ -19,7 +19,7 @@ from rtc.http.routes import (
     allowed,
     route,
 )
-from rtc.room import RoomKey
+from rtc.ids import RoomKey
 
 
 def test_room_paths() -> None:

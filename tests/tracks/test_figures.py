@@ -1,4 +1,4 @@
-"""The pure arithmetic of presence figures (tracks.figures): no store, no event loop."""
+"""The pure arithmetic of presence figures (tracks.presence.figures): no store, no event loop."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from tracks.presence.figures import (
     histogram,
     peak,
     percentile,
+    percentiles,
     visits,
 )
 
@@ -40,8 +41,25 @@ def test_percentiles_are_nearest_rank_within_one_percent(values: list[int]) -> N
         assert abs(got - exact) <= 0.00995 * exact + 0.5
 
 
+@given(
+    st.dictionaries(st.integers(min_value=0, max_value=900), st.integers(1, 50), max_size=60),
+    st.lists(st.integers(min_value=0, max_value=100), max_size=5),
+)
+def test_percentiles_are_the_nearest_rank_bucket(
+    buckets: dict[int, int], percents: list[int]
+) -> None:
+    expanded = sorted(bucket_value(b) for b, n in buckets.items() for _ in range(n))
+    expected = [
+        expanded[max(-(-p * len(expanded) // 100), 1) - 1] if expanded else None
+        for p in percents
+    ]
+    assert percentiles(buckets, percents) == expected
+    assert [percentile(buckets, p) for p in percents] == expected
+
+
 def test_empty_percentile_and_histogram() -> None:
     assert percentile({}, 50) is None
+    assert percentiles({}, (50, 90)) == [None, None]
     assert [bin["count"] for bin in histogram({})] == [0] * 9
     assert histogram({duration_bucket(45_000): 2})[2] == {"le_ms": 60_000, "count": 2}
 

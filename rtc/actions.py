@@ -1,0 +1,138 @@
+"""What a room decides: the actions the driver carries out, in order, and what they carry.
+
+No I/O here. A `Session` is an admitted connection; a `Contributor` is a roster entry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rtc.history import RecentEnd
+from rtc.ids import RoomKey
+from rtc.limits import ContributorKey, contributor_key
+
+__all__ = [
+    "ECHO",
+    "Action",
+    "Blocked",
+    "Broadcast",
+    "Close",
+    "ConnectionId",
+    "Contributor",
+    "Identity",
+    "Joined",
+    "Left",
+    "Note",
+    "Persist",
+    "Send",
+    "Session",
+]
+
+ConnectionId = int
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a connection says it is (from its token, or from its awareness state)."""
+
+    user_id: int | None
+    name: str | None = None
+
+
+@dataclass(slots=True)
+class Session:
+    """An admitted connection, named by the awareness clientID it announced."""
+
+    connection: ConnectionId
+    session_id: int
+    user_id: int | None
+    name: str | None
+    connected_at_ms: int
+    joined_at_ms: int
+    updates: int = 0
+
+    @property
+    def contributor(self) -> ContributorKey:
+        """What counts as one contributor: the user, or the session itself when anonymous."""
+        return contributor_key(self.session_id, self.user_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Contributor:
+    """One roster entry: a user (or an anonymous session) with its sessions."""
+
+    user_id: int | None
+    name: str | None
+    sessions: tuple[Session, ...]
+
+
+# --- actions the driver carries out, in order -------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    connection: ConnectionId
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Broadcast:
+    data: bytes
+    to: tuple[ConnectionId, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    connection: ConnectionId
+    code: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Persist:
+    """A document update that was applied and must reach the store."""
+
+    update: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Joined:
+    room: RoomKey
+    session: Session
+    contributors: tuple[int, ...]
+    session_count: int
+    previous_end: RecentEnd | None
+
+
+@dataclass(frozen=True, slots=True)
+class Blocked:
+    room: RoomKey
+    connection: ConnectionId
+    session_id: int
+    user_id: int | None
+    contributors: tuple[int, ...]
+    session_count: int
+    limit: int
+    limit_kind: str
+    first: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Left:
+    room: RoomKey
+    session: Session
+    ended_at_ms: int
+    clean: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    """Something worth a counter: an ignored awareness entry, a replaced session..."""
+
+    what: str
+
+
+Action = Send | Broadcast | Close | Persist | Joined | Blocked | Left | Note
+
+# What a message that only re-sent other clients' presence amounts to.
+ECHO = Note("awareness-echo")
