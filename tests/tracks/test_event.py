@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 import uuid
 from typing import Any
 
@@ -12,14 +13,25 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tracks import Event, EventError
+from tracks.event import now_ms
 
 
 def test_defaults_are_set_at_creation() -> None:
+    before = time.time_ns() // 1_000_000
     event = Event("jetpack_rtc_join", {"blog_id": 1})
+    after = time.time_ns() // 1_000_000
     assert uuid.UUID(event.event_id).version == 4
     assert isinstance(event.ts, int)
-    assert event.ts > 1_600_000_000_000
+    assert before <= event.ts <= after
     assert Event("jetpack_rtc_join", {}).event_id != event.event_id
+
+
+def test_now_ms_is_whole_milliseconds_of_the_wall_clock() -> None:
+    before = time.time_ns()
+    now = now_ms()
+    after = time.time_ns()
+    assert type(now) is int
+    assert before // 1_000_000 <= now <= after // 1_000_000
 
 
 def test_caller_ids_and_ts_are_kept() -> None:
