@@ -25,12 +25,18 @@ from dataclasses import dataclass
 
 from tracks.presence.figures import DAY_MS, MAX_OPEN_MS, day_of, duration_bucket
 from tracks.presence.sqlite_peaks import recompute_peaks
-from tracks.presence.sqlite_schema import ERROR_CODE_SQL, create_rollup_tables, kind_sql
+from tracks.presence.sqlite_schema import (
+    ERROR_CODE_SQL,
+    create_rollup_tables,
+    delete_events,
+    kind_sql,
+)
 from tracks.presence.stats import AGGREGATE_CHUNK
 
 __all__ = [
     "Aggregated",
     "aggregate",
+    "prune",
     "rollup_state",
 ]
 
@@ -99,6 +105,14 @@ def aggregate(
             break
     logger.info("rolled up %d events (through id %d)", total, last_id)
     return Aggregated(events=total, last_id=last_id, peaks_recomputed=recomputed)
+
+
+def prune(connection: sqlite3.Connection, *, before_ms: int) -> int:
+    """Delete the raw events older than ``before_ms`` that the rollups hold (row id up to
+    their ``last_id``) in one transaction; return how many. Writable, autocommit
+    connection, as for `aggregate`."""
+    last_id, _ = rollup_state(connection)
+    return delete_events(connection, until_ms=before_ms, upto_id=last_id)
 
 
 def _bucket_or_none(value: object) -> int | None:

@@ -33,7 +33,7 @@ from tracks.presence.raw_events import (
     touched_post_days,
 )
 from tracks.presence.reading import locate, read_events
-from tracks.presence.rollup import aggregate, rollup_state
+from tracks.presence.rollup import aggregate, prune, rollup_state
 from tracks.presence.sqlite_peaks import day_peaks
 from tracks.presence.sqlite_schema import ERROR_CODE_SQL, kind_sql
 from tracks.presence.stats import (
@@ -96,17 +96,7 @@ class SqliteStatsStore:
         """
         writer, owned = self._writer()
         try:
-            last_id, _ = rollup_state(writer)
-            writer.execute("BEGIN IMMEDIATE")
-            try:
-                deleted = writer.execute(
-                    "DELETE FROM events WHERE ts < ? AND id <= ?", (before_ms, last_id)
-                ).rowcount
-            except BaseException:
-                writer.execute("ROLLBACK")
-                raise
-            writer.execute("COMMIT")
-            return int(deleted)
+            return prune(writer, before_ms=before_ms)
         finally:
             if owned:
                 writer.close()
