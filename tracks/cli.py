@@ -10,11 +10,13 @@ import csv
 import io
 import json
 import logging
+import math
+import sqlite3
 import sys
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import cast
+from typing import NoReturn, cast
 
 from tracks.event import Event, JSONValue, json_text, now_ms
 from tracks.presence import sqlite_schema as schema
@@ -27,6 +29,35 @@ from tracks.presence.sqlite import open_stats_store
 from tracks.presence.stats import Scope, parse_day
 
 __all__ = ["main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """Misuse ends with one line on stderr and exit status 2 (`--help` shows the usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
+def _count(text: str) -> int:
+    if not (text.isascii() and text.isdigit()):
+        raise argparse.ArgumentTypeError(f"not a whole number >= 0: {text!r}")
+    return int(text)
+
+
+def _id(text: str) -> int:
+    if not (text.isascii() and text.isdigit() and 0 < int(text) < 2**63):
+        raise argparse.ArgumentTypeError(f"not a positive integer below 2**63: {text!r}")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"not a number of seconds > 0: {text!r}")
+    return value
 
 
 def _duration(text: str) -> int:
@@ -93,22 +124,22 @@ def format_table(result: dict[str, JSONValue]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tracks", description="Read recorded events.")
+    parser = _Parser(prog="tracks", description="Read recorded events.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     tail = commands.add_parser("tail", help="follow a sqlite or jsonl store, one line per event")
     tail.add_argument("source", help="a store path, or a sqlite:… / jsonl:… URL")
-    tail.add_argument("-n", "--lines", type=int, default=10, help="events to show first")
+    tail.add_argument("-n", "--lines", type=_count, default=10, help="events to show first")
     tail.add_argument("--no-follow", action="store_true", help="stop at the end of the store")
     tail.add_argument("--json", action="store_true", help="print JSON lines instead")
-    tail.add_argument("--interval", type=float, default=0.5, help="poll interval in seconds")
+    tail.add_argument("--interval", type=_seconds, default=0.5, help="poll interval in seconds")
 
     rep = commands.add_parser(
         "report", help="presence figures over a sqlite or jsonl store (whole UTC days)"
     )
     rep.add_argument("source", help="a store path, or a sqlite:… / jsonl:… URL")
-    rep.add_argument("--blog-id", type=int)
-    rep.add_argument("--post-id", type=int)
+    rep.add_argument("--blog-id", type=_id)
+    rep.add_argument("--post-id", type=_id)
     rep.add_argument(
         "--since", metavar="DAY",
         help="first day: YYYY-MM-DD, or 7d for the last 7 days (today included)",
@@ -132,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_archive_arguments(
-    commands: argparse._SubParsersAction[argparse.ArgumentParser], report: argparse.ArgumentParser
+    commands: argparse._SubParsersAction[_Parser], report: argparse.ArgumentParser
 ) -> None:
     report.add_argument(
         "--archive", metavar="DIR", help="also count the events archived in DIR (tracks archive)"
@@ -161,7 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "archive":
             return _archive(args)
         return _report(args)
-    except (FileNotFoundError, ValueError) as exc:
+    except (OSError, ValueError, sqlite3.Error) as exc:
+        # A missing or unreadable store, a file that is not one, a malformed day: one line.
         print(f"tracks: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
