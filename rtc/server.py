@@ -146,12 +146,12 @@ class RoomServer:
         metrics: Metrics,
         task_group: TaskGroup,
     ) -> None:
-        self.config = config
+        self._config = config
         self._rooms = rooms
         self._documents = documents
         self._tracking = tracking
-        self.feed = feed
-        self.metrics = metrics
+        self._feed = feed
+        self._metrics = metrics
         self._task_group = task_group
         self._ids = itertools.count(1)
         self._peers: dict[int, _Peer] = {}
@@ -194,15 +194,15 @@ class RoomServer:
 
     def _verify(self, target: RoomRoute) -> Grant | None:
         """The token's grant when tokens are on (raises AuthenticationError, ForbiddenError)."""
-        if self.config.secret is None:
+        if self._config.secret is None:
             return None
-        return verify(target.token, self.config.secret, target.key, now=time.time())
+        return verify(target.token, self._config.secret, target.key, now=time.time())
 
     async def _open_room(self, target: RoomRoute) -> Room:
         """The room, loaded if needed (raises ServerBusyError, RoomUnavailableError)."""
-        rooms, limit = self._rooms, self.config.max_rooms
+        rooms, limit = self._rooms, self._config.max_rooms
         if limit and rooms.get(target.key) is None and len(rooms) >= limit:
-            self.metrics.limit_refusals.labels("rooms").inc()
+            self._metrics.limit_refusals.labels("rooms").inc()
             raise ServerBusyError(f"{len(rooms)} rooms loaded")
         try:
             return await rooms.acquire(target.key)
@@ -215,10 +215,10 @@ class RoomServer:
     async def _serve_feed(self, ws: DeliveringConnection, target: FeedRoute) -> None:
         def deliver(text: str) -> None:
             # A viewer too slow to keep up misses events rather than holding anything back.
-            ws.queue(encode(text.encode(), text=True), self.config.outbox_limit)
+            ws.queue(encode(text.encode(), text=True), self._config.outbox_limit)
 
         ws.attach(lambda data, text: None)  # viewers have nothing to say
-        unsubscribe = self.feed.subscribe(target.key, deliver)
+        unsubscribe = self._feed.subscribe(target.key, deliver)
         try:
             await ws.wait_closed()
         finally:
@@ -239,7 +239,7 @@ class RoomServer:
                 error.error_code,
                 error.detail,
             )
-            self.metrics.closes.labels(str(error.close_code)).inc()
+            self._metrics.closes.labels(str(error.close_code)).inc()
             self._tracking.connection_error(
                 target.key,
                 connection=connection_id,
@@ -250,7 +250,7 @@ class RoomServer:
             )
             await ws.close(error.close_code, error.reason)
             return
-        config = self.config
+        config = self._config
         peer = _Peer(
             connection_id,
             ws,
@@ -285,14 +285,14 @@ class RoomServer:
             return
         try:
             if text:
-                self.metrics.received(b"")
+                self._metrics.received(b"")
                 raise UnsupportedDataError("text frame")
             room = peer.room
             if room.is_echo(peer.id, data):  # most of a busy room's traffic: drop it cheaply
-                self.metrics.received_echo(len(data), ECHO.what)
+                self._metrics.received_echo(len(data), ECHO.what)
                 self._charge(peer, _ECHO_COST)
                 return
-            self.metrics.received(data)
+            self._metrics.received(data)
             admitted = room.session_of(peer.id) is not None
             now = now_ms()
             actions = room.receive(peer.id, decode(data), now)
@@ -312,8 +312,8 @@ class RoomServer:
     def _charge(self, peer: _Peer, cost: float) -> None:
         """Take a message's cost from the connection's rate limit (raises RateLimitedError)."""
         if not peer.bucket.take(time.monotonic(), cost):
-            self.metrics.limit_refusals.labels("messages").inc()
-            raise RateLimitedError(f"over {self.config.max_messages_per_second:g} messages/s")
+            self._metrics.limit_refusals.labels("messages").inc()
+            raise RateLimitedError(f"over {self._config.max_messages_per_second:g} messages/s")
 
     def _carry_out(self, peer: _Peer, actions: list[Action]) -> None:
         for action in actions:
@@ -350,12 +350,12 @@ class RoomServer:
                     if target is not None:
                         self._close(target, code, reason)
                 case Note(what=what):
-                    self.metrics.note(what)
+                    self._metrics.note(what)
 
     def _send(self, connections: Sequence[int], data: bytes) -> None:
         frame = encode(data)
         sent = 0
-        limit = self.config.outbox_limit
+        limit = self._config.outbox_limit
         peers = self._peers
         for connection in connections:
             target = peers.get(connection)
@@ -366,7 +366,7 @@ class RoomServer:
             else:
                 self._close(target, CloseCode.TRY_AGAIN_LATER, "outbox-full")
         if sent:
-            self.metrics.sent(data, sent)
+            self._metrics.sent(data, sent)
 
     def _fail(self, peer: _Peer, error: RtcError) -> None:
         if peer.error is None and peer.close_code is None:
@@ -393,7 +393,7 @@ class RoomServer:
             sent=_frame(protocol.close_sent),
         )
         error_code, close_code = ending.error_code, ending.close_code
-        self.metrics.closes.labels(str(close_code)).inc()
+        self._metrics.closes.labels(str(close_code)).inc()
         now = now_ms()
         self._carry_out(peer, room.close(peer.id, now, clean=ending.clean))
         if error_code is not None:
