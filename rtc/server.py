@@ -13,7 +13,6 @@ import asyncio
 import itertools
 import logging
 import time
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -40,6 +39,7 @@ from rtc.analytics.tracking import Tracking
 from rtc.auth import Grant, verify
 from rtc.closes import classify
 from rtc.config import ServerConfig
+from rtc.connections import ConnectionCounts, address_of
 from rtc.delivery import DeliveringConnection, encode
 from rtc.documents import DocumentStore
 from rtc.errors import (
@@ -62,7 +62,7 @@ from rtc.room import Room
 from rtc.rooms import RoomRegistry
 from tracks.event import now_ms
 
-__all__ = ["CLOSE_TIMEOUT", "ConnectionCounts", "RoomServer", "address_of"]
+__all__ = ["CLOSE_TIMEOUT", "RoomServer"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,29 +82,6 @@ async def _close_within(ws: DeliveringConnection, code: int, reason: str) -> Non
         return
     if ws.transport is not None:
         ws.transport.abort()
-
-
-def address_of(connection: ServerConnection) -> str:
-    address = connection.remote_address
-    return str(address[0]) if address else "unknown"
-
-
-class ConnectionCounts:
-    """Open WebSocket connections, in total and by client address (in memory only)."""
-
-    def __init__(self) -> None:
-        self.total = 0
-        self.by_address: Counter[str] = Counter()
-
-    def opened(self, address: str) -> None:
-        self.total += 1
-        self.by_address[address] += 1
-
-    def closed(self, address: str) -> None:
-        self.total -= 1
-        self.by_address[address] -= 1
-        if not self.by_address[address]:
-            del self.by_address[address]
 
 
 @dataclass(slots=True)

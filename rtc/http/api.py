@@ -17,6 +17,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
 from rtc.config import ServerConfig
+from rtc.connections import ConnectionCounts, address_of
 from rtc.http.analytics import AnalyticsApi
 from rtc.http.errors import HttpError
 from rtc.http.request import HttpRequest
@@ -51,7 +52,6 @@ from rtc.http.stats import StatsApi
 from rtc.ids import RoomKey, id_from_json
 from rtc.metrics import LiveFigures, Metrics
 from rtc.rooms import RoomRegistry
-from rtc.server import ConnectionCounts, address_of
 
 __all__ = ["HttpApi"]
 
