@@ -23,9 +23,6 @@ __all__ = ["connection_class"]
 
 logger = logging.getLogger(__name__)
 
-# Answers being worked out (a task must be referenced until it is done).
-_pending: set[asyncio.Future[Response]] = set()
-
 MAX_BODY = 1024 * 1024
 
 
@@ -36,6 +33,8 @@ def connection_class(handler: Handler, *, max_body: int = MAX_BODY) -> type[Deli
     """A `DeliveringConnection` subclass that answers non-GET requests with `handler`."""
 
     websocket_received = DeliveringConnection.data_received
+    # Answers being worked out: a task must be referenced until it is done.
+    pending: set[asyncio.Future[Response]] = set()
 
     class Connection(DeliveringConnection):
         _http: h11.Connection | None = None
@@ -101,11 +100,11 @@ def connection_class(handler: Handler, *, max_body: int = MAX_BODY) -> type[Deli
                 client=str(address[0]) if address else "unknown",
             )
             task = asyncio.ensure_future(handler(plain))
-            _pending.add(task)
+            pending.add(task)
             task.add_done_callback(self._answered)
 
         def _answered(self, task: asyncio.Future[Response]) -> None:
-            _pending.discard(task)
+            pending.discard(task)
             if task.cancelled():
                 return
             error = task.exception()
