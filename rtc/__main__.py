@@ -131,6 +131,16 @@ def _parser() -> argparse.ArgumentParser:
         "none",
     )
     option(
+        "--secret-file",
+        "read the secret from this file (first line) instead: it does not show in `ps`",
+        "none", type=Path,
+    )
+    option(
+        "--max-token-ttl",
+        "seconds a token may live from issue to expiry; longer-lived tokens are refused",
+        d.max_token_ttl, type=float,
+    )
+    option(
         "--allowed-origin",
         "Origin a browser handshake may come from, repeatable; others get HTTP 403; "
         "clients without an Origin are let in only when tokens are on",
@@ -144,6 +154,29 @@ def _parser() -> argparse.ArgumentParser:
     )
     option("--message-burst", "messages a connection may send at once", d.message_burst,
            type=int)
+    option(
+        "--bytes-per-second",
+        "a connection's sustained allowance of bytes sent; beyond it the connection is closed "
+        "with 1008 rate-limited",
+        d.bytes_per_second, type=float,
+    )
+    option("--byte-burst", "bytes a connection may send at once", d.byte_burst, type=int)
+    option(
+        "--max-held-bytes",
+        "bytes held from one connection before it names its session (then it is closed)",
+        d.max_held_bytes, type=int,
+    )
+    option(
+        "--max-held-total",
+        "bytes held from all connections not yet named; beyond it newcomers get 1013",
+        d.max_held_total, type=int,
+    )
+    option(
+        "--max-document-size",
+        "bytes a room's stored document may grow to; an update beyond it is refused, "
+        "0 = unlimited",
+        d.max_document_size, type=int,
+    )
     option(
         "--max-connections-per-ip", "open connections from one address (HTTP 429), 0 = unlimited",
         d.max_connections_per_ip, type=int,
@@ -175,6 +208,10 @@ def _parser() -> argparse.ArgumentParser:
         "--rollup-interval",
         "seconds between stats rollups of the SQLite event store, 0 = never",
         d.rollup_interval, type=float,
+    )
+    option(
+        "--max-stats-days", "the longest range GET /api/stats answers (HTTP 400 beyond)",
+        d.max_stats_days, type=int,
     )
     option(
         "--retention-days",
@@ -223,8 +260,25 @@ def _config(args: argparse.Namespace, environ: dict[str, str]) -> ServerConfig:
     for name in ("recorders", "allowed_origins"):
         if name in given:
             given[name] = tuple(given[name])
+    secret_file = given.pop("secret_file", None) or environ.get("RTC_SECRET_FILE") or None
     values.update(given)
+    if secret_file is not None:
+        if "secret" in given or "secret" in values:
+            raise ConfigError("give the secret once: --secret/RTC_SECRET or --secret-file")
+        values["secret"] = read_secret(Path(secret_file))
     return ServerConfig(**values)  # type: ignore[arg-type]
+
+
+def read_secret(path: Path) -> str:
+    """The secret in a file's first line (so it never shows in `ps` or the environment)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"--secret-file {path}: {error}") from None
+    secret = lines[0].strip() if lines else ""
+    if not secret:
+        raise ConfigError(f"--secret-file {path}: the first line is empty")
+    return secret
 
 
 async def _serve(config: ServerConfig) -> None:

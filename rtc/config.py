@@ -58,6 +58,18 @@ class ServerConfig:
         rollup_interval: seconds between stats rollup runs of the event store, 0 = never.
         retention_days: raw events older than this many days are pruned after each rollup
             (rollups are kept), 0 = keep forever; at least 2 otherwise.
+        max_token_ttl: seconds a room or admin token may live from its issue to its expiry;
+            longer-lived tokens are refused.
+        max_held_bytes: bytes held from one connection before it names its session (beyond:
+            closed).
+        max_held_total: bytes held from all connections not yet named (beyond: newcomers are
+            refused with a retryable close).
+        max_document_size: bytes of stored updates a room's document may grow to (beyond:
+            the update is refused and its sender closed), 0 = unlimited.
+        bytes_per_second: a connection's sustained allowance of bytes sent (beyond: closed
+            with 1008 rate-limited, before any other peer is held back).
+        byte_burst: bytes a connection may send at once.
+        max_stats_days: the longest range `GET /api/stats` answers (a 400 beyond).
     """
 
     host: str = "127.0.0.1"
@@ -89,6 +101,13 @@ class ServerConfig:
     streams: Path | None = None
     rollup_interval: float = 300.0
     retention_days: int = 0
+    max_token_ttl: float = 86400.0
+    max_held_bytes: int = 256 * 1024
+    max_held_total: int = 64 * 1024 * 1024
+    max_document_size: int = 64 * 1024 * 1024
+    bytes_per_second: float = 1024 * 1024
+    byte_burst: int = 16 * 1024 * 1024
+    max_stats_days: int = 400
 
     def __post_init__(self) -> None:
         for name in _FLOAT_FIELDS:
@@ -99,16 +118,20 @@ class ServerConfig:
             raise ConfigError(f"port must be 0-65535, got {self.port}")
         for name in (
             "max_contributors", "max_connections_per_room", "max_connections_per_ip",
-            "max_rooms", "max_connections",
+            "max_rooms", "max_connections", "max_document_size",
         ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0 (0 = unlimited)")
-        for name in ("max_message_size", "outbox_limit", "message_burst", "ingest_burst"):
+        for name in (
+            "max_message_size", "outbox_limit", "message_burst", "ingest_burst",
+            "max_held_bytes", "max_held_total", "byte_burst", "max_stats_days",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1")
         for name in (
             "ping_interval", "ping_timeout", "announce_timeout", "store_flush_interval",
-            "max_messages_per_second", "ingest_window", "ingest_rate",
+            "max_messages_per_second", "ingest_window", "ingest_rate", "max_token_ttl",
+            "bytes_per_second",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0")
@@ -171,6 +194,6 @@ _FLOAT_FIELDS = frozenset(
     {
         "ping_interval", "ping_timeout", "announce_timeout", "room_grace",
         "store_flush_interval", "max_messages_per_second", "ingest_window", "ingest_rate",
-        "rollup_interval",
+        "rollup_interval", "max_token_ttl", "bytes_per_second",
     }
 )
