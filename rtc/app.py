@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from websockets.asyncio.server import Server, serve
 from rtc.analytics.capture import CaptureSettings
 from rtc.analytics.feed import EventFeed
 from rtc.analytics.tracking import Tracking
+from rtc.auth import TokenCheck, verify
 from rtc.config import ServerConfig
 from rtc.documents import DocumentStore
 from rtc.history import SessionHistory
@@ -129,6 +131,8 @@ class RtcServer:
             limits=RoomLimits(
                 max_contributors=config.max_contributors,
                 max_connections=config.max_connections_per_room,
+                max_held_bytes=config.max_held_bytes,
+                max_document_size=config.max_document_size,
             ),
             history=SessionHistory(),
             grace=config.room_grace,
@@ -151,6 +155,7 @@ class RtcServer:
         )
         driver = RoomServer(
             config,
+            tokens=_token_check(config),
             rooms=rooms,
             documents=documents,
             tracking=tracking,
@@ -254,3 +259,11 @@ def _event_store(config: ServerConfig) -> Path | None:
         if recorder_kind(url) == "sqlite":
             return locate(url)[1]
     return None
+
+
+def _token_check(config: ServerConfig) -> TokenCheck | None:
+    """How the driver checks a room token, or None when tokens are off."""
+    secret = config.secret
+    if secret is None:
+        return None
+    return lambda token, key: verify(token, secret, key, now=time.time())

@@ -7,6 +7,7 @@ No I/O here. A token carries `blog_id`, `post_id` (or `"*"` for every post of th
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import jwt
@@ -14,7 +15,14 @@ import jwt
 from rtc.errors import CloseCode, RtcError
 from rtc.ids import RoomKey, id_from_json
 
-__all__ = ["AuthenticationError", "ForbiddenError", "Grant", "issue", "verify"]
+__all__ = [
+    "AuthenticationError",
+    "ForbiddenError",
+    "Grant",
+    "TokenCheck",
+    "issue",
+    "verify",
+]
 
 ALGORITHM = "HS256"
 
@@ -62,6 +70,10 @@ def _positive_int(claims: dict[str, object], name: str) -> int:
     if value is None:
         raise AuthenticationError(f"claim {name!r} must be a positive integer below 2**63")
     return value
+
+
+TokenCheck = Callable[[str | None, RoomKey], "Grant"]
+"""Checks a connection's token for a room: its grant, or AuthenticationError/ForbiddenError."""
 
 
 def verify(token: str | None, secret: str, key: RoomKey, *, now: float | None = None) -> Grant:

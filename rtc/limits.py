@@ -30,15 +30,17 @@ class RoomLimits:
         max_connections: sessions present, whoever they belong to.
         max_held_messages: messages held from a connection before it names its session.
         max_held_bytes: bytes held likewise.
+        max_document_size: bytes of stored updates the document may grow to, 0 = unlimited.
     """
 
     max_contributors: int = 0
     max_connections: int = 0
     max_held_messages: int = 64
     max_held_bytes: int = 16 * 1024 * 1024
+    max_document_size: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("max_contributors", "max_connections"):
+        for name in ("max_contributors", "max_connections", "max_document_size"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (0 = unlimited)")
         if self.max_held_messages < 1 or self.max_held_bytes < 1:

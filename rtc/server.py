@@ -36,7 +36,7 @@ from rtc.actions import (
 )
 from rtc.analytics.feed import EventFeed
 from rtc.analytics.tracking import Tracking
-from rtc.auth import Grant, verify
+from rtc.auth import Grant, TokenCheck
 from rtc.closes import classify
 from rtc.config import ServerConfig
 from rtc.connections import ConnectionCounts, address_of
@@ -103,7 +103,8 @@ class RoomServer:
     """Serves room and feed WebSockets: `handle` is websockets' connection handler.
 
     Args:
-        config: the server configuration (limits, timeouts, the token secret).
+        config: the server configuration (limits, timeouts).
+        tokens: checks a connection's room token; None when tokens are off.
         rooms: the loaded rooms.
         documents: where document updates are persisted.
         tracking: where room transitions become events.
@@ -116,6 +117,7 @@ class RoomServer:
         self,
         config: ServerConfig,
         *,
+        tokens: TokenCheck | None,
         rooms: RoomRegistry,
         documents: DocumentStore,
         tracking: Tracking,
@@ -124,6 +126,7 @@ class RoomServer:
         task_group: TaskGroup,
     ) -> None:
         self._config = config
+        self._tokens = tokens
         self._rooms = rooms
         self._documents = documents
         self._tracking = tracking
@@ -171,9 +174,7 @@ class RoomServer:
 
     def _verify(self, target: RoomRoute) -> Grant | None:
         """The token's grant when tokens are on (raises AuthenticationError, ForbiddenError)."""
-        if self._config.secret is None:
-            return None
-        return verify(target.token, self._config.secret, target.key, now=time.time())
+        return None if self._tokens is None else self._tokens(target.token, target.key)
 
     async def _open_room(self, target: RoomRoute) -> Room:
         """The room, loaded if needed (raises ServerBusyError, RoomUnavailableError)."""
