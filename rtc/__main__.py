@@ -298,6 +298,13 @@ async def _serve(config: ServerConfig) -> None:
                 "any room as any user. Set RTC_SECRET for production.",
                 flush=True,
             )
+        exposures = config.exposures() if config.listens_beyond_loopback else []
+        if exposures:
+            print(f"  WARNING: listening on {config.host}, reachable from other machines, with:",
+                  flush=True)
+            for exposure in exposures:
+                print(f"    - {exposure}", flush=True)
+            print("    See the README's production profile.", flush=True)
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
                 print(f"rtc: {signal.Signals(signum).name}, shutting down", flush=True)

@@ -5,6 +5,7 @@ No I/O here beyond reading the mapping it is given.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -147,6 +148,35 @@ class ServerConfig:
         if self.secret is not None and len(self.secret.encode()) < 32:
             # RFC 7518 §3.2: an HS256 key must be at least as long as the hash (32 bytes).
             raise ConfigError("secret must be at least 32 bytes (RFC 7518 §3.2)")
+
+    @property
+    def listens_beyond_loopback(self) -> bool:
+        """Whether other machines can reach it: any host but 127.0.0.0/8, ::1, localhost."""
+        if self.host == "localhost":
+            return False
+        try:
+            return not ipaddress.ip_address(self.host).is_loopback
+        except ValueError:  # a host name: assume it resolves beyond this machine
+            return True
+
+    def exposures(self) -> list[str]:
+        """What is left open that a server reachable from other machines should close: the
+        README's production profile, item by item. Empty when nothing is."""
+        found = []
+        if self.secret is None:
+            found.append("no --secret: anyone can join any room as any user and read rosters")
+        if not self.allowed_origins:
+            found.append("no --allowed-origin: any web page may open WebSockets to this server")
+        for name, flag in (
+            ("max_connections_per_ip", "--max-connections-per-ip"),
+            ("max_connections", "--max-connections"),
+            ("max_rooms", "--max-rooms"),
+            ("max_connections_per_room", "--max-connections-per-room"),
+            ("max_document_size", "--max-document-size"),
+        ):
+            if not getattr(self, name):
+                found.append(f"{flag} is 0 (unlimited)")
+        return found
 
     @property
     def recorder_urls(self) -> tuple[str, ...]:
