@@ -13,9 +13,11 @@ from rtc.limits import ContributorKey, contributor_key
 
 __all__ = [
     "ECHO",
+    "UNCHANGED",
     "Action",
     "Blocked",
     "Broadcast",
+    "CheckLiveness",
     "Close",
     "ConnectionId",
     "Contributor",
@@ -50,6 +52,7 @@ class Session:
     connected_at_ms: int
     joined_at_ms: int
     updates: int = 0
+    identity: Identity | None = None  # from its token: the identity its presence must show
 
     @property
     def contributor(self) -> ContributorKey:
@@ -86,6 +89,17 @@ class Close:
     connection: ConnectionId
     code: int
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class CheckLiveness:
+    """Ping `holder`, which holds the session `claimant` announced, with a short deadline,
+    then tell the room with `Room.liveness_checked`. A live holder keeps its session (the
+    claimant is refused); only a dead one is replaced.
+    """
+
+    holder: ConnectionId
+    claimant: ConnectionId
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +146,10 @@ class Note:
     what: str
 
 
-Action = Send | Broadcast | Close | Persist | Joined | Blocked | Left | Note
+Action = Send | Broadcast | Close | CheckLiveness | Persist | Joined | Blocked | Left | Note
 
 # What a message that only re-sent other clients' presence amounts to.
 ECHO = Note("awareness-echo")
+# What a document update already contained in the document amounts to (neither stored nor
+# relayed).
+UNCHANGED = Note("update-unchanged")

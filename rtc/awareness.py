@@ -13,8 +13,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from rtc.actions import Identity
 from rtc.errors import ProtocolError
 from rtc.ids import id_from_json
+from rtc.limits import AwarenessTooBigError
 from rtc.protocol import Reader, write_var_bytes, write_var_uint
 
 __all__ = [
@@ -23,7 +25,9 @@ __all__ = [
     "decode_awareness",
     "encode_awareness",
     "first_client",
+    "own_entry",
     "user_of",
+    "with_user",
 ]
 
 # An awareness update larger than this many entries is not something a Yjs client sends.
@@ -62,16 +66,24 @@ class AwarenessEntry:
             raise ProtocolError("awareness state is not JSON") from error
 
 
-def decode_awareness(payload: bytes) -> tuple[AwarenessEntry, ...]:
+def decode_awareness(
+    payload: bytes, *, max_entries: int = MAX_ENTRIES
+) -> tuple[AwarenessEntry, ...]:
     """Decode an awareness update (states stay unparsed until `AwarenessEntry.state()`).
 
+    Args:
+        payload: the awareness update.
+        max_entries: more entries than this are refused before any is parsed (each costs
+            CPU; a y-websocket client lists at most the clients of its room).
+
     Raises:
+        AwarenessTooBigError: more than `max_entries` entries.
         ProtocolError: malformed varints, lengths or UTF-8.
     """
     reader = Reader(payload)
     count = reader.read_var_uint()
-    if count > MAX_ENTRIES:
-        raise ProtocolError(f"awareness update with {count} entries")
+    if count > max_entries:
+        raise AwarenessTooBigError(f"awareness update with {count} entries")
     entries = []
     for _ in range(count):
         client_id = reader.read_var_uint()
@@ -116,6 +128,49 @@ def user_of(state: Any) -> tuple[int | None, str | None]:
         return None, None
     name = info.get("name")
     return id_from_json(info.get("id"), digits=True), name if isinstance(name, str) else None
+
+
+def with_user(state: Any, user_id: int, name: str | None) -> Any:
+    """A state whose `collaboratorInfo` names this user (the token's), whatever it claimed.
+
+    Peers render `collaboratorInfo` (Gutenberg's convention); with tokens on, the id (and the
+    name, when the token has one) must be the token's, never what the client wrote. A state
+    without `collaboratorInfo` is left as it is: it names nobody.
+    """
+    if not isinstance(state, dict) or "collaboratorInfo" not in state:
+        return state
+    info = state["collaboratorInfo"]
+    info = dict(info) if isinstance(info, dict) else {}
+    info["id"] = user_id
+    if name is not None:
+        info["name"] = name
+    return {**state, "collaboratorInfo": info}
+
+
+def own_entry(
+    entry: AwarenessEntry, identity: Identity | None, *, max_state: int
+) -> tuple[AwarenessEntry, Any]:
+    """A connection's own entry, validated, and the state it sent, parsed; with a token, the
+    entry shows the token's identity (rewritten rather than refused, so unmodified clients
+    keep working).
+
+    Raises:
+        AwarenessTooBigError: the state is longer than `max_state` characters.
+        ProtocolError: the state is not JSON.
+    """
+    if len(entry.state_json) > max_state:
+        raise AwarenessTooBigError(f"awareness state of {len(entry.state_json)} characters")
+    state = entry.state()  # validates before anything is applied or relayed
+    if state is None:
+        if not entry.removed:
+            entry = AwarenessEntry(entry.client_id, entry.clock, "null")  # " null " is null
+        return entry, state
+    if identity is not None and identity.user_id is not None:
+        shown = with_user(state, identity.user_id, identity.name)
+        if shown != state:
+            text = json.dumps(shown, separators=(",", ":"), ensure_ascii=False)
+            return AwarenessEntry(entry.client_id, entry.clock, text), state
+    return entry, state
 
 
 class AwarenessStates:

@@ -7,7 +7,9 @@ after reading two varints, and one update goes out as 49 frames of the same byte
 
 - inbound: `attach(sink)` hands every complete message to `sink(data, text)` from the
   protocol callback that parsed it (fragments joined here). Frames that arrive before the
-  sink is attached wait, in order, with reading paused once they pass a bound;
+  sink is attached wait, in order, with reading paused once they pass a bound. Ping and pong
+  frames, which websockets answers on its own, are reported to `on_control` so that they
+  can be charged like any message;
 - outbound: `queue(frame)` takes a frame encoded once for all its recipients (`encode`) and
   writes everything queued to a peer in one call at the end of the loop tick. Frames queued
   to a connection that is no longer open are dropped.
@@ -19,17 +21,26 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import anyio
 from websockets.asyncio.server import ServerConnection
-from websockets.frames import BINARY, CONT, DATA_OPCODES, TEXT, CloseCode, Frame
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import BINARY, CONT, DATA_OPCODES, PING, PONG, TEXT, CloseCode, Frame
 from websockets.protocol import Event, State
 
-__all__ = ["DeliveringConnection", "Sink", "encode"]
+__all__ = ["ControlSink", "DeliveringConnection", "Sink", "encode"]
 
 Sink = Callable[[bytes, bool], None]
 """Takes one whole message: its bytes, and whether it came as a text frame."""
 
+ControlSink = Callable[[int], None]
+"""Told of each ping or pong frame received, with the size of its payload."""
+
 MAX_FRAGMENTS = 1024  # a message in more pieces than this is refused (1009)
 EARLY_LIMIT = 64  # messages held before a sink is attached, past which reading pauses
+EARLY_BYTES = 256 * 1024  # bytes likewise
+
+
+_CONTROL = (PING, PONG)
 
 
 def encode(data: bytes, *, text: bool = False) -> bytes:
@@ -41,7 +52,10 @@ class DeliveringConnection(ServerConnection):
     """A `ServerConnection` that delivers messages to a sink and coalesces outgoing frames."""
 
     _sink: Sink | None = None
+    _on_control: ControlSink | None = None
     _early: list[tuple[bytes, bool]] | None = None
+    _early_bytes = 0
+    _early_paused = False
     _fragments: list[bytes | bytearray | memoryview] | None = None
     _fragments_text = False
     _outbox: list[bytes] | None = None
@@ -50,17 +64,23 @@ class DeliveringConnection(ServerConnection):
 
     # --- inbound -----------------------------------------------------------------------
 
-    def attach(self, sink: Sink) -> None:
-        """Deliver every message to `sink` from now on, starting with those that waited."""
-        early, self._early = self._early, None
+    def attach(self, sink: Sink, *, on_control: ControlSink | None = None) -> None:
+        """Deliver every message to `sink` from now on, starting with those that waited, and
+        report ping and pong frames to `on_control`."""
+        early, self._early, self._early_bytes = self._early, None, 0
         self._sink = sink
+        self._on_control = on_control
         for data, text in early or ():
             sink(data, text)
-        if early is not None and len(early) >= EARLY_LIMIT and self.transport is not None:
+        if self._early_paused and self.transport is not None:
+            self._early_paused = False
             self.transport.resume_reading()
 
     def process_event(self, event: Event) -> None:
         if not isinstance(event, Frame) or event.opcode not in DATA_OPCODES:
+            on_control = self._on_control
+            if on_control is not None and isinstance(event, Frame) and event.opcode in _CONTROL:
+                on_control(len(event.data))
             super().process_event(event)  # the handshake request and control frames
             return
         if event.opcode is CONT:
@@ -92,8 +112,35 @@ class DeliveringConnection(ServerConnection):
         if self._early is None:
             self._early = []
         self._early.append((data, text))
-        if len(self._early) == EARLY_LIMIT and self.transport is not None:
+        self._early_bytes += len(data)
+        over = len(self._early) >= EARLY_LIMIT or self._early_bytes >= EARLY_BYTES
+        if over and not self._early_paused and self.transport is not None:
+            self._early_paused = True
             self.transport.pause_reading()
+
+    async def answers_ping(self) -> bool:
+        """Whether the peer answers a ping (a liveness check: the caller sets the deadline).
+
+        The ping may wait behind what is already queued for the peer: one that stopped
+        reading never answers, which is the point.
+        """
+        try:
+            await (await self.ping())
+        except ConnectionClosed:
+            return False
+        return True
+
+    async def close_within(self, code: int, reason: str, seconds: float) -> None:
+        """Close with a code, or cut the connection if that cannot finish within `seconds`.
+
+        websockets' close() first waits for the peer to drain what is buffered for it, with
+        no deadline: a peer that stopped reading (the 1013 case) would never be let go.
+        """
+        with anyio.move_on_after(seconds):
+            await self.close(code, reason)
+            return
+        if self.transport is not None:
+            self.transport.abort()
 
     # --- outbound ----------------------------------------------------------------------
 

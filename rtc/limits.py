@@ -1,7 +1,9 @@
-"""A room's admission limits: who counts as a contributor, and when a newcomer is turned away.
+"""A room's limits: who counts as a contributor, when a newcomer is turned away, and how
+much one connection may make the room hold, parse or store.
 
 No I/O here. An anonymous session counts as a contributor of its own, so a limit cannot be
-dodged by leaving out the user id.
+dodged by leaving out the user id. The errors a room raises when a limit is passed live here
+too, each with its close code.
 """
 
 from __future__ import annotations
@@ -10,7 +12,19 @@ from collections.abc import Set
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["ContributorKey", "LimitKind", "RoomLimits", "contributor_key"]
+from rtc.errors import CloseCode, ProtocolError, RtcError
+
+__all__ = [
+    "AwarenessTooBigError",
+    "ContributorKey",
+    "DocumentTooLargeError",
+    "HeldBytes",
+    "HeldTooMuchError",
+    "HeldTotalError",
+    "LimitKind",
+    "RoomLimits",
+    "contributor_key",
+]
 
 ContributorKey = tuple[Literal["user", "session"], int]
 LimitKind = Literal["contributors", "connections"]
@@ -30,21 +44,32 @@ class RoomLimits:
         max_connections: sessions present, whoever they belong to.
         max_held_messages: messages held from a connection before it names its session.
         max_held_bytes: bytes held likewise.
+        max_held_total: bytes held from every connection not yet named, across rooms.
         max_document_size: bytes of stored updates the document may grow to, 0 = unlimited.
+        max_awareness_entries: entries the room parses from one awareness message (a
+            y-websocket client re-sends one entry per client it hears of: a room's worth).
+        max_awareness_state: bytes of a connection's own awareness state.
     """
 
     max_contributors: int = 0
     max_connections: int = 0
     max_held_messages: int = 64
-    max_held_bytes: int = 16 * 1024 * 1024
+    max_held_bytes: int = 256 * 1024
+    max_held_total: int = 64 * 1024 * 1024
     max_document_size: int = 0
+    max_awareness_entries: int = 1000
+    max_awareness_state: int = 64 * 1024
 
     def __post_init__(self) -> None:
         for name in ("max_contributors", "max_connections", "max_document_size"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (0 = unlimited)")
-        if self.max_held_messages < 1 or self.max_held_bytes < 1:
-            raise ValueError("max_held_messages and max_held_bytes must be >= 1")
+        for name in (
+            "max_held_messages", "max_held_bytes", "max_held_total", "max_awareness_entries",
+            "max_awareness_state",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
 
     def reached(
         self, present: Set[ContributorKey], sessions: int, newcomer: ContributorKey
@@ -66,3 +91,69 @@ class RoomLimits:
         ):
             return self.max_contributors, "contributors"
         return None
+
+
+class HeldBytes:
+    """Bytes held from connections that have not named their session yet, across rooms.
+
+    Shared by every room of a server (like `SessionHistory`), so that many newcomers in many
+    rooms cannot together hold more than `limit`.
+    """
+
+    __slots__ = ("limit", "total")
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("limit must be >= 1")
+        self.limit = limit
+        self.total = 0
+
+    @property
+    def full(self) -> bool:
+        return self.total >= self.limit
+
+    def hold(self, size: int) -> bool:
+        """Count `size` more bytes held; False (and nothing counted) past the limit."""
+        if self.total + size > self.limit:
+            return False
+        self.total += size
+        return True
+
+    def release(self, size: int) -> None:
+        self.total = max(0, self.total - size)
+
+
+class HeldTooMuchError(ProtocolError):
+    """A connection sent more than a room holds before it named its session."""
+
+    close_code = CloseCode.MESSAGE_TOO_BIG
+    reason = "too-much-held"
+    error_code = "message-too-big"
+
+
+class HeldTotalError(RtcError):
+    """Newcomers together hold all the server holds: retry later (1013, y-websocket does)."""
+
+    close_code = CloseCode.TRY_AGAIN_LATER
+    reason = "held-total"
+    error_code = "server-busy"
+
+
+class AwarenessTooBigError(ProtocolError):
+    """An awareness message with more entries, or a larger own state, than a room parses."""
+
+    close_code = CloseCode.MESSAGE_TOO_BIG
+    reason = "awareness-too-big"
+    error_code = "message-too-big"
+
+
+class DocumentTooLargeError(RtcError):
+    """An update would grow the document past `max_document_size`.
+
+    A 44xx code: y-websocket stops reconnecting, which is right, since its next sync would
+    send the same update again.
+    """
+
+    close_code = 4413
+    reason = "document-too-large"
+    error_code = "document-too-large"

@@ -27,13 +27,21 @@ class TokenBucket:
         self._tokens = burst
         self._stamp = now
 
-    def take(self, now: float, cost: float = 1.0) -> bool:
-        """Spend `cost` tokens; False when not enough are left."""
+    @property
+    def rate(self) -> float:
+        return self._rate
+
+    def take(self, now: float, cost: float = 1.0, *, overdraw: bool = False) -> bool:
+        """Spend `cost` tokens; False when not enough are left.
+
+        With `overdraw`, a cost larger than what is left passes as long as something is left,
+        and the bucket goes into debt: one oversized spend, then nothing until it refills.
+        """
         elapsed = now - self._stamp
         if elapsed > 0:
             self._tokens = min(self._burst, self._tokens + elapsed * self._rate)
             self._stamp = now
-        if self._tokens < cost:
+        if self._tokens < cost and not (overdraw and self._tokens > 0):
             return False
         self._tokens -= cost
         return True

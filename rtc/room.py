@@ -10,16 +10,17 @@ pycrdt-websocket).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 from pycrdt import Doc
 
 from rtc.actions import (
     ECHO,
+    UNCHANGED,
     Action,
     Blocked,
     Broadcast,
+    CheckLiveness,
     Close,
     ConnectionId,
     Contributor,
@@ -37,12 +38,15 @@ from rtc.awareness import (
     decode_awareness,
     encode_awareness,
     first_client,
+    own_entry,
     user_of,
 )
+from rtc.content import Content
 from rtc.errors import CloseCode, ProtocolError
 from rtc.history import SessionHistory
 from rtc.ids import RoomKey
-from rtc.limits import RoomLimits, contributor_key
+from rtc.limits import HeldBytes, RoomLimits, contributor_key
+from rtc.newcomers import Claim, Newcomer, Newcomers
 from rtc.protocol import (
     EMPTY_UPDATE,
     AuthMessage,
@@ -55,16 +59,9 @@ from rtc.protocol import (
     awareness_sender,
     encode,
 )
-from rtc.yupdate import check_state_vector, check_update
+from rtc.yupdate import check_state_vector
 
 __all__ = ["Room"]
-
-@dataclass(slots=True)
-class _Newcomer:
-    connected_at_ms: int
-    identity: Identity | None
-    held: list[Message] = field(default_factory=list)
-    held_bytes: int = 0
 
 
 class Room:
@@ -75,6 +72,8 @@ class Room:
         doc: the document, loaded from the store by the driver.
         limits: admission limits.
         history: shared across rooms, so reconnects and repeated refusals are recognised.
+        held: bytes held from newcomers, shared across rooms (by default the room's own).
+        stored_bytes: the size of the document's stored updates when it was loaded.
     """
 
     def __init__(
@@ -84,13 +83,18 @@ class Room:
         *,
         limits: RoomLimits,
         history: SessionHistory,
+        held: HeldBytes | None = None,
+        stored_bytes: int = 0,
     ) -> None:
         self.key = key
         self.doc = doc
         self.limits = limits
+        self.content = Content(
+            doc, stored_bytes=stored_bytes, max_size=limits.max_document_size
+        )
         self._history = history
         self._awareness = AwarenessStates()
-        self._newcomers: dict[ConnectionId, _Newcomer] = {}
+        self._newcomers = Newcomers(limits, held or HeldBytes(limits.max_held_total))
         self._sessions: dict[ConnectionId, Session] = {}
         self._by_session_id: dict[int, ConnectionId] = {}
         self._replay: dict[ConnectionId, list[Message]] = {}
@@ -139,7 +143,7 @@ class Room:
         """A connection arrived. Nothing is sent to it until it names its session."""
         if connection in self._newcomers or connection in self._sessions:
             raise ValueError(f"connection {connection} is already open")
-        self._newcomers[connection] = _Newcomer(now_ms, identity)
+        self._newcomers.open(connection, now_ms, identity)
 
     def receive(self, connection: ConnectionId, message: Message, now_ms: int) -> list[Action]:
         """A message arrived from a connection.
@@ -154,19 +158,25 @@ class Room:
         newcomer = self._newcomers.get(connection)
         if newcomer is None:
             return []
-        if isinstance(message, AwarenessMessage):
-            entries = decode_awareness(message.payload)
+        # While a claim waits for its liveness check, later announces are held like the rest.
+        limits = self.limits
+        if isinstance(message, AwarenessMessage) and newcomer.claim is None:
+            entries = decode_awareness(message.payload, max_entries=limits.max_awareness_entries)
             announce = next((entry for entry in entries if not entry.removed), None)
             if announce is not None:
                 return self._admit(connection, newcomer, announce, now_ms)
-        newcomer.held.append(message)
-        newcomer.held_bytes += _size(message)
-        if (
-            len(newcomer.held) > self.limits.max_held_messages
-            or newcomer.held_bytes > self.limits.max_held_bytes
-        ):
-            raise ProtocolError("too much sent before the awareness update that names the session")
+        self._newcomers.hold(newcomer, message)
         return []
+
+    def liveness_checked(
+        self, claimant: ConnectionId, holder: ConnectionId, now_ms: int, *, alive: bool
+    ) -> list[Action]:
+        """The outcome of a `CheckLiveness`: the claimant is refused, or takes the session over."""
+        newcomer = self._newcomers.get(claimant)
+        if newcomer is None or newcomer.claim is None or newcomer.claim.holder != holder:
+            return []  # the claimant is gone (or checked again)
+        announce, newcomer.claim = newcomer.claim.announce, None
+        return self._admit(claimant, newcomer, announce, now_ms, holder_alive=alive)
 
     def is_echo(self, connection: ConnectionId, data: bytes) -> bool:
         """Whether an admitted connection's raw message is an awareness update of one state
@@ -184,7 +194,7 @@ class Room:
     def close(self, connection: ConnectionId, now_ms: int, *, clean: bool) -> list[Action]:
         """A connection ended (for any reason). Its presence is removed and broadcast at once."""
         self._replay.pop(connection, None)
-        if self._newcomers.pop(connection, None) is not None:
+        if self._newcomers.pop(connection) is not None:
             return []
         session = self._sessions.pop(connection, None)
         if session is None:
@@ -210,45 +220,53 @@ class Room:
     def _admit(
         self,
         connection: ConnectionId,
-        newcomer: _Newcomer,
+        newcomer: Newcomer,
         announce: AwarenessEntry,
         now_ms: int,
+        *,
+        holder_alive: bool | None = None,
     ) -> list[Action]:
         session_id = announce.client_id
-        announced_user, announced_name = user_of(announce.state())
+        identity = newcomer.identity
+        announce, state = own_entry(announce, identity, max_state=self.limits.max_awareness_state)
+        announced_user, announced_name = user_of(state)
         actions: list[Action] = []
-        if newcomer.identity is not None:
-            user_id, name = newcomer.identity.user_id, newcomer.identity.name or announced_name
+        if identity is not None:
+            user_id, name = identity.user_id, identity.name or announced_name
             if announced_user is not None and announced_user != user_id:
                 actions.append(Note("awareness-user-mismatch"))
         else:
             user_id, name = announced_user, announced_name
 
-        # The same Y.Doc reconnecting before its old socket was noticed dead takes over its
-        # session; anyone else claiming a live session id is refused.
+        # A session id is read from the roster by anyone, so a claim on a live one takes it
+        # over only when its holder fails a liveness check (the same Y.Doc reconnecting
+        # before its old socket was noticed dead); another user's claim is refused at once.
         holder = self._by_session_id.get(session_id)
         if holder is not None:
-            if self._sessions[holder].user_id != user_id:
-                del self._newcomers[connection]
+            if self._sessions[holder].user_id != user_id or holder_alive:
+                self._newcomers.pop(connection)
                 return [
                     *actions,
                     Note("session-conflict"),
                     Close(connection, CloseCode.SESSION_CONFLICT, "session-conflict"),
                 ]
+            if holder_alive is None:
+                newcomer.claim = Claim(announce, holder)
+                return [*actions, CheckLiveness(holder, connection)]
             actions.append(Note("session-replaced"))
             actions.append(Close(holder, CloseCode.SESSION_CONFLICT, "session-replaced"))
             actions.extend(self.close(holder, now_ms, clean=False))
 
         refusal = self._refusal(connection, session_id, user_id, now_ms)
         if refusal is not None:
-            del self._newcomers[connection]
+            self._newcomers.pop(connection)
             return [
                 *actions,
                 refusal,
                 Close(connection, CloseCode.LIMIT_EXCEEDED, "connection-limit-exceeded"),
             ]
 
-        del self._newcomers[connection]
+        self._newcomers.pop(connection)
         session = Session(
             connection=connection,
             session_id=session_id,
@@ -256,6 +274,7 @@ class Room:
             name=name,
             connected_at_ms=newcomer.connected_at_ms,
             joined_at_ms=now_ms,
+            identity=identity,
         )
         others = tuple(self._sessions)
         self._sessions[connection] = session
@@ -325,16 +344,16 @@ class Room:
             case SyncStep2(update=update) | SyncUpdate(update=update):
                 if update == EMPTY_UPDATE:
                     return []
-                check_update(update)  # before yrs sizes anything by its counts
-                try:
-                    self.doc.apply_update(update)
-                except ValueError as error:
-                    raise ProtocolError("invalid document update") from error
+                change = self.content.apply(update)
                 session.updates += 1
+                if change is None:
+                    # Already contained (a re-sent update, a sync step 2 of what we have):
+                    # storing or relaying it again would only fill the disk and the outboxes.
+                    return [UNCHANGED]
                 others = tuple(c for c in self._sessions if c != session.connection)
-                actions: list[Action] = [Persist(update)]
+                actions: list[Action] = [Persist(change)]
                 if others:
-                    actions.append(Broadcast(encode(SyncUpdate(update)), others))
+                    actions.append(Broadcast(encode(SyncUpdate(change)), others))
                 return actions
             case AwarenessMessage(payload=payload):
                 return self._handle_awareness(session, payload)
@@ -350,7 +369,8 @@ class Room:
         if _is_echo(session, first if count == 1 else None):
             # The common case by far: dropped unread (the rest of it cannot affect anyone).
             return [ECHO]
-        entries = decode_awareness(payload)
+        max_state = self.limits.max_awareness_state
+        entries = decode_awareness(payload, max_entries=self.limits.max_awareness_entries)
         changed = []
         foreign = 0
         for entry in entries:
@@ -359,21 +379,19 @@ class Room:
             if entry.client_id != session.session_id:
                 foreign += 1
                 continue
-            state = entry.state()  # validates before anything is applied or relayed
-            if state is None and not entry.removed:
-                entry = AwarenessEntry(entry.client_id, entry.clock, "null")  # " null " is null
+            entry, state = own_entry(entry, session.identity, max_state=max_state)
             if self._awareness.apply(entry):
                 changed.append(entry)
                 _, name = user_of(state)
-                if name is not None:
-                    session.name = name
+                if name is not None and (session.identity is None or not session.identity.name):
+                    session.name = name  # a token's name is the roster's, whatever is shown
         actions: list[Action] = []
         if foreign and not changed:
             actions.append(ECHO)
         if changed:
             data = (
                 encode(AwarenessMessage(payload))
-                if len(changed) == len(entries)
+                if tuple(changed) == entries  # relayed as sent unless something was rewritten
                 else _awareness_message(tuple(changed))
             )
             # Sent back to the sender too, as the reference server does: for a lone client this
@@ -398,11 +416,3 @@ def _awareness_message(entries: Iterable[AwarenessEntry]) -> bytes:
 def _user_ids(sessions: Iterable[Session]) -> tuple[int, ...]:
     return tuple(sorted({s.user_id for s in sessions if s.user_id is not None}))
 
-
-def _size(message: Message) -> int:
-    match message:
-        case SyncStep1(state_vector=data) | SyncStep2(update=data) | SyncUpdate(update=data):
-            return len(data)
-        case AwarenessMessage(payload=data):
-            return len(data)
-    return 1

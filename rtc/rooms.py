@@ -12,7 +12,7 @@ from pycrdt import Doc
 from rtc.documents import DocumentStore
 from rtc.history import SessionHistory
 from rtc.ids import RoomKey
-from rtc.limits import RoomLimits
+from rtc.limits import HeldBytes, RoomLimits
 from rtc.room import Room
 
 __all__ = ["RoomRegistry"]
@@ -50,6 +50,8 @@ class RoomRegistry:
         # wants it meanwhile waits, so a load never reads a half-compacted document.
         self._busy: dict[RoomKey, anyio.Event] = {}
         self._compacting: set[RoomKey] = set()
+        # What newcomers hold, across every room: bounded by `limits.max_held_total`.
+        self.held = HeldBytes(limits.max_held_total)
 
     def __len__(self) -> int:
         return len(self._rooms)
@@ -80,7 +82,14 @@ class RoomRegistry:
                 doc: Doc[Any] = Doc()
                 for update in updates:
                     doc.apply_update(update)
-                self._rooms[key] = Room(key, doc, limits=self._limits, history=self._history)
+                self._rooms[key] = Room(
+                    key,
+                    doc,
+                    limits=self._limits,
+                    history=self._history,
+                    held=self.held,
+                    stored_bytes=sum(map(len, updates)),
+                )
                 logger.info("room %s loaded (%d stored updates)", key, len(updates))
             finally:
                 del self._busy[key]
@@ -105,7 +114,7 @@ class RoomRegistry:
 
     async def _compact(self, room: Room) -> None:
         try:
-            await self._store.compact(room.key, room.doc.get_update)
+            await self._store.compact(room.key, room.content.compacted)
         finally:
             self._compacting.discard(room.key)
 
@@ -119,7 +128,7 @@ class RoomRegistry:
         del self._rooms[key]
         busy = self._busy[key] = anyio.Event()
         try:
-            await self._store.compact(key, room.doc.get_update)
+            await self._store.compact(key, room.content.compacted)
             self._store.forget(key)
             logger.info("room %s unloaded", key)
         finally:

@@ -173,7 +173,10 @@ async def test_a_peer_that_stops_reading_is_closed_with_1013_and_nobody_waits(
     source = Doc()
     text = source.get("content", type=Text)
     chunk = "x" * 256 * 1024
-    async with serve_rtc(tmp_path, outbox_limit=256 * 1024) as running:
+    # The writer's byte budget is raised: it is the reader that must be let go, not it.
+    async with serve_rtc(
+        tmp_path, outbox_limit=256 * 1024, bytes_per_second=64 * 1024 * 1024
+    ) as running:
         async with (
             RawClient.connect(running.room_url(), max_queue=1) as stalled,
             YClient.connect(running.room_url(), client_id=2, user=2) as reader,

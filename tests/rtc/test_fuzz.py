@@ -476,6 +476,8 @@ def expected_codes(fatal: Fatal) -> set[int]:
         return {1003, 1008}
     if fatal.kind == "oversized":
         return {1009, 1008}
+    if fatal.kind == "invalid-awareness":
+        return {1002, 1008, 1009}  # 1009: it declares more entries than a room parses
     return {1002, 1008}
 
 

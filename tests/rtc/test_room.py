@@ -12,6 +12,7 @@ from rtc.actions import (
     Action,
     Blocked,
     Broadcast,
+    CheckLiveness,
     Close,
     Identity,
     Joined,
@@ -190,15 +191,39 @@ def test_the_same_session_coming_back_knows_its_previous_end() -> None:
     assert (joined.previous_end.ended_at_ms, joined.previous_end.abnormal) == (2000, True)
 
 
-def test_a_reconnect_replaces_its_stale_connection_but_strangers_are_refused() -> None:
+def test_a_claim_on_a_live_session_waits_for_a_liveness_check() -> None:
     room = make_room()
     admit(room, 1, 111, 5)
-    actions = admit(room, 2, 111, 5)
+    # the claimant is neither admitted nor refused: the driver pings the holder first
+    assert admit(room, 2, 111, 5) == [CheckLiveness(holder=1, claimant=2)]
+    assert room.receive(2, SyncStep1(b"\x00"), 0) == []  # held meanwhile
+    # a live holder keeps its session
+    assert room.liveness_checked(2, 1, 0, alive=True) == [
+        Note("session-conflict"), Close(2, 4409, "session-conflict")]
+    assert room.session_of(1) is not None
+    assert room.connection_count == 1
+
+
+def test_a_dead_holder_is_replaced_and_strangers_are_refused_unchecked() -> None:
+    room = make_room()
+    admit(room, 1, 111, 5)
+    admit(room, 2, 111, 5)
+    actions = room.liveness_checked(2, 1, 0, alive=False)
     assert Close(1, 4409, "session-replaced") in actions
     assert of(Left, actions)[0].session.connection == 1
     assert room.session_of(2) is not None
     assert room.session_count == 1
     assert of(Close, admit(room, 3, 111, 9)) == [Close(3, 4409, "session-conflict")]
+    assert room.liveness_checked(3, 2, 0, alive=False) == []  # no claim pending: nothing
+
+
+def test_a_claimant_that_leaves_before_the_check_ends_changes_nothing() -> None:
+    room = make_room()
+    admit(room, 1, 111, 5)
+    admit(room, 2, 111, 5)
+    room.close(2, 0, clean=True)
+    assert room.liveness_checked(2, 1, 0, alive=False) == []
+    assert room.session_of(1) is not None
 
 
 def test_too_much_held_before_announcing_is_a_protocol_error() -> None:
@@ -245,7 +270,8 @@ def test_an_anonymous_session_counts_as_one_contributor() -> None:
 def test_an_anonymous_reconnect_keeps_its_seat() -> None:
     room = make_room(max_contributors=1)
     admit(room, 1, 111, None)
-    actions = admit(room, 2, 111, None)  # the same Y.Doc on a new socket
+    assert admit(room, 2, 111, None) == [CheckLiveness(1, 2)]  # the same Y.Doc, new socket
+    actions = room.liveness_checked(2, 1, 0, alive=False)
     assert Close(1, 4409, "session-replaced") in actions
     assert of(Joined, actions)
 
