@@ -4,10 +4,20 @@ It writes, retries and spools as `tracks.outage` decides, replays the spool olde
 first, and counts every outcome in the `tracks.ledger`. It is the writer's hands,
 not a task of its own: the `Tracker` calls it from its one writer task, so the sink
 and the spool are only ever used one call at a time.
+
+A batch that fails on the data of some event is split in halves, and each failing
+half again, until the events at fault stand alone: those are set aside (in the
+`tracks.deadletter` file), everything else is written. One bad event in a batch of
+n costs about 2·log2(n) extra writes. Past `SPLIT_SET_ASIDE_LIMIT` events set aside
+from one batch, a piece that still fails is set aside whole instead of split further:
+a batch that bad is refused for a reason that is not one event (an endpoint that
+answers 400 to everything), and bisecting it to the end would cost two writes per
+event. Set aside is not dropped: the events are kept and counted.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import time
@@ -17,13 +27,20 @@ from typing import TypeVar
 import anyio
 import anyio.to_thread
 
+from tracks.deadletter import DeadLetters
 from tracks.event import Event
 from tracks.ledger import Ledger
-from tracks.outage import Outage, classify
+from tracks.outage import Failure, Outage, classify
 from tracks.sinks import Sink
 from tracks.spool import UNREADABLE, Spool, SpoolContents
 
-__all__ = ["Delivery"]
+__all__ = ["SPLIT_SET_ASIDE_LIMIT", "Delivery"]
+
+SPLIT_SET_ASIDE_LIMIT = 16
+"""Events set aside one by one from a batch before failing pieces are set aside whole."""
+
+Rest = tuple[list[Event], Failure, Exception]
+"""What a split could not write, after a failure that was not about the data."""
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +53,8 @@ class Delivery:
     Args:
         sink: where batches go.
         spool: where batches that ran out of retries wait, or ``None`` to drop them.
+        dead_letters: where events the sink cannot write are set aside, or ``None``
+            (they are counted as rejected).
         outage: decides what follows a failed write.
         ledger: counts every outcome.
         description: the recorder's, for log lines.
@@ -46,12 +65,14 @@ class Delivery:
         sink: Sink,
         *,
         spool: Spool | None,
+        dead_letters: DeadLetters | None = None,
         outage: Outage,
         ledger: Ledger,
         description: str,
     ) -> None:
         self.sink = sink
         self.spool = spool
+        self.dead_letters = dead_letters
         self.outage = outage
         self.ledger = ledger
         self.description = description
@@ -69,7 +90,8 @@ class Delivery:
     async def send(self, batch: Sequence[Event]) -> None:
         """Write a new batch: after the spooled ones if any, else to the sink with retries.
 
-        Returns once the batch is written, spooled, rejected or counted as dropped.
+        Returns once the batch is written, spooled, rejected, set aside or counted as
+        dropped (a batch split for bad data: each of its events, one of these).
         """
         if self.outage.route(spooled=self.spooled) == "spool":
             await self.keep(batch)
@@ -81,6 +103,13 @@ class Delivery:
             except Exception as exc:
                 failure = classify(exc)
                 step = outage.write_failed(failure, attempt, now=time.monotonic())
+                if step.action == "split":
+                    rest = await self.split(batch, exc)
+                    if rest is None:
+                        return
+                    # The backend failed another way mid-split: the rest goes on as the batch.
+                    batch, failure, exc = rest
+                    step = outage.write_failed(failure, attempt, now=time.monotonic())
                 ledger.failed(failure, step, exc, len(batch))
             else:
                 ledger.written += len(batch)
@@ -94,6 +123,51 @@ class Delivery:
             await self.keep(batch)
         elif step.action == "drop":
             ledger.drop_batch(batch, "its retries ran out")
+
+    async def split(
+        self, batch: Sequence[Event], error: Exception, *, stubborn: bool = False
+    ) -> Rest | None:
+        """Write what the sink takes of a batch that failed with ``error``, by halves, and set
+        aside the events it cannot take. ``stubborn``: unexpected errors count as data ones.
+
+        Returns ``None`` once every event is written or set aside; or, when a piece fails
+        for another reason (the backend went down meanwhile), the events not written yet,
+        in order, with that failure.
+        """
+        ledger, outage = self.ledger, self.outage
+        set_aside = 0
+        pieces = [batch]  # a stack: the next piece to write is the last
+        while pieces:
+            piece = pieces.pop()
+            if piece is not batch:  # the whole batch has just failed with ``error``
+                try:
+                    await self.sink.write(piece)
+                except Exception as exc:
+                    error = exc
+                else:
+                    ledger.written += len(piece)
+                    ledger.recovered(outage.recovered())
+                    continue
+            failure = classify(error)
+            if not (failure.kind == "data" or (stubborn and failure.kind == "unexpected")):
+                rest = [*piece, *(event for later in reversed(pieces) for event in later)]
+                return rest, failure, error
+            if len(piece) == 1 or set_aside >= SPLIT_SET_ASIDE_LIMIT:
+                await self._set_aside(piece, error)
+                set_aside += len(piece)
+            else:
+                middle = len(piece) // 2
+                pieces += [piece[middle:], piece[:middle]]
+        return None
+
+    async def _set_aside(self, events: Sequence[Event], error: Exception) -> None:
+        letters = self.dead_letters
+        if letters is None:
+            self.ledger.set_aside(events, error, "rejected", "")
+            return
+        with anyio.CancelScope(shield=True):  # once written, counted in the same breath
+            kept = await self._file_call(letters.append, events)
+        self.ledger.set_aside(events, error, "kept" if kept else "lost", str(letters.path))
 
     async def keep(self, batch: Sequence[Event]) -> None:
         """Spool a batch (drop and count it if the spool cannot be written). Needs a spool.
@@ -115,7 +189,13 @@ class Delivery:
         self.ledger.drop(UNREADABLE, discarded.lost)
 
     async def replay(self) -> None:
-        """Send the oldest spooled batch again; remove it once the sink took it."""
+        """Send the oldest spooled batch again; remove it once the sink took it.
+
+        A batch that fails on data is split like a new one (and one that keeps failing
+        unexpectedly, as `Outage.replay_failed` decides): what the sink cannot take is
+        set aside, the rest written, and the batch removed, so it never holds back the
+        newer ones. What a transient failure mid-split leaves is kept in its place.
+        """
         spool = self.spool
         segment = None if spool is None else spool.oldest()
         if spool is None or segment is None:
@@ -130,7 +210,19 @@ class Delivery:
             except Exception as exc:
                 failure = classify(exc)
                 step = self.outage.replay_failed(failure, now=time.monotonic())
-                self.ledger.failed(failure, step, exc, len(events))
+                if step.action == "split":
+                    rest = await self.split(events, exc, stubborn=failure.kind == "unexpected")
+                    if rest is not None:
+                        left, failure, exc = rest
+                        step = self.outage.replay_failed(failure, now=time.monotonic())
+                        if step.action == "split":  # split again at the next probe
+                            step = dataclasses.replace(step, action="keep")
+                        if len(left) < len(events):
+                            with anyio.CancelScope(shield=True):
+                                await self._spool_call(spool.replace, segment, left)
+                        events = left
+                if step.action != "split":
+                    self.ledger.failed(failure, step, exc, len(events))
                 if step.action == "keep":
                     self.ledger.retried += len(events)
                     return
@@ -143,9 +235,14 @@ class Delivery:
             await self._spool_call(spool.remove, segment)
 
     async def _spool_call(self, function: Callable[..., T], *args: object) -> T | None:
+        directory = None if self.spool is None else self.spool.directory
+        return await self._file_call(function, *args, where=f"spool {directory}")
+
+    async def _file_call(
+        self, function: Callable[..., T], *args: object, where: str = "dead-letter file"
+    ) -> T | None:
         try:
             return await anyio.to_thread.run_sync(function, *args)
         except OSError as exc:
-            directory = None if self.spool is None else self.spool.directory
-            logger.error("%s: spool %s failed: %s", self.description, directory, exc)
+            logger.error("%s: %s failed: %s", self.description, where, exc)
             return None

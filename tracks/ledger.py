@@ -1,5 +1,5 @@
-"""`Ledger`: the engine's books. What was written, retried, spooled, rejected and lost, and
-the log lines about it. No I/O but logging.
+"""`Ledger`: the engine's books. What was written, retried, spooled, rejected, set aside and
+lost, and the log lines about it. No I/O but logging.
 
 Losses are counted by event name, whatever their cause, so `RecorderStats.dropped`
 always equals the sum of `RecorderStats.dropped_by_name`. Log lines are aggregated:
@@ -13,12 +13,13 @@ import logging
 import math
 import time
 from collections.abc import Sequence
+from typing import Literal
 
 from tracks.event import Event
 from tracks.outage import Failure, Step
 from tracks.recorder import RecorderStats
 
-__all__ = ["DROP_LOG_INTERVAL", "NOT_AN_EVENT", "Ledger"]
+__all__ = ["DROP_LOG_INTERVAL", "NOT_AN_EVENT", "Ledger", "describe"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,11 +43,14 @@ class Ledger:
         self.retried = 0
         self.spooled = 0
         self.rejected = 0
+        self.dead_lettered = 0
         self.dropped = 0
         self.dropped_by_name: dict[str, int] = {}
         self._rejection_logged = False
         self._drops_logged = 0
         self._drops_logged_at = -math.inf
+        self._set_aside_unlogged = 0
+        self._set_aside_logged_at = -math.inf
 
     def stats(self, *, accepted: int, queue_depth: int) -> RecorderStats:
         """A snapshot, with the two figures the engine keeps itself."""
@@ -57,6 +61,7 @@ class Ledger:
             retried=self.retried,
             spooled=self.spooled,
             rejected=self.rejected,
+            dead_lettered=self.dead_lettered,
             queue_depth=queue_depth,
             dropped_by_name=dict(self.dropped_by_name),
         )
@@ -82,6 +87,14 @@ class Ledger:
 
     def report_drops(self, *, final: bool = False) -> None:
         """Log the drops not logged yet, at most once per `DROP_LOG_INTERVAL` unless ``final``."""
+        if final and self._set_aside_unlogged:
+            logger.error(
+                "%s: set aside %d more events the sink cannot write (%d in a dead-letter file)",
+                self.description,
+                self._set_aside_unlogged,
+                self.dead_lettered,
+            )
+            self._set_aside_unlogged = 0
         unlogged = self.dropped - self._drops_logged
         if unlogged <= 0:
             return
@@ -95,6 +108,48 @@ class Ledger:
             )
             self._drops_logged = self.dropped
             self._drops_logged_at = now
+
+    # -- events set aside ---------------------------------------------------
+
+    def set_aside(
+        self,
+        events: Sequence[Event],
+        error: BaseException,
+        outcome: Literal["kept", "rejected", "lost"],
+        where: str,
+    ) -> None:
+        """Events the sink cannot write were split from their batch and set aside.
+
+        ``outcome``: ``"kept"`` in the dead-letter file ``where``; ``"rejected"`` for
+        want of one (no spool, no path); ``"lost"``: the file is full or failed.
+        Logged once per `DROP_LOG_INTERVAL`: an attacker sending bad events must not
+        flood the log.
+        """
+        count = len(events)
+        if outcome == "kept":
+            self.dead_lettered += count
+            fate = f"kept in {where}"
+        elif outcome == "rejected":
+            self.rejected += count
+            fate = "counted as rejected (no dead-letter file without a spool)"
+        else:
+            for event in events:
+                self.drop_event(event)
+            self._drops_logged += count  # said here, not again by report_drops()
+            fate = f"dropped: the dead-letter file {where} is full or cannot be written"
+        self._set_aside_unlogged += count
+        now = time.monotonic()
+        if now - self._set_aside_logged_at < DROP_LOG_INTERVAL:
+            return
+        logger.error(
+            "%s: set aside %d events the sink cannot write (%s), %s; the rest was written",
+            self.description,
+            self._set_aside_unlogged,
+            describe(error),
+            fate,
+        )
+        self._set_aside_unlogged = 0
+        self._set_aside_logged_at = now
 
     # -- failures -----------------------------------------------------------
 
@@ -123,3 +178,12 @@ class Ledger:
         """A write succeeded after a burst of ``failures`` failed ones (0: there was none)."""
         if failures:
             logger.info("%s: sink recovered after %d failed attempts", self.description, failures)
+
+
+def describe(error: BaseException) -> str:
+    """An error for a log line, without event contents."""
+    if isinstance(error, UnicodeError):
+        # A codec's message quotes the character it choked on: the reason is enough.
+        reason = getattr(error, "reason", "")
+        return f"{type(error).__name__}: {reason}"
+    return f"{type(error).__name__}: {error}"

@@ -1,11 +1,26 @@
 """What the engine does when a write fails: `classify` an error, then ask `Outage`. Pure: no I/O.
 
 `classify` is the one place that maps an exception from `Sink.write` to a
-`Failure`. `Outage` is the writer's view of the backend: healthy, backing off
-(a burst of failed writes, retried in place), or spooling (batches that ran out
-of retries wait on disk; new batches join them, and the spool is replayed on the
-retry schedule). It decides the next `Step` from the failure, the attempt number
-and the time the caller passes in; the caller carries the step out.
+`Failure`. A failure is about the backend (``"transient"``: try again later),
+about the batch's data (``"data"``: one of its events cannot be written, so the
+batch is split to find it; trying the same batch again would fail the same way),
+a refusal for good (``"rejected"``), or a sink error nobody translated
+(``"unexpected"``).
+
+`Outage` is the writer's view of the backend: healthy, backing off (a burst of
+failed writes, retried in place), or spooling (batches that ran out of retries
+wait on disk; new batches join them, and the spool is replayed on the retry
+schedule). It decides the next `Step` from the failure, the attempt number and
+the time the caller passes in; the caller carries the step out.
+
+No batch holds the others back for good. A new batch or a spooled one that fails
+on data is split at once. A spooled batch whose replay keeps failing with an
+unexpected error (`RetryPolicy.max_attempts` times in a row) is split as if the
+failure were about its data: an error that nothing translates and that repeats on
+the same events is most likely about them, and splitting keeps every event (what
+still fails is set aside, not dropped). A transient failure keeps the batch where
+it is: the backend is down, the newer batches would meet the same outage, and the
+spool keeps them in order (bounded by ``max_spool_bytes``).
 
 The spool's own size stays the truth about whether anything is spooled: callers
 pass it in (``spooled``) rather than this object keeping a copy that could drift.
@@ -14,16 +29,31 @@ pass it in (``spooled``) rather than this object keeping a copy that could drift
 from __future__ import annotations
 
 import math
+import sqlite3
 from dataclasses import dataclass
 from typing import Literal
 
 from tracks.retry import RetryPolicy
-from tracks.sinks import RejectedError, TransientError
+from tracks.sinks import RejectedError, TransientError, UnwritableError
 
-__all__ = ["Failure", "Outage", "Step", "classify"]
+__all__ = ["DATA_ERRORS", "Failure", "Outage", "Step", "classify"]
 
-FailureKind = Literal["rejected", "transient", "unexpected"]
-Action = Literal["retry", "spool", "drop", "reject", "keep"]
+FailureKind = Literal["rejected", "transient", "data", "unexpected"]
+Action = Literal["retry", "spool", "drop", "reject", "keep", "split"]
+
+DATA_ERRORS: tuple[type[BaseException], ...] = (
+    UnwritableError,  # a sink's own word for it (HTTP 400, 413, 422; an unencodable batch)
+    OverflowError,  # an int beyond SQLite's 64-bit INTEGER, bound by sqlite3
+    UnicodeError,  # a lone surrogate, bound by sqlite3 or encoded to UTF-8
+    sqlite3.IntegrityError,  # a constraint the row breaks
+    sqlite3.DataError,  # a value too big for the column (SQLITE_TOOBIG)
+    sqlite3.InterfaceError,  # a value sqlite3 cannot bind
+)
+"""Errors from `Sink.write` that are about the data of the batch, not the backend.
+
+A locked database, a full disk or a failed connection is ``sqlite3.OperationalError``
+(which the SQLite sink raises as `TransientError`) or the HTTP sink's `TransientError`.
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,9 +61,11 @@ class Failure:
     """What a failed write means.
 
     Attributes:
-        kind: ``"rejected"`` (never send again), ``"transient"`` (try again later) or
-            ``"unexpected"`` (a sink bug or an error it did not translate: retried
-            like a transient one, but logged with its traceback).
+        kind: ``"rejected"`` (never send again), ``"transient"`` (try again later),
+            ``"data"`` (some event of the batch cannot be written: split the batch,
+            set that event aside, write the rest) or ``"unexpected"`` (a sink bug or
+            an error it did not translate: retried like a transient one, but logged
+            with its traceback).
         retry_after: the backend's requested delay in seconds, if it sent one.
     """
 
@@ -43,6 +75,8 @@ class Failure:
 
 def classify(exc: BaseException) -> Failure:
     """The `Failure` an exception raised by `Sink.write` stands for."""
+    if isinstance(exc, DATA_ERRORS):
+        return Failure("data")
     if isinstance(exc, RejectedError):
         return Failure("rejected")
     if isinstance(exc, TransientError):
@@ -59,7 +93,8 @@ class Step:
             out, or shutdown leaves no time for them); ``"drop"`` and count it
             (retries ran out and there is no spool); ``"reject"`` it (count it as
             rejected, never retry); ``"keep"`` a spooled batch where it is and
-            replay it at the next probe.
+            replay it at the next probe; ``"split"`` the batch to find the events
+            that cannot be written, set them aside and write the rest.
         delay: seconds to wait before a ``"retry"``.
         announce: this failure starts a burst: log it. The rest of the burst is only
             counted, and `Outage.recovered` reports its size when it ends.
@@ -86,6 +121,7 @@ class Outage:
         self._probe_attempt = 0  # failed attempts behind next_probe
         self._closing = False
         self._close_failures = 0  # replays that failed since shutdown began
+        self._replay_failures = 0  # unexpected failures replaying the oldest batch, in a row
 
     @property
     def failing(self) -> bool:
@@ -102,6 +138,8 @@ class Outage:
 
     def write_failed(self, failure: Failure, attempt: int, *, now: float) -> Step:
         """The step after attempt ``attempt`` (from 1) of a new batch failed at ``now``."""
+        if failure.kind == "data":
+            return Step("split")  # not an outage: the backend answered
         if failure.kind == "rejected":
             return Step("reject")
         announce = self._fail()
@@ -116,9 +154,24 @@ class Outage:
         return Step("spool", announce=announce)
 
     def replay_failed(self, failure: Failure, *, now: float) -> Step:
-        """The step after replaying the oldest spooled batch failed at ``now``."""
+        """The step after replaying the oldest spooled batch failed at ``now``.
+
+        A data failure splits it at once; an unexpected one splits it once it has failed
+        ``max_attempts`` replays in a row; a transient one keeps it (the backend is down).
+        """
+        if failure.kind == "data":
+            self._replay_failures = 0
+            return Step("split")
         if failure.kind == "rejected":
+            self._replay_failures = 0
             return Step("reject")
+        if failure.kind == "unexpected":
+            self._replay_failures += 1
+            if self._replay_failures >= self.retry.max_attempts:
+                self._replay_failures = 0
+                return Step("split")
+        else:
+            self._replay_failures = 0  # an outage, not this batch: start counting afresh
         announce = self._fail()
         self._probe_attempt += 1
         self.next_probe = now + self.retry.backoff(self._probe_attempt, failure.retry_after)
@@ -130,6 +183,7 @@ class Outage:
         """Note a successful write; return the size of the burst it ended (0: none)."""
         failures, self.failures = self.failures, 0
         self._probe_attempt = 0
+        self._replay_failures = 0
         return failures
 
     def begin_close(self) -> None:

@@ -22,7 +22,12 @@ class RecorderStats:
             spool overflow, or `record()` after close.
         retried: event deliveries attempted again after a transient failure.
         spooled: events written to the spool file during an outage.
-        rejected: events the backend refused for good (e.g. HTTP 400); never retried.
+        rejected: events the backend refused for good (e.g. HTTP 401), and events
+            set aside with no dead-letter file to keep them; never retried.
+        dead_lettered: events a sink could not write because of their own data (an
+            id beyond SQLite's INTEGER, an HTTP 400 for that event), found by
+            splitting their batch and kept in the dead-letter file; their batch's
+            other events were written.
         queue_depth: events waiting in the inbox right now.
         dropped_by_name: `dropped`, broken down by event name.
     """
@@ -33,6 +38,7 @@ class RecorderStats:
     retried: int = 0
     spooled: int = 0
     rejected: int = 0
+    dead_lettered: int = 0
     queue_depth: int = 0
     dropped_by_name: dict[str, int] = field(default_factory=dict)
 
@@ -47,6 +53,7 @@ class RecorderStats:
             retried=self.retried + other.retried,
             spooled=self.spooled + other.spooled,
             rejected=self.rejected + other.rejected,
+            dead_lettered=self.dead_lettered + other.dead_lettered,
             queue_depth=self.queue_depth + other.queue_depth,
             dropped_by_name=by_name,
         )

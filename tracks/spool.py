@@ -111,15 +111,7 @@ class Spool:
         self.load()
         sequence = self._next_sequence
         self._next_sequence += 1
-        path = self.directory / f"{sequence:012d}-{len(batch)}{SUFFIX}"
-        data = "".join(json_text(event.to_json()) + "\n" for event in batch).encode()
-        temporary = path.with_name(path.name + ".tmp")
-        with temporary.open("wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        temporary.replace(path)
-        self._segments.append(SpoolSegment(path, sequence, len(batch), len(data)))
+        self._segments.append(self._write(sequence, batch))
         discarded: list[Event] = []
         lost = 0
         while self.size > self.max_bytes and len(self._segments) > 1:
@@ -137,6 +129,33 @@ class Spool:
             except OSError as exc:
                 logger.error("spool %s could not be deleted: %s", oldest.path, exc)
         return SpoolContents(discarded, lost)
+
+    def replace(self, segment: SpoolSegment, events: Sequence[Event]) -> SpoolSegment:
+        """Put ``events`` (what is left of a batch) in the place of ``segment``.
+
+        The new file keeps the old one's sequence, so it is still replayed first; it is
+        in place before the old one goes, so a crash between the two re-sends events
+        (which their ids de-duplicate) rather than losing them.
+
+        Raises:
+            OSError: the new file could not be written (the old one stays).
+        """
+        replacement = self._write(segment.sequence, events)
+        if replacement.path != segment.path:
+            segment.path.unlink(missing_ok=True)
+        self._segments = [replacement if s == segment else s for s in self._segments]
+        return replacement
+
+    def _write(self, sequence: int, batch: Sequence[Event]) -> SpoolSegment:
+        path = self.directory / f"{sequence:012d}-{len(batch)}{SUFFIX}"
+        data = b"".join(_line(event) for event in batch)
+        temporary = path.with_name(path.name + ".tmp")
+        with temporary.open("wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        temporary.replace(path)
+        return SpoolSegment(path, sequence, len(batch), len(data))
 
     def oldest(self) -> SpoolSegment | None:
         self.load()
@@ -173,6 +192,16 @@ class Spool:
         if segment in self._segments:
             self._segments.remove(segment)
         segment.path.unlink(missing_ok=True)
+
+
+def _line(event: Event) -> bytes:
+    """One event's line. An event UTF-8 cannot encode (a lone surrogate) is escaped to
+    ASCII instead: it must be kept, and read back the same, to be set aside later."""
+    text = json_text(event.to_json()) + "\n"
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return (json.dumps(event.to_json(), separators=(",", ":")) + "\n").encode("ascii")
 
 
 def _parse_name(path: Path) -> SpoolSegment | None:

@@ -10,8 +10,9 @@ the inbox and hands them to the sink, one write at a time; leaving the block (or
 `aclose()` inside it) flushes within the deadline and stops it. Nothing else ever
 touches the sink. The writer's parts: `tracks.delivery` carries a batch to the
 sink or the spool, `tracks.outage` decides what a failed write leads to (retry,
-spool, drop, reject), `tracks.ledger` keeps the counters and their log lines, and
-`tracks.spool` the files.
+spool, drop, reject, split), `tracks.ledger` keeps the counters and their log
+lines, `tracks.spool` the files, and `tracks.deadletter` the events a sink cannot
+write, split from their batches so that the rest is written.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from typing import Literal, Self, TypedDict
 import anyio
 import anyio.abc
 
+from tracks import deadletter
+from tracks.deadletter import DeadLetters
 from tracks.delivery import Delivery
 from tracks.event import Event, json_text
 from tracks.ledger import Ledger
@@ -56,6 +59,7 @@ class TrackerOptions(TypedDict, total=False):
     shutdown_timeout: float
     spool: str | Path | None
     max_spool_bytes: int
+    dead_letter: str | Path | None
 
 
 class Tracker:
@@ -87,6 +91,9 @@ class Tracker:
             (or drops and counts) what is left.
         spool: a directory for batches that ran out of retries; ``None`` drops them.
         max_spool_bytes: spool bound; beyond it the oldest spooled batches are dropped.
+        dead_letter: a JSON-lines file for events the sink cannot write (split from
+            their batch, the rest of which is written); ``<spool>/dead-letter.jsonl``
+            by default. With neither, such events are counted as rejected.
 
     Raises:
         ValueError: a knob is out of range.
@@ -106,6 +113,7 @@ class Tracker:
         shutdown_timeout: float = 10.0,
         spool: str | Path | None = None,
         max_spool_bytes: int = 256 * 1024 * 1024,
+        dead_letter: str | Path | None = None,
     ) -> None:
         if queue_size < 1:
             raise ValueError(f"queue_size must be >= 1, got {queue_size}")
@@ -148,10 +156,13 @@ class Tracker:
         self._writer_scope: anyio.CancelScope | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
 
+        if dead_letter is None and spool is not None:
+            dead_letter = Path(spool) / deadletter.FILE_NAME
         self._outage = Outage(self._retry, spool=spool is not None)
         self._delivery = Delivery(
             sink,
             spool=None if spool is None else Spool(spool, max_bytes=max_spool_bytes),
+            dead_letters=None if dead_letter is None else DeadLetters(dead_letter),
             outage=self._outage,
             ledger=self._ledger,
             description=self.description,

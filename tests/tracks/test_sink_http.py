@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 import anyio
 import httpx
@@ -21,6 +22,8 @@ from tracks import (
     TracksEncoder,
     TransientError,
 )
+from tracks.deadletter import DeadLetters
+from tracks.sinks import UnwritableError
 from tracks.sinks.http import HttpSink, redact_url
 
 FAST = RetryPolicy(max_attempts=4, base_delay=0.001, max_delay=0.005, jitter=0)
@@ -66,6 +69,25 @@ async def test_other_statuses_are_rejected(status: int) -> None:
     transport, _ = replying(status)
     with pytest.raises(RejectedError, match=f"HTTP {status}"):
         await HttpSink(URL, transport=transport).write(make_events(1))
+
+
+@pytest.mark.parametrize(("status", "unwritable"), [(400, True), (413, True), (422, True),
+                                                    (401, False), (403, False), (404, False)])
+async def test_a_refused_body_is_unwritable_a_refused_endpoint_is_not(
+    status: int, unwritable: bool
+) -> None:
+    transport, _ = replying(status)
+    with pytest.raises(RejectedError) as info:
+        await HttpSink(URL, transport=transport).write(make_events(1))
+    assert isinstance(info.value, UnwritableError) is unwritable
+
+
+async def test_a_batch_the_encoder_cannot_encode_is_unwritable() -> None:
+    transport, seen = replying()
+    bad = Event("jetpack_rtc_join", {"session_id": "a\ud800b"})  # a lone surrogate
+    with pytest.raises(UnwritableError, match="UnicodeEncodeError"):
+        await HttpSink(URL, transport=transport).write([*make_events(1), bad])
+    assert seen == []
 
 
 async def test_connection_errors_are_transient() -> None:
@@ -116,7 +138,7 @@ async def test_recorder_retries_the_exact_sequence_then_delivers() -> None:
 
 
 async def test_recorder_does_not_retry_a_4xx() -> None:
-    transport, seen = replying(400)
+    transport, seen = replying(401)
     recorder = HttpRecorder(URL, transport=transport, retry=FAST, flush_interval=0)
     async with recorder:
         for event in make_events(2):
@@ -125,6 +147,73 @@ async def test_recorder_does_not_retry_a_4xx() -> None:
             await recorder.flush()
     assert (recorder.stats.rejected, recorder.stats.retried) == (2, 0)
     assert len(seen) == 1
+
+
+def refusing(poisoned: set[str]) -> tuple[httpx.MockTransport, list[tuple[list[str], int]]]:
+    """A backend answering 400 to any batch holding one of the ``poisoned`` event ids."""
+    bodies: list[tuple[list[str], int]] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        ids = [item["event_id"] for item in json.loads(request.content)["events"]]
+        status = 400 if poisoned & set(ids) else 200
+        bodies.append((ids, status))
+        return httpx.Response(status)
+
+    return httpx.MockTransport(handle), bodies
+
+
+async def test_a_400_for_one_event_splits_the_batch_and_sets_that_event_aside(
+    tmp_path: Path,
+) -> None:
+    events = make_events(20)
+    transport, bodies = refusing({events[13].event_id})
+    recorder = HttpRecorder(
+        URL, transport=transport, retry=FAST, flush_interval=3600, spool=tmp_path
+    )
+    async with recorder:
+        for event in events:
+            recorder.record(event)
+        with anyio.fail_after(TIMEOUT):
+            await recorder.flush()
+    stats = recorder.stats
+    assert (stats.written, stats.dead_lettered, stats.rejected, stats.retried) == (19, 1, 0, 0)
+    assert DeadLetters(tmp_path / "dead-letter.jsonl").read() == [events[13]]
+    # Bisection: the whole batch, then two halves per level down to the event (20 -> 1).
+    assert len(bodies) <= 1 + 2 * 5
+    delivered = [i for ids, status in bodies if status == 200 for i in ids]
+    assert sorted(delivered) == sorted(e.event_id for e in events if e != events[13])
+
+
+async def test_without_a_spool_an_event_refused_alone_counts_as_rejected() -> None:
+    events = make_events(4)
+    transport, _ = refusing({events[0].event_id})
+    recorder = HttpRecorder(URL, transport=transport, retry=FAST, flush_interval=0)
+    async with recorder:
+        for event in events:
+            recorder.record(event)
+        with anyio.fail_after(TIMEOUT):
+            await recorder.flush()
+    stats = recorder.stats
+    assert (stats.written, stats.rejected, stats.dead_lettered) == (3, 1, 0)
+
+
+async def test_an_endpoint_refusing_everything_costs_a_bounded_number_of_requests(
+    tmp_path: Path,
+) -> None:
+    # 400 to every body (a wrong encoder, say): bisecting to the end would cost two
+    # requests per event; past SPLIT_SET_ASIDE_LIMIT events, failing pieces go aside whole.
+    transport, seen = replying(*[400] * 10_000)
+    recorder = HttpRecorder(
+        URL, transport=transport, retry=FAST, batch_size=500, flush_interval=3600, spool=tmp_path
+    )
+    async with recorder:
+        for event in make_events(500):
+            recorder.record(event)
+        with anyio.fail_after(TIMEOUT):
+            await recorder.flush()
+    assert (recorder.stats.dead_lettered, recorder.stats.written) == (500, 0)
+    assert len(seen) < 100
+    assert len(DeadLetters(tmp_path / "dead-letter.jsonl").read()) == 500
 
 
 async def test_batches_respect_the_byte_limit() -> None:

@@ -2,8 +2,11 @@
 
 It classifies the answer and nothing more: 2xx is written; connection errors,
 timeouts, 408, 429 and 5xx are `TransientError` (with ``Retry-After`` when the
-server sent one); any other status is `RejectedError`. Retrying, backoff and the
-outage spool belong to the engine.
+server sent one); 400, 413 and 422 are `UnwritableError` (the backend refused
+what it was sent, which may be the fault of one event: the engine splits the
+batch to find it), as is a batch the encoder cannot encode; any other status
+(401, 403, 404...: the endpoint or its credentials are wrong) is `RejectedError`.
+Retrying, backoff, splitting and the outage spool belong to the engine.
 """
 
 from __future__ import annotations
@@ -18,11 +21,13 @@ import httpx
 from tracks.encoders import BodyEncoder, GenericEncoder
 from tracks.event import Event, json_text
 from tracks.retry import parse_retry_after
-from tracks.sinks import RejectedError, TransientError
+from tracks.sinks import RejectedError, TransientError, UnwritableError
 
 __all__ = ["HttpSink", "redact_url"]
 
 RETRYABLE_STATUS = frozenset({408, 429})
+# What the backend says about the body it was sent (RFC 9110 §15.5.1, .14, .21).
+UNWRITABLE_STATUS = frozenset({400, 413, 422})
 
 
 class HttpSink:
@@ -63,7 +68,13 @@ class HttpSink:
         self._client: httpx.AsyncClient | None = None
 
     async def write(self, batch: Sequence[Event]) -> None:
-        body = json_text(self.encoder(batch)).encode()
+        try:
+            body = json_text(self.encoder(batch)).encode()
+        except (ValueError, TypeError) as exc:  # UnicodeEncodeError: a lone surrogate
+            # The type only: a codec's message quotes the character it choked on.
+            raise UnwritableError(
+                f"POST {self.description}: cannot encode the batch: {type(exc).__name__}"
+            ) from exc
         if self.gzip:
             body = gzip.compress(body, compresslevel=6)
         if self._client is None:
@@ -82,6 +93,8 @@ class HttpSink:
         if status in RETRYABLE_STATUS or status >= 500:
             retry_after = parse_retry_after(response.headers.get("Retry-After"), now=time.time())
             raise TransientError(message, retry_after=retry_after)
+        if status in UNWRITABLE_STATUS:
+            raise UnwritableError(message)
         raise RejectedError(message)
 
     async def aclose(self) -> None:
