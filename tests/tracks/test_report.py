@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
@@ -12,6 +13,7 @@ import pytest
 from tests.tracks.tracks_testing import TIMEOUT
 from tracks import Event, JsonlRecorder, Recorder, SqliteRecorder
 from tracks.cli import format_event, main
+from tracks.presence.sqlite_schema import connect
 
 NOW = time.time_ns() // 1_000_000
 DAY = 86_400_000
@@ -103,3 +105,30 @@ def test_cli_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 def test_format_event() -> None:
     event = Event("jetpack_rtc_join", {"blog_id": 1, "tag": "x"}, ts=1_700_000_000_123)
     assert format_event(event) == '2023-11-14T22:13:20.123Z jetpack_rtc_join blog_id=1 tag="x"'
+
+
+def test_cli_report_days_start_at_the_first_day_with_data(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An empty store printed 20,000 empty days from 1970; `--since` is not bounded here
+    (the operator's own machine), but the days still start where the data does."""
+    path = tmp_path / "events.sqlite"
+    connect(path).close()  # a store with no events
+    assert main(["report", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["daily"] == []
+    assert main(["report", str(path), "--format", "csv"]) == 0
+    assert [line.split(",")[0] for line in capsys.readouterr().out.splitlines()] == [
+        "day", "total"
+    ]
+
+
+async def test_cli_report_since_1970_starts_at_the_first_event(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "events.sqlite"
+    await store(SqliteRecorder(path, flush_interval=0))
+    assert main(["report", str(path), "--since", "1970-01-01", "--json"]) == 0
+    days = [day["day"] for day in json.loads(capsys.readouterr().out)["daily"]]
+    first = datetime.fromtimestamp((NOW - 30 * DAY) / 1000, UTC).date().isoformat()
+    today = datetime.fromtimestamp(NOW / 1000, UTC).date().isoformat()
+    assert (days[0], days[-1], len(days)) == (first, today, 31)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import random
+import sqlite3
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,12 +21,24 @@ from typing import Any
 
 import pytest
 
+from tests.tracks.tracks_testing import TIMEOUT
 from tracks import Event
 from tracks.cli import main
 from tracks.presence.figures import day_of
 from tracks.presence.sqlite import SqliteStatsStore, open_stats_store
 from tracks.presence.sqlite_schema import connect, insert_events
-from tracks.presence.stats import Scope, StatsStore, parse_day
+from tracks.presence.stats import (
+    FIRST_DAY,
+    LAST_DAY,
+    MAX_CODE_LENGTH,
+    MAX_ERROR_CODES,
+    OTHER_CODES,
+    QueryCancelledError,
+    Scope,
+    StatsStore,
+    bounded_codes,
+    parse_day,
+)
 
 MIN = 60_000
 HOUR = 60 * MIN
@@ -371,3 +385,128 @@ def test_cli_prune(store_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     close_to(json.loads(capsys.readouterr().out), EXPECTED)
     assert main(["prune", str(store_path), "--older-than", "1d"]) == 2
     assert "at least 2d" in capsys.readouterr().err
+
+
+# --- bounds (issue 12, items 3 and 11) --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "²²²²²²²²²²²",  # str.isdigit() says yes, int() says no
+        "²",
+        "99999999999d",
+        "99999999d",  # before year 1
+        "-5",
+        "99999999999999999999999",
+        "9" * 5000,
+        "10000-01-01",
+        "\uff12\uff10\uff12\uff14-05-01",  # fullwidth digits
+    ],
+)
+def test_parse_day_refuses_absurd_days_with_one_line(text: str) -> None:
+    with pytest.raises(ValueError, match=r"^bad day") as caught:
+        parse_day(text, now_ms=NOW)
+    assert len(str(caught.value)) < 160
+    with pytest.raises(ValueError, match=r"^bad day"):
+        parse_day(text, now_ms=NOW, until=True)
+
+
+def test_scope_days_stay_within_years_1_to_9999() -> None:
+    assert parse_day("0001-01-01", now_ms=NOW) == FIRST_DAY
+    assert parse_day("9999-12-31", now_ms=NOW) == LAST_DAY
+    with pytest.raises(ValueError, match="within"):
+        Scope(since_day=LAST_DAY + 1)
+
+
+def test_bounded_scope() -> None:
+    today = day_of(NOW)
+    scope = Scope(blog_id=1, since_day=today - 399)
+    assert scope.bounded(max_days=400, today=today) == scope
+    with pytest.raises(ValueError, match=r"is 401 days; stats answer at most 400 days"):
+        Scope(since_day=today - 400).bounded(max_days=400, today=today)
+    with pytest.raises(ValueError, match="at most 400 days"):
+        Scope(since_day=FIRST_DAY, until_day=LAST_DAY).bounded(max_days=400, today=today)
+    # An open since: the max_days days that end at until (today when open too).
+    assert Scope().bounded(max_days=5, today=today) == Scope(since_day=today - 4)
+    assert Scope(until_day=A).bounded(max_days=5, today=today) == Scope(
+        since_day=A - 4, until_day=A
+    )
+    # A range that ends before it begins is empty, not refused.
+    backwards = Scope(since_day=B, until_day=A)
+    assert backwards.bounded(max_days=1, today=today) == backwards
+
+
+def test_error_codes_are_bounded() -> None:
+    codes = {f"code-{index:03d}": 1000 - index for index in range(100)}
+    codes["x" * 500] = 5000
+    codes["x" * 400] = 1
+    bounded = dict(bounded_codes(codes))
+    assert len(bounded) == MAX_ERROR_CODES
+    assert all(len(code) <= MAX_CODE_LENGTH for code in bounded)
+    assert sum(bounded.values()) == sum(codes.values())
+    assert bounded["x" * (MAX_CODE_LENGTH - 3) + "..."] == 5001  # the two long ones
+    assert bounded[OTHER_CODES] == sum(1000 - index for index in range(MAX_ERROR_CODES - 2, 100))
+    assert bounded_codes({"b": 1, "a": 1, "c": 2}) == [("c", 2), ("a", 1), ("b", 1)]
+
+
+@pytest.mark.parametrize("aggregated", [False, True])
+def test_days_start_at_the_first_day_with_data(backend: Backend, aggregated: bool) -> None:
+    backend.write(story())
+    if aggregated:
+        aggregate(backend)
+    figures = answer(backend, Scope(since_day=A - 30, until_day=B))
+    assert [day["day"] for day in figures["daily"]] == ["2024-05-01", "2024-05-02"]
+    close_to(figures, EXPECTED)
+    # Since after the first day with data: the range as asked.
+    assert [day["day"] for day in answer(backend, Scope(since_day=B, until_day=B + 1))[
+        "daily"]] == ["2024-05-02", "2024-05-03"]
+
+
+def test_an_empty_store_has_no_days(backend: Backend) -> None:
+    """It answered 20,000 empty days from 1970 (5.6 MB of JSON) before any rollup."""
+    backend.write([])
+    assert answer(backend, Scope())["daily"] == []
+    aggregate(backend)
+    assert answer(backend, Scope())["daily"] == []
+    assert answer(backend, Scope(since_day=A, until_day=B))["daily"] == []
+
+
+def test_an_interrupted_query_stops(backend: Backend) -> None:
+    backend.write(story())
+    with backend.open() as store:
+        store.interrupt()
+        with pytest.raises(QueryCancelledError):
+            store.stats(Scope(), now_ms=NOW)
+
+
+def test_an_interrupt_stops_a_running_statement(store_path: Path) -> None:
+    """SQLite stops mid-statement: the progress handler sees the flag."""
+    write(store_path, story())
+    with SqliteStatsStore(store_path) as store:
+        started = threading.Event()
+        reader = store._reader  # the statement below stands in for a long stats query
+
+        def mark_started() -> int:
+            started.set()
+            return 1
+
+        reader.create_function("started", 0, mark_started)
+
+        def interrupt() -> None:
+            assert started.wait(TIMEOUT)
+            store.interrupt()
+
+        thread = threading.Thread(target=interrupt)
+        thread.start()
+        try:
+            with pytest.raises(sqlite3.OperationalError, match="interrupted"):
+                # Seconds of counting unless interrupted.
+                reader.execute(
+                    "WITH RECURSIVE n(x) AS (SELECT started() UNION ALL SELECT x + 1 FROM n"
+                    " WHERE x < 10000000) SELECT COUNT(*) FROM n"
+                ).fetchone()
+        finally:
+            thread.join(TIMEOUT)
+        with pytest.raises(QueryCancelledError):
+            store.stats(Scope(), now_ms=NOW)

@@ -6,17 +6,20 @@ sums add up, distinct counts add only the entities the rollups have not seen in 
 (`tracks.presence.raw_events`), and the peaks of the posts touched since (or with sessions
 open at the last run) are recomputed from raw events (`tracks.presence.sqlite_peaks`).
 Queries read through a read-only connection (``mode=ro``); `aggregate()` and `prune()`
-open a writable one of their own.
+open a writable one of their own. `interrupt()` stops a query from another thread: SQLite
+checks it every few thousand virtual-machine steps, the Python between statements at each
+step of the query.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import replace
 from pathlib import Path
 from typing import Self
@@ -38,8 +41,11 @@ from tracks.presence.sqlite_peaks import day_peaks
 from tracks.presence.sqlite_schema import ERROR_CODE_SQL, kind_sql
 from tracks.presence.stats import (
     AGGREGATE_CHUNK,
+    FIRST_DAY,
+    LAST_DAY,
     TOP_POSTS,
     DayFigures,
+    QueryCancelledError,
     Scope,
     StatsStore,
     stats_json,
@@ -47,6 +53,9 @@ from tracks.presence.stats import (
 
 __all__ = ["SqliteStatsStore", "open_stats_store"]
 
+# SQLite virtual-machine instructions between two looks at the cancel flag: a few
+# microseconds of work each, so a cancelled query stops within a millisecond or so.
+_PROGRESS_STEPS = 4096
 
 
 class SqliteStatsStore:
@@ -62,6 +71,9 @@ class SqliteStatsStore:
         self.path = Path(path)
         self._given = connection is not None
         self._reader = connection or schema.connect(self.path, readonly=True)
+        self._cancelled = threading.Event()
+        # A nonzero return makes SQLite abandon the statement ("interrupted").
+        self._reader.set_progress_handler(self._cancelled.is_set, _PROGRESS_STEPS)
 
     def __enter__(self) -> Self:
         return self
@@ -71,6 +83,14 @@ class SqliteStatsStore:
 
     def close(self) -> None:
         self._reader.close()
+
+    def interrupt(self) -> None:
+        """Stop a `stats()` call running in another thread, and every later one."""
+        self._cancelled.set()
+        # The statement running now stops without waiting for the next step; a closed
+        # store has none.
+        with suppress(sqlite3.ProgrammingError):
+            self._reader.interrupt()
 
     # --- writing ---------------------------------------------------------------------
 
@@ -106,16 +126,27 @@ class SqliteStatsStore:
     def stats(
         self, scope: Scope, *, now_ms: int, timings: dict[str, float] | None = None
     ) -> dict[str, JSONValue]:
-        """The figures; with ``timings``, also the seconds each part took (benchmarks)."""
-        timer = _Timer(timings)
+        """The figures; with ``timings``, also the seconds each part took (benchmarks).
+
+        Raises:
+            QueryCancelledError: `interrupt()` was called.
+        """
+        try:
+            return self._stats(scope, now_ms, _Timer(timings, self._cancelled))
+        except sqlite3.OperationalError:
+            if self._cancelled.is_set():
+                raise QueryCancelledError("the stats query was cancelled") from None
+            raise
+
+    def _stats(self, scope: Scope, now_ms: int, timer: _Timer) -> dict[str, JSONValue]:
         last_id, rolled_at = rollup_state(self._reader)
         rolled_up = last_id > 0
         with timer("raw"):
             raw = self._raw_events(scope, last_id)
-        first = scope.since_day
-        if first is None:
-            first = self._first_day(scope, raw, day_of(now_ms) if rolled_up else None)
-        last = day_of(now_ms) if scope.until_day is None else scope.until_day
+            # Never a run of empty days from 1970 (or from since) before anything happened.
+            first_data = self._first_day(scope, last_id)
+        last = min(day_of(now_ms) if scope.until_day is None else scope.until_day, LAST_DAY)
+        first = last + 1 if first_data is None else first_data  # no data: no days
         raw = [event for event in raw if first <= day_of(event.ts) <= last]
         rolled_days: dict[int, DayFigures] = {}
         rolled_total = DayFigures()
@@ -146,32 +177,38 @@ class SqliteStatsStore:
         posts = [(blog, post, sessions) for (blog, post), sessions in ranked if sessions]
         return stats_json(total, days, first, last, posts)
 
-    def _first_day(self, scope: Scope, raw: list[RawEvent], fallback: int | None) -> int:
-        candidates = [day_of(event.ts) for event in raw]
-        try:
-            row = self._reader.execute(
-                "SELECT MIN(day) FROM rollup_counts WHERE blog_id = ? AND post_id = ?",
-                scope.level_key,
-            ).fetchone()
+    def _first_day(self, scope: Scope, last_id: int) -> int | None:
+        """The later of ``since`` and the scope's first day with data, rolled up or raw
+        (None: no data at all). A day with only errors or leaves is a day with data."""
+        since = FIRST_DAY if scope.since_day is None else scope.since_day
+        candidates: list[int] = []
+        for table in ("rollup_counts", "rollup_errors", "rollup_durations"):
+            try:  # one primary-key seek each
+                row = self._reader.execute(
+                    f"SELECT MIN(day) FROM {table} WHERE blog_id = ? AND post_id = ?",
+                    scope.level_key,
+                ).fetchone()
+            except sqlite3.OperationalError:
+                if self._cancelled.is_set():
+                    raise
+                break  # not rolled up yet
             if row[0] is not None:
                 candidates.append(int(row[0]))
-        except sqlite3.OperationalError:
-            pass  # not rolled up yet
-        if candidates:
-            return min(candidates)
-        return fallback if fallback is not None else 0
+        if not candidates or min(candidates) > since:
+            # Raw events can be older than the rollups' first day (late arrivals).
+            clauses, params = _raw_clauses(scope, last_id)
+            row = self._reader.execute(
+                f"SELECT MIN(ts) FROM (SELECT ts, {kind_sql()} AS kind FROM events"
+                f" WHERE {' AND '.join(clauses)}) WHERE kind IS NOT NULL",
+                params,
+            ).fetchone()
+            if row[0] is not None:
+                candidates.append(day_of(int(row[0])))
+        return None if not candidates else max(min(candidates), since)
 
     def _raw_events(self, scope: Scope, last_id: int) -> list[RawEvent]:
         """The presence events of ``scope`` stored since the last rollup."""
-        # The unary + keeps SQLite on the id range (a few minutes of rows) rather than a
-        # blog or time index that would visit months of them.
-        clauses, params = ["id > ?", "+blog_id IS NOT NULL", "+post_id IS NOT NULL"], [last_id]
-        if scope.blog_id is not None:
-            clauses.append("+blog_id = ?")
-            params.append(scope.blog_id)
-        if scope.post_id is not None:
-            clauses.append("+post_id = ?")
-            params.append(scope.post_id)
+        clauses, params = _raw_clauses(scope, last_id)
         if scope.since_day is not None:
             clauses.append("+ts >= ?")
             params.append(scope.since_day * DAY_MS)
@@ -356,14 +393,34 @@ class SqliteStatsStore:
                 held[(kind, blog, post, entity_id)].add(day)
         return held
 
-class _Timer:
-    """Adds the seconds each named part takes to ``timings`` (when given)."""
 
-    def __init__(self, timings: dict[str, float] | None) -> None:
+def _raw_clauses(scope: Scope, last_id: int) -> tuple[list[str], list[int]]:
+    """The WHERE clauses (and parameters) of the scope's events since the last rollup."""
+    # The unary + keeps SQLite on the id range (a few minutes of rows) rather than a
+    # blog or time index that would visit months of them.
+    clauses, params = ["id > ?", "+blog_id IS NOT NULL", "+post_id IS NOT NULL"], [last_id]
+    if scope.blog_id is not None:
+        clauses.append("+blog_id = ?")
+        params.append(scope.blog_id)
+    if scope.post_id is not None:
+        clauses.append("+post_id = ?")
+        params.append(scope.post_id)
+    return clauses, params
+
+
+class _Timer:
+    """Adds the seconds each named part takes to ``timings`` (when given); before each
+    part, stops a cancelled query (the Python between statements has no progress handler).
+    """
+
+    def __init__(self, timings: dict[str, float] | None, cancelled: threading.Event) -> None:
         self._timings = timings
+        self._cancelled = cancelled
 
     @contextmanager
     def __call__(self, name: str) -> Iterator[None]:
+        if self._cancelled.is_set():
+            raise QueryCancelledError("the stats query was cancelled")
         if self._timings is None:
             yield
             return

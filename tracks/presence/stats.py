@@ -11,14 +11,20 @@ Figures (keys of `stats()`):
 ``peak_concurrent_sessions`` and ``peak_concurrent_users`` (per post, the maximum over posts
 and days), ``session_duration_ms`` (``p50``, ``p90`` and a ``histogram``, from leaves),
 ``blocked``, ``blocked_rate`` (blocked / (unique_sessions + blocked)),
-``connection_errors_by_code``, ``daily`` (the figures above per UTC day) and ``top_posts``
-(by unique sessions).
+``connection_errors_by_code`` (the `MAX_ERROR_CODES` most frequent codes, the rest under
+``"(other)"``), ``daily`` (the figures above per UTC day, from the later of ``since`` and the
+scope's first day with data, through ``until``) and ``top_posts`` (by unique sessions).
+
+Every answer is bounded: ``daily`` by the range (a server bounds it with `Scope.bounded`),
+the error codes by `MAX_ERROR_CODES` and `MAX_CODE_LENGTH`, ``top_posts`` by `TOP_POSTS`.
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from typing import Protocol, Self
 
@@ -28,16 +34,38 @@ from tracks.presence.retention import parse_duration
 
 __all__ = [
     "AGGREGATE_CHUNK",
+    "FIRST_DAY",
+    "LAST_DAY",
+    "MAX_CODE_LENGTH",
+    "MAX_ERROR_CODES",
+    "OTHER_CODES",
     "TOP_POSTS",
     "DayFigures",
+    "QueryCancelledError",
     "Scope",
     "StatsStore",
     "add_up",
+    "bounded_codes",
     "parse_day",
     "stats_json",
 ]
 
 TOP_POSTS = 10
+
+MAX_ERROR_CODES = 20
+"""Error codes listed per figure set; the rest are summed under `OTHER_CODES`."""
+MAX_CODE_LENGTH = 64
+"""Characters of an error code shown; longer codes are cut (and counted together)."""
+OTHER_CODES = "(other)"
+
+FIRST_DAY = day_from_text("0001-01-01")
+"""The first day a range may name (Python's dates start here)."""
+LAST_DAY = day_from_text("9999-12-31")
+"""The last day a range may name."""
+
+# Milliseconds since the epoch: more than 10 ASCII digits (fewer read as a day or duration);
+# 9999-12-31 is 15 digits, so 20 is plenty and keeps int() away from huge inputs.
+_EPOCH_MS = re.compile(r"\d{11,20}", re.ASCII)
 
 AGGREGATE_CHUNK = 1_000_000
 """Events per rollup transaction unless the caller says otherwise (`StatsStore.aggregate`)."""
@@ -63,6 +91,10 @@ class Scope:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be a positive integer")
+        for name in ("since_day", "until_day"):
+            day = getattr(self, name)
+            if day is not None and not FIRST_DAY <= day <= LAST_DAY:
+                raise ValueError(f"{name} must be within 0001-01-01..9999-12-31")
 
     @property
     def level_key(self) -> tuple[int, int]:
@@ -74,6 +106,31 @@ class Scope:
             self.post_id is None or post_id == self.post_id
         )
 
+    def bounded(self, *, max_days: int, today: int) -> Scope:
+        """This scope with a range of at most ``max_days`` days, ``since`` and ``until``
+        both included (what a server answers; `tracks report` is not bounded).
+
+        An open ``until`` is ``today``. An open ``since`` becomes the first day of the
+        ``max_days`` days that end at ``until``; the figures still start at the scope's
+        first day with data when that is later. A range that ends before it begins is
+        empty, not refused.
+
+        Raises:
+            ValueError: ``since`` and ``until`` are more than ``max_days`` days apart.
+        """
+        if max_days < 1:
+            raise ValueError("max_days must be >= 1")
+        until = today if self.until_day is None else self.until_day
+        if self.since_day is None:
+            return replace(self, since_day=max(until - max_days + 1, FIRST_DAY))
+        days = until - self.since_day + 1
+        if days > max_days:
+            raise ValueError(
+                f"the range {day_text(self.since_day)}..{day_text(until)} is {days} days;"
+                f" stats answer at most {max_days} days (since..until, both included)"
+            )
+        return self
+
 
 def parse_day(text: str, *, now_ms: int, until: bool = False) -> int:
     """A day number from ``YYYY-MM-DD``, a duration (``7d``: the last 7 days, today
@@ -81,25 +138,31 @@ def parse_day(text: str, *, now_ms: int, until: bool = False) -> int:
     time in ms.
 
     Raises:
-        ValueError: none of these.
+        ValueError: none of these, or a day outside `FIRST_DAY`..`LAST_DAY`.
     """
     text = text.strip()
-    if text.isdigit() and len(text) > 10:
-        return day_of(int(text) - (1 if until else 0))
-    try:
-        span = parse_duration(text)
-    except ValueError:
-        pass
-    else:
-        if until:
-            return day_of(now_ms - span)
-        return day_of(now_ms) - max(-(-span // DAY_MS), 1) + 1
-    try:
-        return day_from_text(text)
-    except ValueError:
+    shown = repr(text if len(text) <= 40 else f"{text[:40]}...")
+    day: int | None = None
+    if _EPOCH_MS.fullmatch(text):
+        day = day_of(int(text) - (1 if until else 0))
+    elif text.isascii():
+        try:
+            span = parse_duration(text)
+        except ValueError:
+            with suppress(ValueError):
+                day = day_from_text(text)
+        else:
+            if until:
+                day = day_of(now_ms - span)
+            else:
+                day = day_of(now_ms) - max(-(-span // DAY_MS), 1) + 1
+    if day is None:
         raise ValueError(
-            f"bad day {text!r}: expected YYYY-MM-DD, a duration such as 7d, or ms since epoch"
-        ) from None
+            f"bad day {shown}: expected YYYY-MM-DD, a duration such as 7d, or ms since epoch"
+        )
+    if not FIRST_DAY <= day <= LAST_DAY:
+        raise ValueError(f"bad day {shown}: not within 0001-01-01..9999-12-31")
+    return day
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -143,10 +206,7 @@ class DayFigures:
         if with_histogram:
             duration["histogram"] = list(histogram(self.durations))
         attempts = self.unique_sessions + self.blocked
-        errors: dict[str, JSONValue] = {
-            code: count
-            for code, count in sorted(self.errors.items(), key=lambda item: (-item[1], item[0]))
-        }
+        errors: dict[str, JSONValue] = dict(bounded_codes(self.errors))
         return {
             "joins": self.joins,
             "unique_sessions": self.unique_sessions,
@@ -162,6 +222,30 @@ class DayFigures:
             "blocked_rate": round(self.blocked / attempts, 4) if attempts else 0.0,
             "connection_errors_by_code": errors,
         }
+
+
+def bounded_codes(errors: Mapping[str, int]) -> list[tuple[str, int]]:
+    """Error counts by code, most frequent first (ties by code): at most `MAX_ERROR_CODES`
+    codes of at most `MAX_CODE_LENGTH` characters, the rest summed under `OTHER_CODES`.
+
+    Stored codes are whatever clients sent; a store full of distinct or huge codes must
+    not make every answer huge.
+    """
+    cut: Counter[str] = Counter()
+    for code, count in errors.items():
+        cut[code if len(code) <= MAX_CODE_LENGTH else code[: MAX_CODE_LENGTH - 3] + "..."] += (
+            count
+        )
+    ranked = sorted(cut.items(), key=lambda item: (-item[1], item[0]))
+    if len(ranked) <= MAX_ERROR_CODES:
+        return ranked
+    kept = Counter(dict(ranked[: MAX_ERROR_CODES - 1]))
+    kept[OTHER_CODES] += sum(count for _, count in ranked[MAX_ERROR_CODES - 1 :])
+    return sorted(kept.items(), key=lambda item: (-item[1], item[0]))
+
+
+class QueryCancelledError(Exception):
+    """A `StatsStore.stats` call stopped by `StatsStore.interrupt` before it finished."""
 
 
 def add_up(parts: Iterable[DayFigures]) -> DayFigures:
@@ -224,11 +308,22 @@ class StatsStore(Protocol):
     def stats(self, scope: Scope, *, now_ms: int) -> dict[str, JSONValue]:
         """The figures of `stats_json` for ``scope``, exact up to the last stored event.
 
+        ``daily`` runs from the later of ``since`` and the scope's first day with data
+        through ``until``; empty when the scope has no data at all.
+
         Args:
             scope: which events count.
             now_ms: the time of the question: ``until`` defaults to its day, and a visit
                 without a leave counts as open until then (at most 24 hours).
+
+        Raises:
+            QueryCancelledError: `interrupt` was called meanwhile.
         """
+        ...
+
+    def interrupt(self) -> None:
+        """Make a `stats` call running in another thread stop soon with
+        `QueryCancelledError` (and every later one on this store). Thread-safe."""
         ...
 
     def aggregate(self, *, now_ms: int, chunk: int = AGGREGATE_CHUNK) -> int:
