@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import sqlite3
 
 import pytest
 
 from tracks import RejectedError, RetryPolicy, TransientError
 from tracks.outage import Failure, Outage, Step, classify
+from tracks.sinks import UnwritableError
 
 # No jitter: every delay below is exact. Attempt n waits 1, 2, 4, ... seconds.
 POLICY = RetryPolicy(max_attempts=3, base_delay=1.0, multiplier=2.0, max_delay=60.0, jitter=0)
@@ -15,6 +17,7 @@ POLICY = RetryPolicy(max_attempts=3, base_delay=1.0, multiplier=2.0, max_delay=6
 TRANSIENT = Failure("transient")
 UNEXPECTED = Failure("unexpected")
 REJECTED = Failure("rejected")
+DATA = Failure("data")
 
 
 @pytest.mark.parametrize(
@@ -25,6 +28,15 @@ REJECTED = Failure("rejected")
         (TransientError("HTTP 429", retry_after=7.0), Failure("transient", 7.0)),
         (KeyError("a sink bug"), Failure("unexpected")),
         (OSError("disk full"), Failure("unexpected")),
+        # About the data of the batch, not the backend: split it.
+        (UnwritableError("HTTP 400"), DATA),
+        (OverflowError("Python int too large to convert to SQLite INTEGER"), DATA),
+        (UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed"), DATA),
+        (sqlite3.IntegrityError("NOT NULL constraint failed: events.name"), DATA),
+        (sqlite3.DataError("string or blob too big"), DATA),
+        (sqlite3.InterfaceError("Error binding parameter 1"), DATA),
+        # A locked database or a full disk: the SQLite sink's TransientError, or unexpected.
+        (sqlite3.OperationalError("database is locked"), Failure("unexpected")),
     ],
 )
 def test_classify(exc: Exception, expected: Failure) -> None:
@@ -48,6 +60,9 @@ def test_classify(exc: Exception, expected: Failure) -> None:
         # Refused for good: never retried, never spooled, not an outage.
         (True, REJECTED, 1, False, Step("reject")),
         (False, REJECTED, 3, True, Step("reject")),
+        # Bad data: split at once, whatever the attempt, the spool or the shutdown.
+        (True, DATA, 1, False, Step("split")),
+        (False, DATA, 3, True, Step("split")),
     ],
 )
 def test_write_failed(
@@ -133,3 +148,31 @@ def test_without_a_spool_nothing_is_ever_replayed() -> None:
     outage = Outage(POLICY, spool=False)
     assert not outage.replaying(spooled=3)
     assert outage.probe_at(spooled=3) == math.inf
+
+
+def test_data_failures_are_no_outage() -> None:
+    outage = Outage(POLICY, spool=True)
+    outage.write_failed(DATA, 1, now=0.0)
+    assert outage.replay_failed(DATA, now=0.0) == Step("split")
+    assert not outage.failing
+    assert outage.probe_at(spooled=1) == 0.0  # the schedule is untouched
+
+
+def test_a_replay_failing_unexpectedly_in_a_row_is_split_after_max_attempts() -> None:
+    outage = Outage(POLICY, spool=True)
+    kept = [outage.replay_failed(UNEXPECTED, now=0.0) for _ in range(POLICY.max_attempts - 1)]
+    assert {step.action for step in kept} == {"keep"}
+    assert outage.replay_failed(UNEXPECTED, now=0.0) == Step("split")
+    # The count starts afresh for the next batch.
+    assert outage.replay_failed(UNEXPECTED, now=0.0).action == "keep"
+
+
+def test_a_transient_failure_keeps_the_batch_however_often_and_resets_the_count() -> None:
+    outage = Outage(POLICY, spool=True)
+    for _ in range(POLICY.max_attempts - 1):
+        outage.replay_failed(UNEXPECTED, now=0.0)
+    # An outage in between: the batch is not what fails, so it is not split.
+    assert outage.replay_failed(TRANSIENT, now=0.0).action == "keep"
+    assert outage.replay_failed(UNEXPECTED, now=0.0).action == "keep"
+    steps = [outage.replay_failed(TRANSIENT, now=0.0) for _ in range(10 * POLICY.max_attempts)]
+    assert {step.action for step in steps} == {"keep"}
