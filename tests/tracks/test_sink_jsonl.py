@@ -9,7 +9,8 @@ import anyio
 import pytest
 
 from tests.tracks.tracks_testing import TIMEOUT, make_events
-from tracks import JsonlRecorder, open_recorder, read_events
+from tracks import Event, JsonlRecorder, open_recorder, read_events
+from tracks.deadletter import DeadLetters
 
 
 async def test_lines_are_exactly_the_event_json(tmp_path: Path) -> None:
@@ -69,3 +70,20 @@ def test_read_events_needs_a_store(tmp_path: Path) -> None:
         list(read_events(tmp_path / "missing.jsonl"))
     with pytest.raises(ValueError, match="stdout"):
         list(read_events("jsonl:-"))
+
+
+async def test_an_event_utf8_cannot_encode_is_set_aside_and_the_rest_appended(
+    tmp_path: Path,
+) -> None:
+    path, spool = tmp_path / "events.jsonl", tmp_path / "spool"
+    events = make_events(4)
+    bad = Event("jetpack_rtc_join", {"session_id": "lone \ud800 surrogate"})
+    async with JsonlRecorder(path, flush_interval=3600, spool=spool) as recorder:
+        for event in [*events[:2], bad, *events[2:]]:
+            recorder.record(event)
+        with anyio.fail_after(TIMEOUT):
+            await recorder.flush()
+        stats = recorder.stats
+    assert list(read_events(path)) == events
+    assert (stats.written, stats.dead_lettered, stats.spooled) == (4, 1, 0)
+    assert DeadLetters(spool / "dead-letter.jsonl").read() == [bad]

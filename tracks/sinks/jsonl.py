@@ -2,7 +2,10 @@
 
 Each line is exactly ``{"event_id", "name", "ts", "props"}``. A batch goes out
 in one write followed by a flush, so `tail -f` sees whole lines, batch by batch.
-File I/O runs in a worker thread, never on the event loop.
+File I/O runs in a worker thread, never on the event loop. A batch holding a string
+UTF-8 cannot encode (a lone surrogate) fails whole with ``UnicodeEncodeError``, before
+anything is written: the engine reads it as bad data and splits the batch; an
+``OSError`` (a full disk) is retried and spooled like any outage.
 """
 
 from __future__ import annotations

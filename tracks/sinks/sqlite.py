@@ -1,7 +1,14 @@
 """`SqliteSink`: inserts each batch into the SQLite event store in one transaction.
 
 All `sqlite3` calls run in a worker thread (`anyio.to_thread`), never on the
-event loop. The schema and its migrations live in `tracks.schema`.
+event loop. The schema and its migrations live in `tracks.presence.sqlite_schema`.
+
+A locked database, an I/O error or a full disk (``sqlite3.OperationalError``) is a
+`TransientError`: retried, then spooled. An event the columns cannot hold (an int
+beyond the 64-bit INTEGER, a lone surrogate) rolls the batch back with the error
+``sqlite3`` raised (``OverflowError``, ``UnicodeEncodeError``...), which
+`tracks.outage.classify` reads as bad data: the engine splits the batch, sets that
+event aside and writes the rest.
 """
 
 from __future__ import annotations
