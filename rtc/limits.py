@@ -100,13 +100,14 @@ class HeldBytes:
     rooms cannot together hold more than `limit`.
     """
 
-    __slots__ = ("limit", "total")
+    __slots__ = ("limit", "peak", "total")
 
     def __init__(self, limit: int) -> None:
         if limit < 1:
             raise ValueError("limit must be >= 1")
         self.limit = limit
         self.total = 0
+        self.peak = 0  # the most ever held at once
 
     @property
     def full(self) -> bool:
@@ -117,6 +118,7 @@ class HeldBytes:
         if self.total + size > self.limit:
             return False
         self.total += size
+        self.peak = max(self.peak, self.total)
         return True
 
     def release(self, size: int) -> None:

@@ -141,6 +141,12 @@ class RawClient:
         await self.send(SyncStep1(b"\x00"))
         await self.ws.send(presence(client_id, user))
 
+    async def enter(self, client_id: int, user: int | None = None) -> None:
+        """`join`, then wait for the answer to its sync step 1: admitted, and every later
+        `barrier()` answers for itself."""
+        await self.join(client_id, user)
+        await self.recv_until(lambda m: isinstance(m, SyncStep2))
+
     async def closed(self) -> tuple[int | None, str | None]:
         """Read (into `received`) until the server closes; returns its close code and reason."""
         with anyio.fail_after(TIMEOUT):
@@ -178,10 +184,10 @@ class YClient:
     @classmethod
     @asynccontextmanager
     async def connect(
-        cls, url: str, client_id: int, user: int | None = None
+        cls, url: str, client_id: int, user: int | None = None, *, max_size: int | None = 2**20
     ) -> AsyncIterator[YClient]:
         with anyio.fail_after(TIMEOUT):
-            ws = await connect(url, compression=None)
+            ws = await connect(url, compression=None, max_size=max_size)
         client = cls(ws, client_id, user)
         client._outgoing = []
         async with anyio.create_task_group() as tg:
