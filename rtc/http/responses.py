@@ -7,6 +7,7 @@ connection for other methods); every error body is `{"error": message, "status":
 
 from __future__ import annotations
 
+import errno
 import json
 import mimetypes
 from email.utils import formatdate
@@ -63,10 +64,17 @@ async def file_response(root: Path, relative: str) -> Response:
 
     def read() -> bytes | None:
         base = root.resolve()
-        path = (base / relative).resolve()
-        if not path.is_relative_to(base) or not path.is_file():
+        try:
+            path = (base / relative).resolve()
+            if not path.is_relative_to(base) or not path.is_file():
+                return None
+            return path.read_bytes()
+        except ValueError:  # a NUL byte: a name no file system holds
             return None
-        return path.read_bytes()
+        except OSError as error:
+            if error.errno in (errno.ENAMETOOLONG, errno.EINVAL):
+                return None  # a name no file system holds: no file of ours
+            raise
 
     body = await anyio.to_thread.run_sync(read)
     if body is None:

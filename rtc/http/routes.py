@@ -49,10 +49,11 @@ class RoomRoute:
 
 @dataclass(frozen=True, slots=True)
 class FeedRoute:
-    """`/events?blog_id=&post_id=`: a WebSocket streaming the room's recorded events."""
+    """`/events?blog_id=&post_id=[&token=]`: a WebSocket streaming the room's recorded events."""
 
     methods: ClassVar[tuple[str, ...]] = _GET
     key: RoomKey
+    token: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +194,8 @@ def route(target: str) -> Route:
             return RoomRoute(_room_key(blog, post), request.query("post_type"),
                              request.query("token"))
         case ["events"]:
-            return FeedRoute(_room_key(request.query("blog_id"), request.query("post_id")))
+            return FeedRoute(_room_key(request.query("blog_id"), request.query("post_id")),
+                             request.query("token"))
         case ["healthz"]:
             return Health()
         case ["metrics"]:
@@ -243,6 +245,17 @@ def allowed(target: Route, method: str) -> None:
                         headers={"Allow": allow})
 
 
+# Longer names are no file of ours (file systems refuse them: ENAMETOOLONG), in UTF-8 bytes.
+MAX_NAME = 255
+
+
 def _safe(segment: str) -> bool:
-    # Never serve dot-files, parent references or installed packages from the demo folder.
-    return not segment.startswith(".") and segment != "node_modules" and "\\" not in segment
+    # Never serve dot-files, parent references or installed packages from the demo folder;
+    # nor names no file system holds (a NUL byte, a control character, 256+ bytes).
+    return (
+        not segment.startswith(".")
+        and segment != "node_modules"
+        and "\\" not in segment
+        and len(segment.encode()) <= MAX_NAME
+        and segment.isprintable()
+    )

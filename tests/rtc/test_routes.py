@@ -37,7 +37,9 @@ def test_bad_ids_are_400(path: str) -> None:
 
 
 @pytest.mark.parametrize("path", ["/nope", "/rooms/1", "/rooms/1/2/3", "/demo/../secret",
-                                  "/demo/node_modules/yjs/package.json", "/demo/.env"])
+                                  "/demo/node_modules/yjs/package.json", "/demo/.env",
+                                  "/demo/%00", "/demo/a%0Ab.js", "/demo/" + "a" * 256,
+                                  "/demo/" + "%C3%A9" * 128])
 def test_unknown_paths_are_404(path: str) -> None:
     with pytest.raises(HttpError) as raised:
         route(path)
@@ -54,6 +56,8 @@ def test_http_endpoints() -> None:
     assert route("/api/streams") == Streams(None)
     assert route("/api/sessions/3/4/0") == SessionTimeline(RoomKey(3, 4), 0)
     assert route("/events?blog_id=3&post_id=4") == FeedRoute(RoomKey(3, 4))
+    assert route("/events?blog_id=3&post_id=4&token=t") == FeedRoute(RoomKey(3, 4), "t")
+    assert route("/demo/" + "a" * 255) == Page("a" * 255)
     assert route("/") == Page("index.html")
     assert route("/demo") == Page("index.html")
     assert route("/demo/dist/app.js") == Page("dist/app.js")
@@ -63,7 +67,8 @@ def test_http_endpoints() -> None:
 @pytest.mark.parametrize(
     "path",
     ["/api/streams?blog_id=0", "/api/capture/x", "/api/sessions/1/2/-1",
-     "/api/sessions/1/2/4294967296", "/rooms/9223372036854775808/1"],
+     "/api/sessions/1/2/4294967296", "/rooms/9223372036854775808/1",
+     "/api/sessions/1/1/%C2%B9", "/api/streams?blog_id=%C2%B2", "/events?blog_id=²&post_id=1"],
 )
 def test_ids_out_of_range_are_400(path: str) -> None:
     with pytest.raises(HttpError) as raised:
