@@ -2,13 +2,13 @@
 
 Ingest is best-effort for the browser: it validates, hands events to the recorders (which
 only enqueue) and answers 202 at once; invalid events are reported in the body, not stored.
-No IP address is stored: the per-address rate limit lives in memory only.
+With tokens on, each event's room must be the token's and its user is the token's.
+No IP address is stored: the per-address rate limit lives in memory only. Who may call the
+capture and timeline handlers is decided before them (`rtc.http.access`).
 """
 
 from __future__ import annotations
 
-import hmac
-import json
 import logging
 import time
 from collections import OrderedDict
@@ -19,17 +19,19 @@ import anyio
 from websockets.http11 import Response
 
 from rtc.analytics.capture import BlogCapture, CaptureSettings
-from rtc.analytics.ingest import BatchError, RecentIds, Rejection, parse_batch
+from rtc.analytics.ingest import BATCH_DEPTH, BatchError, RecentIds, Rejection, parse_batch
 from rtc.analytics.tracking import Tracking
-from rtc.auth import verify
+from rtc.auth import Grant
 from rtc.config import ServerConfig
 from rtc.errors import RtcError
+from rtc.http.access import credential
 from rtc.http.errors import HttpError
 from rtc.http.request import HttpRequest
 from rtc.http.responses import json_response, text_response
 from rtc.ids import RoomKey, id_from_json
 from rtc.metrics import Metrics
 from rtc.ratelimit import TokenBucket
+from rtc.tokens import TokenChecker
 from tracks import JSONValue
 from tracks.event import now_ms
 from tracks.presence.timeline import session_timeline
@@ -52,6 +54,8 @@ class AnalyticsApi:
         metrics: counters.
         capture: per-blog capture settings.
         event_store: the SQLite event store timelines are read from, if any.
+        tokens: the token rules when the server has a secret (client events then need a
+            room token).
     """
 
     def __init__(
@@ -62,8 +66,10 @@ class AnalyticsApi:
         metrics: Metrics,
         capture: CaptureSettings,
         event_store: Path | None,
+        tokens: TokenChecker | None = None,
     ) -> None:
         self._config = config
+        self._tokens = tokens
         self._tracking = tracking
         self._metrics = metrics
         self.capture = capture
@@ -74,19 +80,23 @@ class AnalyticsApi:
     # --- CORS ----------------------------------------------------------------------------
 
     def cors_headers(self, request: HttpRequest) -> dict[str, str]:
-        """CORS for a browser on another origin; refuses origins not allowed.
+        """CORS for a browser page on an origin of `--allowed-origin`, and for no other.
+
+        Never `Access-Control-Allow-Credentials`: the token travels in the request itself
+        (`Authorization` or `?token=`), never in a cookie, so a browser has no reason to
+        send credentials, and another site's page cannot borrow a user's.
 
         Raises:
-            HttpError: 403 for an Origin outside `--allowed-origin`.
+            HttpError: 403 for an Origin outside a configured `--allowed-origin`.
         """
         origin = request.header("origin")
-        if origin is None:
-            return {}
-        if self._config.allowed_origins and origin not in self._config.allowed_origins:
+        allowed = self._config.allowed_origins
+        if origin is None or not allowed:
+            return {}  # same-origin pages and non-browsers need none; foreign pages get none
+        if origin not in allowed:
             raise HttpError(403, f"origin not allowed: {origin}")
         return {
             "Access-Control-Allow-Origin": origin,
-            "Access-Control-Allow-Credentials": "true",
             "Access-Control-Allow-Methods": "POST, OPTIONS",
             "Access-Control-Allow-Headers": "Content-Type, Authorization",
             "Access-Control-Max-Age": "600",
@@ -104,21 +114,23 @@ class AnalyticsApi:
         if not self._allow(request.client):
             self._metrics.limit_refusals.labels("ingest").inc()
             raise HttpError(429, "too many batches from this address; retry later")
+        payload = request.json(max_depth=BATCH_DEPTH)
+        grant, refusal = self._grant(request)
         try:
             events, rejections = parse_batch(
-                request.body,
+                payload,
                 max_events=MAX_BATCH_EVENTS,
                 window_ms=int(self._config.ingest_window * 1000),
                 now_ms=now_ms(),
                 max_age_ms=MAX_EVENT_AGE_MS,
+                user_id=None if grant is None else grant.user_id,
             )
         except BatchError as error:
             raise HttpError(400, str(error)) from None
-        token = request.query("token") or request.bearer()
         accepted = duplicates = dropped = 0
         for index, event in events:
             room = _room_of(event.props)
-            reason = self._refusal(room, token)
+            reason = refusal or self._refusal(room, grant)
             if reason is not None:
                 rejections.append(Rejection(index, reason))
                 continue
@@ -152,14 +164,22 @@ class AnalyticsApi:
             headers,
         )
 
-    def _refusal(self, room: RoomKey | None, token: str | None) -> str | None:
-        secret = self._config.secret
-        if secret is None:
+    def _grant(self, request: HttpRequest) -> tuple[Grant | None, str | None]:
+        """The sender's room token, or why every event of the batch is refused."""
+        if self._tokens is None:
+            return None, None
+        try:
+            return self._tokens.grant(credential(request)), None
+        except RtcError as error:
+            return None, error.error_code
+
+    def _refusal(self, room: RoomKey | None, grant: Grant | None) -> str | None:
+        if self._tokens is None or grant is None:
             return None
         if room is None:
             return "blog_id and post_id are required when tokens are on"
         try:
-            verify(token, secret, room, now=time.time())
+            self._tokens.admit(grant, room)
         except RtcError as error:
             return error.error_code
         return None
@@ -176,31 +196,19 @@ class AnalyticsApi:
 
     # --- capture control -------------------------------------------------------------------
 
-    def authorise(self, request: HttpRequest) -> None:
-        """Admin endpoints take `Authorization: Bearer <secret>`.
-
-        Raises:
-            HttpError: 403 when the server has no secret, 401 for a wrong one.
-        """
-        secret = self._config.secret
-        if secret is None:
-            raise HttpError(403, "the admin API needs the server to run with --secret")
-        supplied = request.bearer() or ""
-        if not hmac.compare_digest(supplied.encode(), secret.encode()):
-            raise HttpError(401, "Authorization: Bearer <secret> required")
-
     def set_capture(self, request: HttpRequest, blog_id: int) -> Response:
         """`PUT|POST /api/capture/{blog_id}` with `{"enabled": bool, "sample_rate": 0..1}`."""
-        self.authorise(request)
+        body = request.json() if request.body else {}
         try:
-            body = json.loads(request.body or b"{}")
+            if not isinstance(body, dict):
+                raise TypeError
             current = self.capture.for_blog(blog_id)
             enabled = body.get("enabled", current.enabled)
             rate = body.get("sample_rate", current.sample_rate)
             if not isinstance(enabled, bool) or not isinstance(rate, int | float):
                 raise TypeError
             settings = BlogCapture(enabled=enabled, sample_rate=float(rate))
-        except (ValueError, TypeError, AttributeError):
+        except (ValueError, TypeError, AttributeError, OverflowError):
             raise HttpError(
                 400, 'body must be {"enabled": true|false, "sample_rate": 0..1}'
             ) from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from pathlib import Path
@@ -12,7 +13,7 @@ import httpx
 import pytest
 
 from rtc.analytics.ingest import bucket_event_id
-from rtc.auth import issue
+from rtc.auth import issue, issue_scoped
 from tracks import read_events
 
 from .clients import TIMEOUT, RawClient, serve_rtc
@@ -20,7 +21,7 @@ from .clients import TIMEOUT, RawClient, serve_rtc
 pytestmark = pytest.mark.slow
 
 SECRET = "correct horse battery staple, 32+ bytes long"
-ADMIN = {"Authorization": f"Bearer {SECRET}"}
+ADMIN = {"Authorization": f"Bearer {issue_scoped(SECRET, scope='admin', ttl_seconds=3600)}"}
 
 
 def client_error(session_id: int = 111, event_id: str | None = None, **props: Any) -> dict:
@@ -115,10 +116,26 @@ async def test_cors_follows_the_allowed_origins(tmp_path: Path) -> None:
         preflight = await http.options(url, headers={"Origin": "https://wp.example"})
         assert preflight.status_code == 204
         assert preflight.headers["access-control-allow-origin"] == "https://wp.example"
+        # Tokens travel in the request, never in cookies: no credentials, ever.
+        assert "access-control-allow-credentials" not in preflight.headers
         foreign = await http.post(url, json={"events": [client_error()]},
                                   headers={"Origin": "https://evil.example"})
         assert foreign.status_code == 403
         assert rtc.events("connection_error") == []
+
+
+@pytest.mark.parametrize("secret", [None, SECRET])
+async def test_cors_reflects_no_origin_by_default(tmp_path: Path, secret: str | None) -> None:
+    """Item 12: any Origin was reflected, with `Allow-Credentials: true`, even with --secret."""
+    async with serve_rtc(tmp_path, secret=secret) as rtc, \
+            httpx.AsyncClient(timeout=TIMEOUT) as http:
+        url = f"{rtc.server.http_url}/api/events"
+        evil = {"Origin": "https://evil.example"}
+        preflight = await http.options(url, headers=evil)
+        sent = await http.post(url, json={"events": [client_error()]}, headers=evil)
+        for answer in (preflight, sent):
+            assert "access-control-allow-origin" not in answer.headers
+            assert "access-control-allow-credentials" not in answer.headers
 
 
 async def test_tokens_are_honoured_for_client_events(tmp_path: Path) -> None:
@@ -135,6 +152,97 @@ async def test_tokens_are_honoured_for_client_events(tmp_path: Path) -> None:
         anonymous = await http.post(f"{rtc.server.http_url}/api/events",
                                     json={"events": [client_error(session_id=3)]})
         assert anonymous.json()["rejected"][0]["reason"] == "authentication-failed"
+        header = await http.post(f"{rtc.server.http_url}/api/events",
+                                 json={"events": [client_error(session_id=4)]},
+                                 headers={"Authorization": f"Bearer {token}"})
+        assert header.json()["accepted"] == 1
+
+
+async def test_with_tokens_a_browser_speaks_only_for_its_token(tmp_path: Path) -> None:
+    """Item 10: a token for user 666 posted a connection_error naming user 101, which then
+    appeared in user 101's session timeline."""
+    async with serve_rtc(tmp_path, secret=SECRET) as rtc, httpx.AsyncClient(
+        timeout=TIMEOUT
+    ) as http:
+        token = issue(SECRET, blog_id=7, post_id=None, user_id=666, ttl_seconds=60)
+        url = f"{rtc.server.http_url}/api/events?token={token}"
+        forged = client_error(session_id=5, wp_user_id=101)
+        other_blog = client_error(session_id=6)
+        other_blog["props"]["blog_id"] = 8
+        body = (await http.post(url, json={"events": [forged, other_blog]})).json()
+        assert body["accepted"] == 1
+        assert body["rejected"] == [{"index": 1, "reason": "forbidden"}]
+        recorded = await rtc.wait_event("connection_error", session_id=5)
+        assert recorded.props["wp_user_id"] == 666
+        assert [e.props["wp_user_id"] for e in rtc.events("connection_error")] == [666]
+
+
+@pytest.mark.parametrize(
+    ("props", "reason"),
+    [
+        ({"error_code": "x" * 100_000}, "error_code must be 1-64 characters"),
+        ({"error_code": "DNS Failure"}, "error_code must be 1-64 characters"),
+        ({"close_code": 99999}, "close_code must be an integer from 1000 to 4999"),
+        ({"detail": "y" * 257}, "longer than 256"),
+        ({"detail": "bidi \u202e override"}, "control or format characters"),
+        ({"detail": "lone \ud800 surrogate"}, "control or format characters"),
+        ({"detail": {"a": {"b": {"c": {"d": 1}}}}}, "nested deeper than 3"),
+        ({"detail": list(range(65))}, "more than 64 items"),
+        ({"detail": 2**64}, "fit in 64 bits"),
+        ({"p" * 65: 1}, "prop names are at most 64"),
+        # Item 1(a): ids must fit the store's 64-bit columns, or every batch after fails.
+        ({"session_id": 9223372036854775808}, "session_id must be an integer from 0 to 2**32"),
+        ({"session_id": 2**32}, "session_id must be an integer from 0 to 2**32"),
+        ({"session_id": "111"}, "session_id must be an integer"),
+        ({"wp_user_id": 2**70}, "wp_user_id must be a positive integer below 2**63"),
+        ({"blog_id": 2**63}, "blog_id must be a positive integer below 2**63"),
+        ({"post_id": "42"}, "post_id must be a positive integer below 2**63"),
+        ({"request_id": -1}, "request_id must be a positive integer below 2**63"),
+    ],
+)
+async def test_what_a_browser_may_say_is_bounded(
+    tmp_path: Path, props: dict[str, Any], reason: str
+) -> None:
+    async with serve_rtc(tmp_path, sqlite=True) as rtc, httpx.AsyncClient(
+        timeout=TIMEOUT
+    ) as http:
+        url = f"{rtc.server.http_url}/api/events"
+        batch = json.dumps({"events": [client_error(**props)]})  # ASCII: "\\ud800" escaped
+        body = (await http.post(url, content=batch.encode())).json()
+        assert body["accepted"] == 0
+        assert reason in body["rejected"][0]["reason"]
+        assert len(body["rejected"][0]["reason"]) < 200
+        # Recording goes on: the next batch is stored.
+        fine = (await http.post(url, json={"events": [client_error(session_id=2**32 - 1)]}))
+        assert fine.json()["accepted"] == 1
+        await rtc.server.flush()
+    stored = [e for e in read_events(tmp_path / "events.sqlite")
+              if e.name == "jetpack_rtc_connection_error"]
+    assert [e.props["session_id"] for e in stored] == [2**32 - 1]
+
+
+async def test_a_deeply_nested_body_is_a_400_and_one_log_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Item 11: 900 levels (1.9 KB) gave a 500 and 214 KB of traceback per request."""
+    deep = b'{"events": [{"name": "jetpack_rtc_connection_error", "props": {"x": '
+    deep += b"[" * 900 + b"]" * 900 + b"}}]}"
+    async with serve_rtc(tmp_path, secret=SECRET) as rtc, httpx.AsyncClient(
+        timeout=TIMEOUT
+    ) as http:
+        base = rtc.server.http_url
+        caplog.set_level(logging.INFO, logger="rtc")
+        caplog.clear()
+        for path, headers in [("/api/events", {}), ("/api/rooms/7/42/kick", ADMIN),
+                              ("/api/capture/7", ADMIN)]:
+            for body in (deep, b"[" * 100_000, b'{"user_id": NaN}'):
+                answer = await http.post(f"{base}{path}", content=body, headers=headers)
+                assert answer.status_code == 400, (path, answer.text)
+                assert answer.json()["error"].startswith("body is not JSON")
+        lines = [record for record in caplog.records if record.name.startswith("rtc")]
+        assert len(lines) == 9
+        assert all(record.exc_info is None for record in lines)
+        assert sum(len(record.getMessage()) for record in lines) < 9 * 200
 
 
 async def test_capture_can_be_switched_off_per_blog_and_stays_off(tmp_path: Path) -> None:
