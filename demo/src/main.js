@@ -28,6 +28,10 @@ const wsBase = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${serverHost}
 const httpBase = `${location.protocol}//${serverHost}`
 // The room URL's optional query parameters (issue 3): passed through as given.
 const roomParams = Object.fromEntries(['token', 'post_type'].filter((key) => params.has(key)).map((key) => [key, params.get(key)]))
+// A server with --secret answers reads (roster, feed, client events) only with the room token.
+const token = params.get('token')
+const tokenQuery = token === null ? '' : `token=${encodeURIComponent(token)}`
+const readHeaders = token === null ? {} : { Authorization: `Bearer ${token}` }
 
 const ui = {
   form: $('identity-form'),
@@ -50,7 +54,7 @@ const cursors = remoteCursors(ui.editor, ui.backdrop)
 // What only this tab can see (a socket the server never saw) goes to POST /api/events.
 // `?flush_ms=` shortens the periodic send (the browser tests use it).
 const tracker = createTracker({
-  endpoint: `${httpBase}/api/events`,
+  endpoint: `${httpBase}/api/events${tokenQuery === '' ? '' : `?${tokenQuery}`}`,
   streamsUrl: `${httpBase}/api/streams`,
   flushIntervalMs: Number(params.get('flush_ms') ?? 5000)
 })
@@ -67,7 +71,7 @@ const setStatus = (state, detail = '') => {
 
 const refreshServerRoster = async (identity) => {
   try {
-    const response = await fetch(`${httpBase}/api/rooms/${identity.blog}/${identity.post}`)
+    const response = await fetch(`${httpBase}/api/rooms/${identity.blog}/${identity.post}`, { headers: readHeaders })
     if (!response.ok) throw new Error(String(response.status))
     const room = await response.json()
     if (session?.identity !== identity) return
@@ -220,7 +224,7 @@ const start = (identity) => {
     doc.destroy()
   }
 
-  feed.open(`${wsBase}/events?blog_id=${identity.blog}&post_id=${identity.post}`)
+  feed.open(`${wsBase}/events?blog_id=${identity.blog}&post_id=${identity.post}${tokenQuery === '' ? '' : `&${tokenQuery}`}`)
   setStatus('connecting')
   provider.connect()
 }
