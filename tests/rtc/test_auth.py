@@ -339,3 +339,19 @@ async def test_tokens_that_live_too_long_or_lie_about_ids_are_refused(
             assert await intruder.closed() == (4401, "authentication-failed")
         await rtc.wait_event("connection_error", error_code="authentication-failed")
         assert rtc.events("join") == []
+
+
+def test_rtc_token_prints_scoped_tokens(capsys: pytest.CaptureFixture[str]) -> None:
+    from rtc.__main__ import main
+
+    assert main(["token", "--secret", SECRET, "--scope", "admin"]) == 0
+    printed = capsys.readouterr().out.strip()
+    assert verify_scoped(printed, SECRET, max_ttl=900) is Scope.ADMIN  # 15 minutes by default
+    assert main(["token", "--secret", SECRET, "--scope", "read", "--ttl", "2d"]) == 0
+    with pytest.raises(AuthenticationError, match="longer than"):
+        verify_scoped(capsys.readouterr().out.strip(), SECRET, max_ttl=DAY)
+    assert main(["token", "--secret", SECRET, "--scope", "read", "--user-id", "1"]) == 2
+    assert main(["token", "--secret", SECRET, "--blog-id", "7", "--post-id", "*",
+                 "--user-id", "5"]) == 0
+    grant = verify(capsys.readouterr().out.strip(), SECRET, RoomKey(7, 9), max_ttl=3600)
+    assert (grant.post_id, grant.user_id) == (None, 5)
