@@ -15,7 +15,7 @@ from typing import NoReturn
 import anyio
 
 from rtc.app import RtcServer
-from rtc.auth import issue
+from rtc.auth import Scope, issue, issue_scoped
 from rtc.config import ConfigError, ServerConfig
 from rtc.ids import id_from_text
 from tracks.presence.retention import parse_duration
@@ -221,19 +221,24 @@ def _parser() -> argparse.ArgumentParser:
 
     token = commands.add_parser(
         "token",
-        help="print a room token (JWT, HS256) for integrators and the demo",
+        help="print a room token or an API token (JWT, HS256) for integrators and the demo",
         description="Print a token that lets a user into one post's room (or every post of "
-        "a blog with --post-id '*').",
+        "a blog with --post-id '*'), or with --scope a short-lived token for the HTTP API: "
+        "read (rosters, feeds, session timelines, stats, metrics) or admin (also kick and "
+        "capture control).",
     )
     token.add_argument("--secret", default=os.environ.get("RTC_SECRET"),
                        help="the server's secret [RTC_SECRET]")
-    token.add_argument("--blog-id", type=_id, required=True)
-    token.add_argument("--post-id", type=_post_id, required=True,
+    token.add_argument("--scope", choices=[scope.value for scope in Scope],
+                       help="an API token of this scope instead of a room token")
+    token.add_argument("--blog-id", type=_id)
+    token.add_argument("--post-id", type=_post_id, default=argparse.SUPPRESS,
                        help="a post id, or '*' for every post")
-    token.add_argument("--user-id", type=_id, required=True)
+    token.add_argument("--user-id", type=_id)
     token.add_argument("--name", help="display name carried in the token")
-    token.add_argument("--ttl", default="1h", type=_ttl,
-                       help="lifetime: seconds, or with a unit: 90s, 15m, 1h, 7d (default: 1h)")
+    token.add_argument("--ttl", type=_ttl,
+                       help="lifetime: seconds, or with a unit: 90s, 15m, 1h, 7d "
+                       "(default: 1h for a room token, 15m with --scope)")
     return parser
 
 
@@ -241,13 +246,26 @@ def _token(args: argparse.Namespace) -> int:
     if not args.secret:
         print("rtc token: --secret (or RTC_SECRET) is required", file=sys.stderr)
         return 2
-    if args.ttl <= 0:
+    given = [args.blog_id is not None, "post_id" in vars(args), args.user_id is not None]
+    if args.scope is not None and (any(given) or args.name):
+        print("rtc token: --scope takes no --blog-id, --post-id, --user-id or --name",
+              file=sys.stderr)
+        return 2
+    if args.scope is None and not all(given):
+        print("rtc token: --blog-id, --post-id and --user-id are required (or --scope)",
+              file=sys.stderr)
+        return 2
+    ttl = args.ttl if args.ttl is not None else 900.0 if args.scope else 3600.0
+    if ttl <= 0:
         print("rtc token: --ttl must be longer than 0", file=sys.stderr)
         return 2
+    if args.scope is not None:
+        print(issue_scoped(args.secret, scope=args.scope, ttl_seconds=ttl))
+        return 0
     print(
         issue(
             args.secret, blog_id=args.blog_id, post_id=args.post_id, user_id=args.user_id,
-            ttl_seconds=args.ttl, name=args.name,
+            ttl_seconds=ttl, name=args.name,
         )
     )
     return 0

@@ -8,6 +8,7 @@ way from here. WebSocket upgrades are only admitted here; the server serves them
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -122,7 +123,10 @@ class HttpApi:
                 return None  # the WebSocket path: the server's handler takes it from here
         except HttpError as error:
             return self._refused(plain, error)
-        return self.respond(plain, target)
+        # Work for a client that hangs up is stopped (a stats query is interrupted). Shielded:
+        # the waiter is websockets' own, and a watcher that gives up must not cancel it.
+        gone = asyncio.shield(connection.connection_lost_waiter)
+        return self.respond(plain, target, disconnected=gone)
 
     async def plain_request(self, request: HttpRequest) -> Response:
         """Requests other than GET (ingest, capture control, the admin API)."""
@@ -132,11 +136,23 @@ class HttpApi:
             return self._refused(request, error)
         return await self.respond(request, target)
 
-    async def respond(self, request: HttpRequest, target: Route) -> Response:
-        """Answer a routed request; every refusal and failure has the one error shape."""
+    async def respond(
+        self,
+        request: HttpRequest,
+        target: Route,
+        *,
+        disconnected: Awaitable[object] | None = None,
+    ) -> Response:
+        """Answer a routed request; every refusal and failure has the one error shape.
+
+        Args:
+            request: the request.
+            target: its route.
+            disconnected: done when the client has gone (long work is then abandoned).
+        """
         try:
             allowed(target, request.method)
-            return await self._dispatch(request, target)
+            return await self._dispatch(request, target, disconnected)
         except HttpError as error:
             return self._refused(request, error)
         except Exception:
@@ -151,7 +167,9 @@ class HttpApi:
 
     # --- the routes ----------------------------------------------------------------------
 
-    async def _dispatch(self, request: HttpRequest, target: Route) -> Response:
+    async def _dispatch(
+        self, request: HttpRequest, target: Route, disconnected: Awaitable[object] | None
+    ) -> Response:
         analytics, access = self._analytics, self._access
         match target:
             case Page(path=path):
@@ -190,7 +208,8 @@ class HttpApi:
                 return json_response(200, await analytics.timeline(key, session_id))
             case Stats():
                 access.scope(request, Scope.READ)
-                return json_response(200, await self._stats.figures(request))
+                figures = await self._stats.figures(request, disconnected=disconnected)
+                return json_response(200, figures)
             case LiveStats():
                 access.scope(request, Scope.READ)
                 return json_response(200, self._stats.live(request))

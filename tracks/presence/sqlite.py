@@ -70,7 +70,7 @@ class SqliteStatsStore:
     def __init__(self, path: str | Path, *, connection: sqlite3.Connection | None = None):
         self.path = Path(path)
         self._given = connection is not None
-        self._reader = connection or schema.connect(self.path, readonly=True)
+        self._reader = connection or _reader(self.path)
         self._cancelled = threading.Event()
         # A nonzero return makes SQLite abandon the statement ("interrupted").
         self._reader.set_progress_handler(self._cancelled.is_set, _PROGRESS_STEPS)
@@ -429,6 +429,16 @@ class _Timer:
             yield
         finally:
             self._timings[name] = self._timings.get(name, 0.0) + time.perf_counter() - started
+
+
+def _reader(path: Path) -> sqlite3.Connection:
+    """A read-only connection to the store, or an empty store's when the file was created
+    but never written (a recorder opens its file before its first batch)."""
+    connection = schema.connect(path, readonly=True)
+    if connection.execute("PRAGMA user_version").fetchone()[0] == 0:
+        connection.close()
+        connection = schema.connect(":memory:")
+    return connection
 
 
 def open_stats_store(
