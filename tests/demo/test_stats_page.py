@@ -14,6 +14,7 @@ import pytest
 from playwright.async_api import async_playwright, expect
 
 from rtc import RtcServer, ServerConfig
+from rtc.auth import Scope, issue_scoped
 from tests.demo.harness import CHROMIUM_ARGS, TIMEOUT_MS
 from tests.rtc.clients import RawClient
 from tracks import Event
@@ -80,3 +81,27 @@ async def test_stats_page_shows_live_and_recorded_figures(tmp_path: Path, chromi
                     await page.screenshot(path=str(tmp_path / "stats.png"), full_page=True)
             finally:
                 await browser.close()
+
+
+async def test_stats_page_passes_its_token_on_to_a_closed_server(
+    tmp_path: Path, chromium: Path
+) -> None:
+    """With --secret the page's API calls carry the page's own ?token= (a read token)."""
+    seed(tmp_path / "events.sqlite")
+    secret = "s" * 32
+    config = ServerConfig(data_dir=tmp_path, port=0, rollup_interval=0, secret=secret)
+    token = issue_scoped(secret, scope=Scope.READ, ttl_seconds=600)
+    async with RtcServer(config) as server, async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=str(chromium), args=CHROMIUM_ARGS, timeout=TIMEOUT_MS
+        )
+        try:
+            page = await browser.new_page()
+            await page.goto(f"{server.http_url}/stats?blog_id=7&since=7d")
+            await expect(page.get_by_test_id("stats-status")).to_contain_text("Error")
+            await page.goto(f"{server.http_url}/stats?blog_id=7&since=7d&token={token}")
+            await expect(page.get_by_test_id("stats-status")).to_contain_text("Updated")
+            facts = page.get_by_test_id("facts")
+            await expect(facts.locator("[data-fact='unique sessions'] b")).to_have_text("3")
+        finally:
+            await browser.close()
