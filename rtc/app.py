@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,6 @@ from websockets.asyncio.server import Server, serve
 from rtc.analytics.capture import CaptureSettings
 from rtc.analytics.feed import EventFeed
 from rtc.analytics.tracking import Tracking
-from rtc.auth import TokenCheck, verify
 from rtc.config import ServerConfig
 from rtc.documents import DocumentStore
 from rtc.history import SessionHistory
@@ -32,8 +30,10 @@ from rtc.http.connection import connection_class
 from rtc.http.stats import StatsApi
 from rtc.limits import RoomLimits
 from rtc.metrics import Metrics, live_figures, recorder_figures
+from rtc.revocations import Revocations
 from rtc.rooms import RoomRegistry
 from rtc.server import CLOSE_TIMEOUT, RoomServer
+from rtc.tokens import TokenChecker
 from tracks import Recorder, open_recorder
 from tracks.presence.reading import locate
 from tracks.streams import StreamConfig, load_streams
@@ -132,6 +132,7 @@ class RtcServer:
                 max_contributors=config.max_contributors,
                 max_connections=config.max_connections_per_room,
                 max_held_bytes=config.max_held_bytes,
+                max_held_total=config.max_held_total,
                 max_document_size=config.max_document_size,
             ),
             history=SessionHistory(),
@@ -153,9 +154,10 @@ class RtcServer:
             streams=streams,
             named_recorders=named,
         )
+        tokens = _token_check(config)
         driver = RoomServer(
             config,
-            tokens=_token_check(config),
+            tokens=tokens,
             rooms=rooms,
             documents=documents,
             tracking=tracking,
@@ -169,6 +171,7 @@ class RtcServer:
             rooms=rooms.loaded,
             rollup_interval=config.rollup_interval,
             retention_days=config.retention_days,
+            max_days=config.max_stats_days,
         )
         await task_group.start(stats.run)
         if config.secret is not None:
@@ -179,19 +182,22 @@ class RtcServer:
             rooms=rooms,
             analytics=AnalyticsApi(
                 config, tracking=tracking, metrics=metrics, capture=capture,
-                event_store=event_store,
+                event_store=event_store, tokens=tokens,
             ),
             stats=stats,
             live=lambda: live_figures(rooms.loaded()),
             kick=driver.kick,
             connections=driver.connections,
+            tokens=tokens,
         )
         listener = await serve(
             driver.handle,
             config.host,
             config.port,
             process_request=api.process_request,
-            max_size=config.max_message_size,
+            # Until a connection names its session, a frame may be no larger than what is
+            # held for it; the driver lifts this to max_message_size on admission.
+            max_size=min(config.max_message_size, config.max_held_bytes),
             ping_interval=config.ping_interval,
             ping_timeout=config.ping_timeout,
             close_timeout=CLOSE_TIMEOUT,
@@ -261,9 +267,12 @@ def _event_store(config: ServerConfig) -> Path | None:
     return None
 
 
-def _token_check(config: ServerConfig) -> TokenCheck | None:
-    """How the driver checks a room token, or None when tokens are off."""
-    secret = config.secret
-    if secret is None:
+def _token_check(config: ServerConfig) -> TokenChecker | None:
+    """How tokens are checked (lifetime cap, kicks persisted in the data folder), or None
+    when tokens are off."""
+    if config.secret is None:
         return None
-    return lambda token, key: verify(token, secret, key, now=time.time())
+    revocations = Revocations(
+        config.data_dir / "revocations.json", keep_seconds=config.max_token_ttl
+    )
+    return TokenChecker(config.secret, max_ttl=config.max_token_ttl, revocations=revocations)

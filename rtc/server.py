@@ -26,6 +26,7 @@ from rtc.actions import (
     Action,
     Blocked,
     Broadcast,
+    CheckLiveness,
     Close,
     Identity,
     Joined,
@@ -37,6 +38,7 @@ from rtc.actions import (
 from rtc.analytics.feed import EventFeed
 from rtc.analytics.tracking import Tracking
 from rtc.auth import Grant, TokenCheck
+from rtc.budget import CONTROL_COST, Budget, OverBudgetError, message_cost
 from rtc.closes import classify
 from rtc.config import ServerConfig
 from rtc.connections import ConnectionCounts, address_of
@@ -45,7 +47,6 @@ from rtc.documents import DocumentStore
 from rtc.errors import (
     AnnounceTimeoutError,
     CloseCode,
-    RateLimitedError,
     RoomUnavailableError,
     RtcError,
     ServerBusyError,
@@ -55,9 +56,9 @@ from rtc.expiry import TokenExpiry
 from rtc.http.errors import HttpError
 from rtc.http.routes import FeedRoute, RoomRoute, route
 from rtc.ids import RoomKey
+from rtc.limits import HeldTotalError
 from rtc.metrics import Metrics
 from rtc.protocol import decode
-from rtc.ratelimit import TokenBucket
 from rtc.room import Room
 from rtc.rooms import RoomRegistry
 from tracks.event import now_ms
@@ -66,22 +67,8 @@ __all__ = ["CLOSE_TIMEOUT", "RoomServer"]
 
 logger = logging.getLogger(__name__)
 
-_ECHO_COST = 0.05  # an awareness echo costs a twentieth of a message against the rate limit
-
 CLOSE_TIMEOUT = 3.0  # seconds a closing handshake may take before the connection is cut
-
-
-async def _close_within(ws: DeliveringConnection, code: int, reason: str) -> None:
-    """Close with a code, or cut the connection if that cannot finish in time.
-
-    websockets' close() first waits for the peer to drain what is buffered for it, with no
-    deadline: a peer that stopped reading (the 1013 case) would never be let go.
-    """
-    with anyio.move_on_after(CLOSE_TIMEOUT):
-        await ws.close(code, reason)
-        return
-    if ws.transport is not None:
-        ws.transport.abort()
+LIVENESS_TIMEOUT = 2.0  # seconds a session's holder has to answer a ping when it is claimed
 
 
 @dataclass(slots=True)
@@ -91,7 +78,7 @@ class _Peer:
     route: RoomRoute
     room: Room
     connected_at_ms: int
-    bucket: TokenBucket
+    budget: Budget
     grant: Grant | None = None
     close_code: int | None = None
     close_reason: str = ""
@@ -207,6 +194,9 @@ class RoomServer:
         connected_at_ms = now_ms()
         try:
             grant = self._verify(target)
+            if self._rooms.held.full:  # newcomers hold all we hold: come back later
+                self._metrics.limit_refusals.labels("held").inc()
+                raise HeldTotalError(f"{self._rooms.held.total} bytes held from newcomers")
             room = await self._open_room(target)
         except RtcError as error:
             # Refused before the room: no document, no presence, no session.
@@ -229,15 +219,15 @@ class RoomServer:
             await ws.close(error.close_code, error.reason)
             return
         config = self._config
-        peer = _Peer(
-            connection_id,
-            ws,
-            target,
-            room,
-            connected_at_ms,
-            TokenBucket(config.max_messages_per_second, config.message_burst, time.monotonic()),
-            grant,
+        budget = Budget(
+            messages_per_second=config.max_messages_per_second,
+            message_burst=config.message_burst,
+            bytes_per_second=config.bytes_per_second,
+            byte_burst=config.byte_burst,
+            outbox_limit=config.outbox_limit,
+            now=time.monotonic(),
         )
+        peer = _Peer(connection_id, ws, target, room, connected_at_ms, budget, grant)
         identity = Identity(grant.user_id, grant.name) if grant is not None else None
         room.open(peer.id, peer.connected_at_ms, identity=identity)
         self._peers[peer.id] = peer
@@ -248,7 +238,10 @@ class RoomServer:
             config.announce_timeout, self._announce_overdue, peer
         )
         try:
-            ws.attach(lambda data, text: self._receive(peer, data, text))
+            ws.attach(
+                lambda data, text: self._receive(peer, data, text),
+                on_control=lambda size: self._control(peer, size),
+            )
             await ws.wait_closed()
         finally:
             peer.announce_deadline.cancel()
@@ -266,32 +259,70 @@ class RoomServer:
                 self._metrics.received(b"")
                 raise UnsupportedDataError("text frame")
             room = peer.room
+            # Charged before any work, by what its header says it will cost.
+            awareness = data[:1] == b"\x01"
+            cost = message_cost(data, max_entries=room.limits.max_awareness_entries)
+            self._charge(peer, cost, len(data))
             if room.is_echo(peer.id, data):  # most of a busy room's traffic: drop it cheaply
                 self._metrics.received_echo(len(data), ECHO.what)
-                self._charge(peer, _ECHO_COST)
                 return
             self._metrics.received(data)
             admitted = room.session_of(peer.id) is not None
             now = now_ms()
             actions = room.receive(peer.id, decode(data), now)
             self._carry_out(peer, actions)
-            self._charge(peer, _ECHO_COST if ECHO in actions else 1.0)
+            if awareness and ECHO not in actions:
+                self._charge(peer, 1.0)  # a presence change goes out to everyone
             if not admitted and room.session_of(peer.id) is not None:
-                if peer.announce_deadline is not None:
-                    peer.announce_deadline.cancel()
-                for held in room.take_held(peer.id):
-                    self._carry_out(peer, room.receive(peer.id, held, now))
+                self._admitted(peer, now)
         except RtcError as error:
             self._fail(peer, error)
         except Exception:
             logger.exception("connection %d: message handling failed", peer.id)
             self._fail(peer, RtcError("message handling failed"))
 
-    def _charge(self, peer: _Peer, cost: float) -> None:
-        """Take a message's cost from the connection's rate limit (raises RateLimitedError)."""
-        if not peer.bucket.take(time.monotonic(), cost):
-            self._metrics.limit_refusals.labels("messages").inc()
-            raise RateLimitedError(f"over {self._config.max_messages_per_second:g} messages/s")
+    def _admitted(self, peer: _Peer, now: int) -> None:
+        """A connection named its session: lift what bounds a newcomer, replay what it held."""
+        if peer.announce_deadline is not None:
+            peer.announce_deadline.cancel()
+        peer.ws.protocol.max_message_size = self._config.max_message_size
+        for held in peer.room.take_held(peer.id):
+            self._carry_out(peer, peer.room.receive(peer.id, held, now))
+
+    def _control(self, peer: _Peer, size: int) -> None:
+        """A ping or pong arrived (websockets answers pings itself): it costs like a message."""
+        if peer.close_code is None:
+            try:
+                self._charge(peer, CONTROL_COST, size)
+            except RtcError as error:
+                self._fail(peer, error)
+
+    def _charge(self, peer: _Peer, cost: float, size: int = 0) -> None:
+        """Take a message's cost and size from the connection's budget (raises
+        OverBudgetError)."""
+        try:
+            peer.budget.charge(time.monotonic(), cost=cost, size=size)
+        except OverBudgetError as error:
+            self._metrics.limit_refusals.labels(error.exhausted).inc()
+            raise
+
+    async def _check_liveness(self, check: CheckLiveness, room: Room) -> None:
+        """Carry out a `CheckLiveness`: ping the holder, then let the room decide."""
+        holder, alive = self._peers.get(check.holder), False
+        if holder is not None and holder.close_code is None:
+            with anyio.move_on_after(LIVENESS_TIMEOUT):
+                alive = await holder.ws.answers_ping()
+        claimant = self._peers.get(check.claimant)
+        if claimant is None or claimant.close_code is not None:
+            return
+        now = now_ms()
+        try:
+            self._carry_out(claimant, room.liveness_checked(claimant.id, check.holder, now,
+                                                            alive=alive))
+            if room.session_of(claimant.id) is not None:
+                self._admitted(claimant, now)
+        except RtcError as error:
+            self._fail(claimant, error)
 
     def _carry_out(self, peer: _Peer, actions: list[Action]) -> None:
         for action in actions:
@@ -323,6 +354,8 @@ class RoomServer:
                     self._tracking.blocked(action)
                 case Left():
                     self._tracking.left(action)
+                case CheckLiveness():
+                    self._task_group.start_soon(self._check_liveness, action, peer.room)
                 case Close(connection=connection, code=code, reason=reason):
                     target = self._peers.get(connection)
                     if target is not None:
@@ -356,7 +389,7 @@ class RoomServer:
         if peer.close_code is not None:
             return
         peer.close_code, peer.close_reason = code, reason
-        self._task_group.start_soon(_close_within, peer.ws, code, reason)
+        self._task_group.start_soon(peer.ws.close_within, code, reason, CLOSE_TIMEOUT)
 
     def _end(self, peer: _Peer) -> None:
         """The connection is over: classify how, remove its presence, record what happened."""
