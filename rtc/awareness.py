@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from rtc.actions import Identity
-from rtc.errors import ProtocolError
+from rtc.errors import AwarenessTooBigError, ProtocolError
 from rtc.ids import id_from_json
-from rtc.limits import AwarenessTooBigError
 from rtc.protocol import Reader, write_var_bytes, write_var_uint
 
 __all__ = [

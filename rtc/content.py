@@ -11,8 +11,7 @@ from typing import Any
 
 from pycrdt import Doc, TransactionEvent
 
-from rtc.errors import ProtocolError
-from rtc.limits import DocumentTooLargeError
+from rtc.errors import DocumentTooLargeError, ProtocolError
 from rtc.yupdate import check_update
 
 __all__ = ["Content"]

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 __all__ = [
     "AnnounceTimeoutError",
+    "AwarenessTooBigError",
     "CloseCode",
+    "DocumentTooLargeError",
+    "HeldTooMuchError",
+    "HeldTotalError",
     "ProtocolError",
     "RateLimitedError",
     "RoomUnavailableError",
@@ -36,6 +40,7 @@ class CloseCode:
     FORBIDDEN = 4403
     ANNOUNCE_TIMEOUT = 4408
     SESSION_CONFLICT = 4409
+    DOCUMENT_TOO_LARGE = 4413
     LIMIT_EXCEEDED = 4429
     SERVER_BUSY = 4503
 
@@ -102,3 +107,39 @@ class AnnounceTimeoutError(RtcError):
     close_code = CloseCode.ANNOUNCE_TIMEOUT
     reason = "announce-timeout"
     error_code = "announce-timeout"
+
+
+class HeldTooMuchError(ProtocolError):
+    """A connection sent more than a room holds before it named its session."""
+
+    close_code = CloseCode.MESSAGE_TOO_BIG
+    reason = "too-much-held"
+    error_code = "message-too-big"
+
+
+class HeldTotalError(RtcError):
+    """Newcomers together hold all the server holds: retry later (1013, y-websocket does)."""
+
+    close_code = CloseCode.TRY_AGAIN_LATER
+    reason = "held-total"
+    error_code = "server-busy"
+
+
+class AwarenessTooBigError(ProtocolError):
+    """An awareness message with more entries, or a larger own state, than a room parses."""
+
+    close_code = CloseCode.MESSAGE_TOO_BIG
+    reason = "awareness-too-big"
+    error_code = "message-too-big"
+
+
+class DocumentTooLargeError(RtcError):
+    """An update would grow the document past `max_document_size`.
+
+    A 44xx code: y-websocket stops reconnecting, which is right, since its next sync would
+    send the same update again.
+    """
+
+    close_code = CloseCode.DOCUMENT_TOO_LARGE
+    reason = "document-too-large"
+    error_code = "document-too-large"

@@ -12,15 +12,9 @@ from collections.abc import Set
 from dataclasses import dataclass
 from typing import Literal
 
-from rtc.errors import CloseCode, ProtocolError, RtcError
-
 __all__ = [
-    "AwarenessTooBigError",
     "ContributorKey",
-    "DocumentTooLargeError",
     "HeldBytes",
-    "HeldTooMuchError",
-    "HeldTotalError",
     "LimitKind",
     "RoomLimits",
     "contributor_key",
@@ -123,39 +117,3 @@ class HeldBytes:
 
     def release(self, size: int) -> None:
         self.total = max(0, self.total - size)
-
-
-class HeldTooMuchError(ProtocolError):
-    """A connection sent more than a room holds before it named its session."""
-
-    close_code = CloseCode.MESSAGE_TOO_BIG
-    reason = "too-much-held"
-    error_code = "message-too-big"
-
-
-class HeldTotalError(RtcError):
-    """Newcomers together hold all the server holds: retry later (1013, y-websocket does)."""
-
-    close_code = CloseCode.TRY_AGAIN_LATER
-    reason = "held-total"
-    error_code = "server-busy"
-
-
-class AwarenessTooBigError(ProtocolError):
-    """An awareness message with more entries, or a larger own state, than a room parses."""
-
-    close_code = CloseCode.MESSAGE_TOO_BIG
-    reason = "awareness-too-big"
-    error_code = "message-too-big"
-
-
-class DocumentTooLargeError(RtcError):
-    """An update would grow the document past `max_document_size`.
-
-    A 44xx code: y-websocket stops reconnecting, which is right, since its next sync would
-    send the same update again.
-    """
-
-    close_code = 4413
-    reason = "document-too-large"
-    error_code = "document-too-large"

@@ -62,6 +62,7 @@ class RecorderFigures:
     retried: int
     spooled: int
     rejected: int
+    dead_lettered: int
     dropped_by_name: dict[str, int]
 
 
@@ -93,6 +94,7 @@ def recorder_figures(recorders: Iterable[Recorder]) -> list[RecorderFigures]:
                 retried=stats.retried,
                 spooled=stats.spooled,
                 rejected=stats.rejected,
+                dead_lettered=stats.dead_lettered,
                 dropped_by_name=dict(stats.dropped_by_name),
             )
         )
@@ -122,9 +124,14 @@ class _LiveCollector(Collector):
         )
         counters = {
             field: CounterMetricFamily(
-                f"rtc_recorder_{field}", f"Events {field} by a recorder.", labels=["recorder"]
+                f"rtc_recorder_{field}",
+                f"Events {field.replace('_', '-')} by a recorder.",
+                labels=["recorder"],
             )
-            for field in ("accepted", "written", "dropped", "retried", "spooled", "rejected")
+            for field in (
+                "accepted", "written", "dropped", "retried", "spooled", "rejected",
+                "dead_lettered",
+            )
         }
         dropped_by_name = CounterMetricFamily(
             "rtc_events_dropped", "Events dropped by recorders, by name.", labels=["name"]

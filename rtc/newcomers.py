@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 from rtc.actions import ConnectionId, Identity
 from rtc.awareness import AwarenessEntry
-from rtc.limits import HeldBytes, HeldTooMuchError, HeldTotalError, RoomLimits
+from rtc.errors import HeldTooMuchError, HeldTotalError
+from rtc.limits import HeldBytes, RoomLimits
 from rtc.protocol import AwarenessMessage, Message, SyncStep1, SyncStep2, SyncUpdate
 
 __all__ = ["Claim", "Newcomer", "Newcomers"]

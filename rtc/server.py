@@ -47,6 +47,7 @@ from rtc.documents import DocumentStore
 from rtc.errors import (
     AnnounceTimeoutError,
     CloseCode,
+    HeldTotalError,
     RoomUnavailableError,
     RtcError,
     ServerBusyError,
@@ -56,7 +57,6 @@ from rtc.expiry import TokenExpiry
 from rtc.http.errors import HttpError
 from rtc.http.routes import FeedRoute, RoomRoute, route
 from rtc.ids import RoomKey
-from rtc.limits import HeldTotalError
 from rtc.metrics import Metrics
 from rtc.protocol import decode
 from rtc.room import Room

@@ -88,7 +88,15 @@ async def test_a_bad_event_does_not_stop_the_joins_and_leaves_after_it(tmp_path:
             await server.flush()
         assert {event.event_id for event in first + second} <= stored(tmp_path)
         stats = store.stats
+        async with httpx.AsyncClient() as client:
+            with anyio.fail_after(TIMEOUT):
+                metrics = (await client.get(f"{server.http_url}/metrics")).text
     assert (stats.dead_lettered, stats.spooled, stats.dropped) == (1, 0, 0)
+    assert 'rtc_recorder_dead_lettered_total{recorder="0:sqlite:' in metrics
+    assert any(
+        line.startswith("rtc_recorder_dead_lettered_total") and line.endswith(" 1.0")
+        for line in metrics.splitlines()
+    ), metrics
     assert dead_letters(tmp_path) == [bad]
 
 
