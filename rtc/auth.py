@@ -11,7 +11,6 @@ server allows (`exp - iat` beyond `max_ttl`). Revocations are the caller's (`rtc
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -27,10 +26,10 @@ __all__ = [
     "Grant",
     "RevokedError",
     "Scope",
-    "TokenCheck",
     "issue",
     "issue_scoped",
     "read_grant",
+    "read_scoped",
     "verify",
     "verify_scoped",
 ]
@@ -97,10 +96,6 @@ class Grant:
 
     def allows(self, key: RoomKey) -> bool:
         return self.blog_id == key.blog_id and self.post_id in (None, key.post_id)
-
-
-TokenCheck = Callable[[str | None, RoomKey], "Grant"]
-"""Checks a connection's token for a room: its grant, or AuthenticationError/ForbiddenError."""
 
 
 def _positive_int(claims: dict[str, Any], name: str) -> int:
@@ -202,11 +197,22 @@ def verify_scoped(
         AuthenticationError: missing, malformed, badly signed, expired, without an integer
             `iat`/`exp`, living longer than `max_ttl`, or not a scoped token.
     """
+    return read_scoped(token, secret, now=now, max_ttl=max_ttl)[0]
+
+
+def read_scoped(
+    token: str | None, secret: str, *, now: float | None = None, max_ttl: float | None = None
+) -> tuple[Scope, float]:
+    """Check a scoped (API) token; its scope and when it expires (seconds since the epoch).
+
+    Raises:
+        AuthenticationError: as `verify_scoped`.
+    """
     clock = time.time() if now is None else now
     claims = _decode(token, secret, ["exp", "iat", "scope"], clock)
-    _lifetime(claims, clock, max_ttl)
+    _, expires = _lifetime(claims, clock, max_ttl)
     try:
-        return Scope(claims["scope"])
+        return Scope(claims["scope"]), float(expires)
     except (ValueError, TypeError):
         raise AuthenticationError("claim 'scope' must be 'read' or 'admin'") from None
 

@@ -10,6 +10,7 @@ from anyio.abc import TaskGroup
 from pycrdt import Doc
 
 from rtc.documents import DocumentStore
+from rtc.errors import HeldTotalError, RoomUnavailableError, ServerBusyError
 from rtc.history import SessionHistory
 from rtc.ids import RoomKey
 from rtc.limits import HeldBytes, RoomLimits
@@ -61,6 +62,26 @@ class RoomRegistry:
 
     def loaded(self) -> list[Room]:
         return list(self._rooms.values())
+
+    async def enter(self, key: RoomKey, *, max_rooms: int) -> Room:
+        """The room of a post for a new connection, loaded if needed; the caller must `open()`
+        the connection on it before its next await.
+
+        Raises:
+            HeldTotalError: newcomers already hold all the server holds for them.
+            ServerBusyError: ``max_rooms`` are loaded (0: no limit) and this one is not.
+            RoomUnavailableError: its document could not be loaded (a locked or corrupt
+                store fails this connection, not the server).
+        """
+        if self.held.full:  # newcomers hold all we hold: come back later
+            raise HeldTotalError(f"{self.held.total} bytes held from newcomers")
+        if max_rooms and key not in self._rooms and len(self._rooms) >= max_rooms:
+            raise ServerBusyError(f"{len(self._rooms)} rooms loaded")
+        try:
+            return await self.acquire(key)
+        except Exception as error:
+            logger.exception("room %s could not be loaded", key)
+            raise RoomUnavailableError(str(error)) from error
 
     async def acquire(self, key: RoomKey) -> Room:
         """The room of a post, loading its document if needed.

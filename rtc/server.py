@@ -37,7 +37,7 @@ from rtc.actions import (
 )
 from rtc.analytics.feed import EventFeed
 from rtc.analytics.tracking import Tracking
-from rtc.auth import Grant, TokenCheck
+from rtc.auth import Grant
 from rtc.budget import CONTROL_COST, Budget, OverBudgetError, message_cost
 from rtc.closes import classify
 from rtc.config import ServerConfig
@@ -48,12 +48,12 @@ from rtc.errors import (
     AnnounceTimeoutError,
     CloseCode,
     HeldTotalError,
-    RoomUnavailableError,
     RtcError,
     ServerBusyError,
     UnsupportedDataError,
 )
 from rtc.expiry import TokenExpiry
+from rtc.feeds import FeedViewers
 from rtc.http.errors import HttpError
 from rtc.http.routes import FeedRoute, RoomRoute, route
 from rtc.ids import RoomKey
@@ -61,6 +61,7 @@ from rtc.metrics import Metrics
 from rtc.protocol import decode
 from rtc.room import Room
 from rtc.rooms import RoomRegistry
+from rtc.tokens import TokenChecker
 from tracks.event import now_ms
 
 __all__ = ["CLOSE_TIMEOUT", "RoomServer"]
@@ -69,6 +70,9 @@ logger = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT = 3.0  # seconds a closing handshake may take before the connection is cut
 LIVENESS_TIMEOUT = 2.0  # seconds a session's holder has to answer a ping when it is claimed
+
+# The limit a refusal before the room is counted under (rtc_limit_refusals_total{limit}).
+_LIMIT_OF: dict[type[RtcError], str] = {HeldTotalError: "held", ServerBusyError: "rooms"}
 
 
 @dataclass(slots=True)
@@ -104,7 +108,7 @@ class RoomServer:
         self,
         config: ServerConfig,
         *,
-        tokens: TokenCheck | None,
+        tokens: TokenChecker | None,
         rooms: RoomRegistry,
         documents: DocumentStore,
         tracking: Tracking,
@@ -117,13 +121,20 @@ class RoomServer:
         self._rooms = rooms
         self._documents = documents
         self._tracking = tracking
-        self._feed = feed
         self._metrics = metrics
         self._task_group = task_group
         self._ids = itertools.count(1)
         self._peers: dict[int, _Peer] = {}
         self.connections = ConnectionCounts()
         self.expiry = TokenExpiry(self._token_expired)
+        self._viewers = FeedViewers(
+            feed,
+            tokens=tokens,
+            watch=self.expiry.watch,
+            outbox_limit=config.outbox_limit,
+            task_group=task_group,
+            close_timeout=CLOSE_TIMEOUT,
+        )
 
     async def handle(self, ws: ServerConnection) -> None:
         """websockets' handler: serve an admitted upgrade until the connection ends."""
@@ -134,7 +145,7 @@ class RoomServer:
         try:
             target = route(ws.request.path)  # admitted by process_request: routes again
             if isinstance(target, FeedRoute):
-                await self._serve_feed(ws, target)
+                await self._viewers.serve(next(self._ids), ws, target)
             elif isinstance(target, RoomRoute):
                 await self._serve_room(ws, target)
         except HttpError:  # pragma: no cover - process_request refused it already
@@ -143,7 +154,8 @@ class RoomServer:
             self.connections.closed(address)
 
     def kick(self, key: RoomKey, user_id: int) -> int:
-        """Close a user's sessions in a room with 4403 `revoked`; returns how many."""
+        """Close a user's sessions and feed viewers in a room with 4403 `revoked`; returns how
+        many connections were closed."""
         room = self._rooms.get(key)
         closed = 0
         for session in room.sessions() if room is not None else ():
@@ -151,11 +163,13 @@ class RoomServer:
             if session.user_id == user_id and peer is not None:
                 self._close(peer, CloseCode.FORBIDDEN, "revoked")
                 closed += 1
-        return closed
+        return closed + self._viewers.kick(key, user_id)
 
     def _token_expired(self, connection: int) -> None:
         peer = self._peers.get(connection)
-        if peer is not None:
+        if peer is None:
+            self._viewers.expired(connection)
+        else:
             logger.info("connection %d: token expired", connection)
             self._close(peer, CloseCode.AUTHENTICATION_FAILED, "token-expired")
 
@@ -163,42 +177,15 @@ class RoomServer:
         """The token's grant when tokens are on (raises AuthenticationError, ForbiddenError)."""
         return None if self._tokens is None else self._tokens(target.token, target.key)
 
-    async def _open_room(self, target: RoomRoute) -> Room:
-        """The room, loaded if needed (raises ServerBusyError, RoomUnavailableError)."""
-        rooms, limit = self._rooms, self._config.max_rooms
-        if limit and rooms.get(target.key) is None and len(rooms) >= limit:
-            self._metrics.limit_refusals.labels("rooms").inc()
-            raise ServerBusyError(f"{len(rooms)} rooms loaded")
-        try:
-            return await rooms.acquire(target.key)
-        except Exception as error:
-            # A store that cannot be read (locked past its timeout, corrupt rows) fails this
-            # connection, not the server.
-            logger.exception("room %s could not be loaded", target.key)
-            raise RoomUnavailableError(str(error)) from error
-
-    async def _serve_feed(self, ws: DeliveringConnection, target: FeedRoute) -> None:
-        def deliver(text: str) -> None:
-            # A viewer too slow to keep up misses events rather than holding anything back.
-            ws.queue(encode(text.encode(), text=True), self._config.outbox_limit)
-
-        ws.attach(lambda data, text: None)  # viewers have nothing to say
-        unsubscribe = self._feed.subscribe(target.key, deliver)
-        try:
-            await ws.wait_closed()
-        finally:
-            unsubscribe()
-
     async def _serve_room(self, ws: DeliveringConnection, target: RoomRoute) -> None:
         connection_id = next(self._ids)
         connected_at_ms = now_ms()
         try:
             grant = self._verify(target)
-            if self._rooms.held.full:  # newcomers hold all we hold: come back later
-                self._metrics.limit_refusals.labels("held").inc()
-                raise HeldTotalError(f"{self._rooms.held.total} bytes held from newcomers")
-            room = await self._open_room(target)
+            room = await self._rooms.enter(target.key, max_rooms=self._config.max_rooms)
         except RtcError as error:
+            if isinstance(error, HeldTotalError | ServerBusyError):
+                self._metrics.limit_refusals.labels(_LIMIT_OF[type(error)]).inc()
             # Refused before the room: no document, no presence, no session.
             logger.info(
                 "connection %d to room %s refused: %s (%s)",

@@ -1,7 +1,7 @@
 """The server's token rules in one object: signature and claims (`rtc.auth`), the longest
 lifetime it accepts (`--max-token-ttl`), and kicks (`rtc.revocations`).
 
-`TokenChecker` is what the driver calls on every room connection (it is a `TokenCheck`) and
+`TokenChecker` is what the driver calls on every room connection and
 what the HTTP API asks about rosters, feeds, timelines, client events and the admin API.
 """
 
@@ -12,11 +12,13 @@ import time
 from collections.abc import Callable
 
 from rtc.auth import (
+    AuthenticationError,
     ForbiddenError,
     Grant,
     RevokedError,
     Scope,
     read_grant,
+    read_scoped,
     verify_scoped,
 )
 from rtc.ids import RoomKey
@@ -54,7 +56,7 @@ class TokenChecker:
         self._clock = clock
 
     def __call__(self, token: str | None, key: RoomKey) -> Grant:
-        """A room token's grant for `key` (the driver's `TokenCheck`).
+        """A room token's grant for `key` (what the driver asks on every room connection).
 
         Raises:
             AuthenticationError: not a valid room token (see `rtc.auth.read_grant`).
@@ -84,6 +86,18 @@ class TokenChecker:
     def scope(self, token: str | None) -> Scope:
         """A scoped token's scope (raises AuthenticationError)."""
         return verify_scoped(token, self._secret, now=self._clock(), max_ttl=self._max_ttl)
+
+    def holder(self, token: str | None) -> tuple[float, int | None]:
+        """When a valid credential (a room token or an API token) expires, and whose it is
+        (the user of a room token; None for an API token). Raises AuthenticationError."""
+        try:
+            grant = self.grant(token)
+        except AuthenticationError:
+            _, expires = read_scoped(
+                token, self._secret, now=self._clock(), max_ttl=self._max_ttl
+            )
+            return expires, None
+        return grant.expires_at, grant.user_id
 
     def revoke(self, key: RoomKey, user_id: int) -> None:
         """Refuse, from now on, the user's tokens for the room issued up to this second.

@@ -120,6 +120,28 @@ async def test_the_live_feed_needs_a_token_for_its_room(tmp_path: Path) -> None:
             assert seen["props"]["blog_id"] == 7
 
 
+async def test_a_feed_viewer_is_closed_when_its_token_expires(tmp_path: Path) -> None:
+    async with closed_server_with_ada(tmp_path) as (rtc, _http):
+        short = issue(SECRET, blog_id=7, post_id=42, user_id=102, ttl_seconds=1)
+        with anyio.fail_after(TIMEOUT):
+            async with connect(feed_url(rtc, f"&token={short}")) as feed:
+                await feed.wait_closed()  # the token lives one second
+    assert (feed.close_code, feed.close_reason) == (4401, "token-expired")
+
+
+async def test_a_kick_closes_the_users_feed_too(tmp_path: Path) -> None:
+    async with closed_server_with_ada(tmp_path) as (rtc, http):
+        with anyio.fail_after(TIMEOUT):
+            async with connect(feed_url(rtc, f"&token={room_token()}")) as feed:
+                await feed.recv()  # admitted: recent events first
+                kicked = await http.post(
+                    "/api/rooms/7/42/kick", json={"user_id": 101}, headers=ADMIN
+                )
+                assert kicked.json()["closed"] == 2  # Ada's session and her feed
+                await feed.wait_closed()
+    assert (feed.close_code, feed.close_reason) == (4403, "revoked")
+
+
 async def test_health_and_pages_stay_open_and_say_nothing_about_users(tmp_path: Path) -> None:
     async with closed_server_with_ada(tmp_path) as (_rtc, http):
         health = await http.get("/healthz")
