@@ -107,7 +107,7 @@ class ServerConfig:
     max_held_total: int = 64 * 1024 * 1024
     max_document_size: int = 64 * 1024 * 1024
     bytes_per_second: float = 1024 * 1024
-    byte_burst: int = 16 * 1024 * 1024
+    byte_burst: int = 4 * 1024 * 1024
     max_stats_days: int = 400
 
     def __post_init__(self) -> None:
