@@ -11,7 +11,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from playwright.async_api import async_playwright, expect
+from playwright.async_api import BrowserContext, async_playwright, expect
 
 from rtc import RtcServer, ServerConfig
 from rtc.auth import Scope, issue_scoped
@@ -83,20 +83,18 @@ async def test_stats_page_shows_live_and_recorded_figures(tmp_path: Path, chromi
                 await browser.close()
 
 
+@pytest.mark.asyncio(loop_scope="module")  # the module's browser runs in the module's loop
 async def test_stats_page_passes_its_token_on_to_a_closed_server(
-    tmp_path: Path, chromium: Path
+    tmp_path: Path, context: BrowserContext
 ) -> None:
     """With --secret the page's API calls carry the page's own ?token= (a read token)."""
     seed(tmp_path / "events.sqlite")
     secret = "s" * 32
     config = ServerConfig(data_dir=tmp_path, port=0, rollup_interval=0, secret=secret)
     token = issue_scoped(secret, scope=Scope.READ, ttl_seconds=600)
-    async with RtcServer(config) as server, async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=str(chromium), args=CHROMIUM_ARGS, timeout=TIMEOUT_MS
-        )
+    async with RtcServer(config) as server:
+        page = await context.new_page()
         try:
-            page = await browser.new_page()
             await page.goto(f"{server.http_url}/stats?blog_id=7&since=7d")
             await expect(page.get_by_test_id("stats-status")).to_contain_text("Error")
             await page.goto(f"{server.http_url}/stats?blog_id=7&since=7d&token={token}")
@@ -104,4 +102,4 @@ async def test_stats_page_passes_its_token_on_to_a_closed_server(
             facts = page.get_by_test_id("facts")
             await expect(facts.locator("[data-fact='unique sessions'] b")).to_have_text("3")
         finally:
-            await browser.close()
+            await page.close()
