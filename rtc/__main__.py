@@ -79,6 +79,11 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
     )
     option(
+        "--documents",
+        "where rooms' documents are stored: sqlite:///abs.sqlite or postgresql://user@host/db",
+        "sqlite:///<data-dir>/documents.sqlite", metavar="URL",
+    )
+    option(
         "--recorder",
         "where events go, repeatable: sqlite:///abs.sqlite, sqlite://rel.sqlite, "
         "jsonl:///abs.jsonl, jsonl:-, http(s)://..., memory:, none; the variable takes "

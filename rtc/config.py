@@ -71,6 +71,8 @@ class ServerConfig:
             with 1008 rate-limited, before any other peer is held back).
         byte_burst: bytes a connection may send at once.
         max_stats_days: the longest range `GET /api/stats` answers (a 400 beyond).
+        documents: where rooms' documents are stored: ``sqlite:///path`` or
+            ``postgresql://…``; empty means ``documents.sqlite`` in the data dir.
     """
 
     host: str = "127.0.0.1"
@@ -109,6 +111,7 @@ class ServerConfig:
     bytes_per_second: float = 1024 * 1024
     byte_burst: int = 4 * 1024 * 1024
     max_stats_days: int = 400
+    documents: str = ""
 
     def __post_init__(self) -> None:
         for name in _FLOAT_FIELDS:
@@ -179,6 +182,13 @@ class ServerConfig:
         return found
 
     @property
+    def documents_url(self) -> str:
+        """Where documents are stored: the configured URL, or SQLite in the data dir."""
+        if self.documents:
+            return self.documents
+        return f"sqlite://{(self.data_dir / 'documents.sqlite').resolve()}"
+
+    @property
     def recorder_urls(self) -> tuple[str, ...]:
         """The recorders to open: the configured ones, or SQLite in the data dir."""
         if self.recorders:
@@ -211,7 +221,7 @@ def _parse(env_name: str, name: str, raw: str) -> object:
         return tuple(part for part in raw.replace(",", " ").split() if part)
     if name in ("data_dir", "demo_dir", "streams"):
         return Path(raw)
-    if name in ("host", "event_prefix", "log_level", "secret"):
+    if name in ("host", "event_prefix", "log_level", "secret", "documents"):
         return raw
     kind = float if name in _FLOAT_FIELDS else int
     try:
