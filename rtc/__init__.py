@@ -8,6 +8,7 @@ from rtc.config import ConfigError, ServerConfig
 from rtc.errors import CloseCode, ProtocolError, RtcError
 from rtc.ids import RoomKey
 from rtc.limits import RoomLimits
+from tracks import __version__ as __version__
 
 __all__ = [
     "CloseCode",

@@ -18,6 +18,7 @@ from rtc.app import RtcServer
 from rtc.auth import Scope, issue, issue_scoped
 from rtc.config import ConfigError, ServerConfig
 from rtc.ids import id_from_text
+from tracks import __version__
 from tracks.presence.retention import parse_duration
 from tracks.streams import StreamConfigError, load_streams
 
@@ -58,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
         "that knows who is editing which post and records join/blocked/connection_error/leave "
         "events.",
     )
+    parser.add_argument("--version", action="version", version=f"rtc {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser(
         "serve",

@@ -7,6 +7,8 @@ background: to memory, a JSONL file, a SQLite store or an HTTP backend.
 `open_stats_store()` answers presence figures (`StatsStore`) for a `Scope`.
 """
 
+from importlib.metadata import PackageNotFoundError, version
+
 from tracks.builtin import (
     HttpRecorder,
     JsonlRecorder,
@@ -25,6 +27,11 @@ from tracks.retry import RetryPolicy
 from tracks.sinks import RejectedError, Sink, SinkError, TransientError
 from tracks.tracker import Tracker, TrackerOptions
 from tracks.url import open_recorder
+
+try:  # the one definition of the version is pyproject.toml's
+    __version__ = version("rtc-presence")
+except PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "BodyEncoder",

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+import anyio
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
@@ -59,6 +60,17 @@ from rtc.tokens import TokenChecker
 __all__ = ["HttpApi"]
 
 logger = logging.getLogger(__name__)
+
+# The demo page's JavaScript, built from demo/src by npm (`make setup`), not kept in git.
+DEMO_BUNDLE = "dist/app.js"
+NOT_BUILT = b"""<!doctype html><meta charset="utf-8"><title>rtc: demo page not built</title>
+<h1>The demo page is not built</h1>
+<p>This server serves the demo from a folder whose JavaScript bundle
+(<code>dist/app.js</code>) has not been built, so the page could only wait forever.</p>
+<p>Build it from the source checkout with <code>make setup</code>, or
+<code>npm ci --prefix demo &amp;&amp; npm run build --prefix demo</code>, then reload.
+The WebSocket rooms and the HTTP API work meanwhile.</p>
+"""
 
 
 class HttpApi:
@@ -175,6 +187,8 @@ class HttpApi:
             case Page(path=path):
                 # Static: the session and stats pages hold no data; their API calls need the
                 # credential (they pass on the page's own `?token=`).
+                if path == "index.html" and not await self._demo_built():
+                    return text_response(503, NOT_BUILT, "text/html; charset=utf-8")
                 return await file_response(self._config.demo_dir, path)
             case Health():
                 return json_response(200, self._health())
@@ -215,6 +229,10 @@ class HttpApi:
                 return json_response(200, self._stats.live(request))
             case RoomRoute() | FeedRoute():
                 raise HttpError(400, "this path takes a WebSocket upgrade")
+
+    async def _demo_built(self) -> bool:
+        bundle = self._config.demo_dir / DEMO_BUNDLE
+        return await anyio.to_thread.run_sync(bundle.is_file)
 
     def _health(self) -> dict[str, object]:
         # Open to anyone, so counts only: never a user id, a name or a room.

@@ -80,3 +80,12 @@ def test_tracks_misuse_is_one_line_and_status_2(
     err = capsys.readouterr().err
     assert err.startswith("tracks"), err
     assert err.count("\n") == 1, err
+
+
+def test_rtc_version_is_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:
+    import rtc
+    import tracks
+
+    assert exit_status(lambda: rtc_main(["--version"])) == 0
+    assert capsys.readouterr().out.strip() == f"rtc {tracks.__version__}"
+    assert rtc.__version__ == tracks.__version__ != "0+unknown"
