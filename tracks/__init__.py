@@ -2,7 +2,7 @@
 
 `Event` is one validated, immutable event. A `Recorder` takes events through a
 `record()` that never blocks and never raises, and delivers them in the
-background: to memory, a JSONL file, a SQLite store or an HTTP backend.
+background: to memory, a JSONL file, a SQLite or PostgreSQL store or an HTTP backend.
 `open_recorder()` builds one from a URL; `read_events()` reads a store back;
 `open_stats_store()` answers presence figures (`StatsStore`) for a `Scope`.
 """
@@ -14,6 +14,7 @@ from tracks.builtin import (
     JsonlRecorder,
     MemoryRecorder,
     NullRecorder,
+    PostgresRecorder,
     SqliteRecorder,
 )
 from tracks.compose import FanoutRecorder, SampledRecorder
@@ -45,6 +46,7 @@ __all__ = [
     "MemoryRecorder",
     "NullRecorder",
     "PostHogEncoder",
+    "PostgresRecorder",
     "Recorder",
     "RecorderStats",
     "RejectedError",

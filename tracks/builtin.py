@@ -1,6 +1,6 @@
-"""The ready-made recorders: memory, none, JSONL, SQLite and HTTP.
+"""The ready-made recorders: memory, none, JSONL, SQLite, PostgreSQL and HTTP.
 
-`JsonlRecorder`, `SqliteRecorder` and `HttpRecorder` are the shared `Tracker`
+`JsonlRecorder`, `SqliteRecorder`, `PostgresRecorder` and `HttpRecorder` are the shared `Tracker`
 engine around one sink each, so they share its guarantees and its knobs
 (`TrackerOptions`). `MemoryRecorder` and `NullRecorder` have no background work.
 """
@@ -22,10 +22,18 @@ from tracks.event import Event
 from tracks.recorder import RecorderStats
 from tracks.sinks.http import HttpSink
 from tracks.sinks.jsonl import JsonlSink
+from tracks.sinks.postgresql import PostgresSink
 from tracks.sinks.sqlite import SqliteSink
 from tracks.tracker import Tracker, TrackerOptions
 
-__all__ = ["HttpRecorder", "JsonlRecorder", "MemoryRecorder", "NullRecorder", "SqliteRecorder"]
+__all__ = [
+    "HttpRecorder",
+    "JsonlRecorder",
+    "MemoryRecorder",
+    "NullRecorder",
+    "PostgresRecorder",
+    "SqliteRecorder",
+]
 
 
 @dataclass(eq=False)
@@ -205,6 +213,36 @@ class SqliteRecorder(Tracker):
         options.setdefault("batch_size", 20_000)
         options.setdefault("queue_size", 100_000)
         super().__init__(SqliteSink(path), **options)
+
+
+class PostgresRecorder(Tracker):
+    """Stores events in PostgreSQL, COPYing each batch in one transaction, each event_id once.
+
+    Several server nodes may share one database: an event two of them record (same
+    deterministic ``event_id``) is stored once. Needs the ``rtc-presence[postgresql]`` extra.
+
+    Args:
+        url: ``postgresql://user@host:port/db[?schema=NAME]`` (or ``postgres://``); the
+            schema is created and migrated on first write.
+        connect_timeout: seconds to wait for a connection before a write fails (and is
+            retried, then spooled).
+        **options: engine knobs (`TrackerOptions`); ``batch_size`` defaults to 20,000 and
+            ``queue_size`` to 100,000: one COPY and one statement per batch, so large
+            batches are what sustain ingest (a batch only grows that large under load;
+            ``flush_interval`` still bounds the wait). Pass ``spool=<dir>`` so an outage
+            longer than the retries loses nothing.
+
+    Raises:
+        ImportError: psycopg is not installed (the message names the extra).
+        ValueError: a malformed URL.
+    """
+
+    def __init__(
+        self, url: str, *, connect_timeout: float = 10.0, **options: Unpack[TrackerOptions]
+    ) -> None:
+        options.setdefault("batch_size", 20_000)
+        options.setdefault("queue_size", 100_000)
+        super().__init__(PostgresSink(url, connect_timeout=connect_timeout), **options)
 
 
 class HttpRecorder(Tracker):

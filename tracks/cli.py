@@ -127,8 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="tracks", description="Read recorded events.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    tail = commands.add_parser("tail", help="follow a sqlite or jsonl store, one line per event")
-    tail.add_argument("source", help="a store path, or a sqlite:… / jsonl:… URL")
+    tail = commands.add_parser(
+        "tail", help="follow a sqlite, postgresql or jsonl store, one line per event"
+    )
+    tail.add_argument(
+        "source", help="a store path, or a sqlite:… / jsonl:… / postgresql://… URL"
+    )
     tail.add_argument("-n", "--lines", type=_count, default=10, help="events to show first")
     tail.add_argument("--no-follow", action="store_true", help="stop at the end of the store")
     tail.add_argument("--json", action="store_true", help="print JSON lines instead")
@@ -201,10 +205,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _tail(args: argparse.Namespace) -> int:
-    for event in follow(
-        args.source, last=args.lines, poll_interval=args.interval, forever=not args.no_follow
-    ):
-        print(json_text(event.to_json()) if args.json else format_event(event), flush=True)
+    try:
+        for event in follow(
+            args.source, last=args.lines, poll_interval=args.interval, forever=not args.no_follow
+        ):
+            print(json_text(event.to_json()) if args.json else format_event(event), flush=True)
+    except (ImportError, RuntimeError) as exc:
+        # No psycopg, or no event store in that database (SchemaError): one line.
+        print(f"tracks: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        psycopg = sys.modules.get("psycopg")
+        if psycopg is None or not isinstance(exc, psycopg.Error):
+            raise
+        # Unreachable, refused, authentication failed: libpq's first line says which.
+        print(f"tracks: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
+import sys
 from dataclasses import dataclass
 from typing import Literal
 
@@ -73,10 +74,29 @@ class Failure:
     retry_after: float | None = None
 
 
+def _driver_failure(exc: BaseException) -> FailureKind | None:
+    """psycopg's errors, read without importing it (an optional extra): SQLSTATE class 22
+    (data exception: a number out of range, invalid text), 23 (integrity) and 54000 (a value
+    too big to index) are about the data; a lost connection or a restarting server
+    (``OperationalError``, ``InterfaceError``) is transient."""
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is None or not isinstance(exc, psycopg.Error):
+        return None
+    errors = psycopg.errors
+    if isinstance(exc, psycopg.DataError | psycopg.IntegrityError | errors.ProgramLimitExceeded):
+        return "data"
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        return "transient"
+    return None
+
+
 def classify(exc: BaseException) -> Failure:
     """The `Failure` an exception raised by `Sink.write` stands for."""
     if isinstance(exc, DATA_ERRORS):
         return Failure("data")
+    driver = _driver_failure(exc)
+    if driver is not None:
+        return Failure(driver)
     if isinstance(exc, RejectedError):
         return Failure("rejected")
     if isinstance(exc, TransientError):

@@ -10,6 +10,7 @@ from tracks.builtin import (
     JsonlRecorder,
     MemoryRecorder,
     NullRecorder,
+    PostgresRecorder,
     SqliteRecorder,
 )
 from tracks.recorder import Recorder
@@ -29,6 +30,8 @@ ACCEPTED_FORMS = (
     "jsonl:///abs/path.jsonl",
     "jsonl://relative/path.jsonl",
     "jsonl:-",
+    "postgresql://user@host:port/db[?schema=NAME]",
+    "postgres://user@host:port/db[?schema=NAME]",
     "http://host/path",
     "https://host/path",
     "memory:",
@@ -36,7 +39,7 @@ ACCEPTED_FORMS = (
 )
 
 StoreKind = Literal["sqlite", "jsonl"]
-RecorderKind = Literal["none", "memory", "http", "sqlite", "jsonl"]
+RecorderKind = Literal["none", "memory", "http", "sqlite", "jsonl", "postgresql"]
 
 
 def _bad(url: str, why: str) -> ValueError:
@@ -82,13 +85,18 @@ def recorder_kind(url: str) -> RecorderKind:
         if not url.lower().startswith(f"{scheme}://") or len(url) <= len(scheme) + 3:
             raise _bad(url, "needs a host")
         return "http"
+    if scheme in ("postgresql", "postgres"):
+        if not url[len(scheme) + 1 :].startswith("//"):
+            raise _bad(url, f"{scheme}: needs '//' and a host or database")
+        return "postgresql"
     return parse_store_url(url)[0]
 
 
 def can_spool(url: str) -> bool:
     """Whether the recorder of ``url`` takes a ``spool`` folder: it delivers in the
-    background to a file or a backend (SQLite, a JSONL file, HTTP), so batches can wait on
-    disk through an outage. Memory, ``none`` and ``jsonl:-`` (stdout) have nothing to wait for.
+    background to a file or a backend (SQLite, PostgreSQL, a JSONL file, HTTP), so batches
+    can wait on disk through an outage. Memory, ``none`` and ``jsonl:-`` (stdout) have
+    nothing to wait for.
 
     Raises:
         TypeError, ValueError: as `recorder_kind`.
@@ -96,7 +104,7 @@ def can_spool(url: str) -> bool:
     kind = recorder_kind(url)
     if kind == "jsonl":
         return parse_store_url(url.strip())[1] != "-"
-    return kind in ("http", "sqlite")
+    return kind in ("http", "sqlite", "postgresql")
 
 
 def open_recorder(url: str, **options: Any) -> Recorder:
@@ -106,12 +114,15 @@ def open_recorder(url: str, **options: Any) -> Recorder:
     (see `Recorder` for its one lifecycle).
 
     Forms: ``sqlite:///abs/path.sqlite``, ``sqlite://relative.sqlite``,
-    ``jsonl:///abs/path.jsonl``, ``jsonl:-`` (stdout), ``http://…``, ``https://…``,
-    ``memory:`` and ``none``.
+    ``jsonl:///abs/path.jsonl``, ``jsonl:-`` (stdout),
+    ``postgresql://user@host:port/db[?schema=NAME]`` (or ``postgres://``), ``http://…``,
+    ``https://…``, ``memory:`` and ``none``.
 
     Raises:
         ValueError: the URL is not one of the accepted forms (the message lists them).
         TypeError: an option the recorder does not take.
+        ImportError: a ``postgresql://`` URL without psycopg installed (the message names
+            the extra, ``rtc-presence[postgresql]``).
     """
     kind = recorder_kind(url)
     url = url.strip()
@@ -123,6 +134,8 @@ def open_recorder(url: str, **options: Any) -> Recorder:
         return MemoryRecorder(**options)
     if kind == "http":
         return HttpRecorder(url, **options)
+    if kind == "postgresql":
+        return PostgresRecorder(url, **options)
     store, path = parse_store_url(url)
     if store == "sqlite":
         if path == "-":  # pragma: no cover - parse_store_url gives "-" only for jsonl

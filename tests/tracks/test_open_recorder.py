@@ -61,7 +61,7 @@ def test_options_reach_the_recorder() -> None:
         "sqlite:",
         "sqlite://",
         "sqlite:///",
-        "postgres://db/x",
+        "postgres:db/x",  # postgres://… is accepted; without "//" it is not
         "events.sqlite",
         "http://",
         "mem",

@@ -1,5 +1,7 @@
 """Reading stored events back: `read_events()` and `follow()`, SQLite or JSONL. Blocking I/O.
 
+``postgresql://`` sources are read by `tracks.presence.postgresql_reading`.
+
 Whole-store reads for the CLI (``tracks tail``, a report over a JSONL store or an
 archive), tests and offline tools. The server reads events too, but through narrower
 queries in a worker thread: a session's timeline (`tracks.presence.timeline`) and the
@@ -19,6 +21,11 @@ from typing import Literal
 from tracks.event import Event, EventError
 from tracks.presence import sqlite_schema as schema
 from tracks.presence.archive import read_archive
+from tracks.presence.postgresql_reading import (
+    follow_postgresql,
+    is_postgresql_url,
+    read_postgresql,
+)
 from tracks.url import parse_store_url
 
 __all__ = ["follow", "locate", "read_events"]
@@ -36,8 +43,11 @@ def locate(source: str | Path) -> tuple[Literal["sqlite", "jsonl"], Path]:
     SQLite's magic header, else a JSONL store.
 
     Raises:
-        ValueError: a malformed URL, or ``jsonl:-``.
+        ValueError: a malformed URL, ``jsonl:-``, or a ``postgresql://`` URL (no path:
+            `read_events` and `follow` read those).
     """
+    if is_postgresql_url(source):
+        raise ValueError(f"{source}: a PostgreSQL store has no file; this needs a SQLite store")
     if isinstance(source, str) and source.startswith(("sqlite:", "jsonl:")):
         kind, path = parse_store_url(source)
         if path == "-":
@@ -55,24 +65,37 @@ def locate(source: str | Path) -> tuple[Literal["sqlite", "jsonl"], Path]:
 
 
 def read_events(source: str | Path, *, archive: str | Path | None = None) -> Iterator[Event]:
-    """Every event in a SQLite or JSONL store, ordered by ``ts`` (ties in stored order).
+    """Every event in a SQLite, PostgreSQL or JSONL store, ordered by ``ts`` (ties in stored
+    order).
 
     Args:
-        source: a path, or a ``sqlite:…`` / ``jsonl:…`` URL as `open_recorder` takes.
+        source: a path, or a ``sqlite:…`` / ``jsonl:…`` / ``postgresql://…`` URL as
+            `open_recorder` takes.
         archive: also the events archived there by ``tracks archive`` (`tracks.presence.archive`);
             an event in both (an interrupted archive run) comes once.
 
     Raises:
         FileNotFoundError: the store does not exist.
+        SchemaError: a PostgreSQL database without an event store
+            (`tracks.presence.postgresql_schema.SchemaError`).
     """
+    if is_postgresql_url(source):
+        assert isinstance(source, str)  # is_postgresql_url says so
+        if archive is None:
+            return read_postgresql(source)
+        return _with_archive(read_postgresql(source), archive)
     kind, path = locate(source)
     if not path.exists():
         raise FileNotFoundError(f"no event store at {path}")
     if kind == "sqlite" and archive is None:
         return _read_sqlite(path, after_id=None)
+    stored = _read_sqlite(path, after_id=None) if kind == "sqlite" else _read_jsonl_events(path)
+    return _with_archive(stored, archive)
+
+
+def _with_archive(stored: Iterator[Event], archive: str | Path | None) -> Iterator[Event]:
     archived = [] if archive is None else list(read_archive(archive))
     seen = {event.event_id for event in archived}
-    stored = _read_sqlite(path, after_id=None) if kind == "sqlite" else _read_jsonl_events(path)
     events = archived + [event for event in stored if event.event_id not in seen]
     events.sort(key=lambda event: event.ts)
     return iter(events)
@@ -125,6 +148,12 @@ def follow(
 
     New events come in storage order. With ``forever=False`` it stops at the end.
     """
+    if is_postgresql_url(source):
+        assert isinstance(source, str)  # is_postgresql_url says so
+        yield from follow_postgresql(
+            source, last=last, poll_interval=poll_interval, forever=forever
+        )
+        return
     kind, path = locate(source)
     while not path.exists():
         if not forever:
