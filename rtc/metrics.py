@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from rtc.documents import DocumentStats
 from rtc.room import Room
 from tracks import Recorder
 
@@ -150,6 +151,30 @@ class _LiveCollector(Collector):
         yield dropped_by_name
 
 
+class _DocumentsCollector(Collector):
+    """The document store's queue and write outcomes, read at scrape time."""
+
+    def __init__(self, documents: Callable[[], DocumentStats]) -> None:
+        self._documents = documents
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        stats = self._documents()
+        yield GaugeMetricFamily(
+            "rtc_document_updates_pending",
+            "Document updates applied in memory, not yet written to the store.",
+            value=stats.pending,
+        )
+        for name, value, text in (
+            ("rtc_document_updates_written", stats.written, "Document updates written."),
+            ("rtc_document_write_failures", stats.write_failures,
+             "Document writes that failed (each is retried until it lands)."),
+            ("rtc_document_compactions", stats.compactions, "Rooms compacted to one update."),
+            ("rtc_document_compactions_skipped", stats.compactions_skipped,
+             "Compactions left to another node holding the room's lock."),
+        ):
+            yield CounterMetricFamily(name, text, value=value)
+
+
 class _Tally(Collector):
     """A labelled counter kept as plain integers: for counts taken on every message."""
 
@@ -198,6 +223,8 @@ class Metrics:
         self,
         live: Callable[[], LiveFigures],
         recorders: Callable[[], Iterable[RecorderFigures]],
+        *,
+        documents: Callable[[], DocumentStats] | None = None,
     ) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
@@ -251,6 +278,8 @@ class Metrics:
             registry=r,
         )
         r.register(_LiveCollector(live, recorders))
+        if documents is not None:
+            r.register(_DocumentsCollector(documents))
         # Counted once or more per message: plain integers (no lock), read at scrape time.
         self._in = _Traffic("rtc_messages_in", "rtc_bytes_in", "received")
         self._out = _Traffic("rtc_messages_out", "rtc_bytes_out", "sent")

@@ -9,7 +9,7 @@ import anyio
 from anyio.abc import TaskGroup
 from pycrdt import Doc
 
-from rtc.documents import DocumentStore
+from rtc.documents import Documents
 from rtc.errors import HeldTotalError, RoomUnavailableError, ServerBusyError
 from rtc.history import SessionHistory
 from rtc.ids import RoomKey
@@ -34,7 +34,7 @@ class RoomRegistry:
 
     def __init__(
         self,
-        store: DocumentStore,
+        store: Documents,
         *,
         limits: RoomLimits,
         history: SessionHistory,
@@ -124,7 +124,7 @@ class RoomRegistry:
     def persisted(self, room: Room) -> None:
         """An update of the room was queued; compact its rows when they pile up."""
         key = room.key
-        if self._store.rows.get(key, 0) > self._store.compact_after and key not in self._compacting:
+        if key not in self._compacting and self._store.wants_compaction(key):
             self._compacting.add(key)
             self._task_group.start_soon(self._compact, room)
 
