@@ -18,6 +18,8 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -81,22 +83,24 @@ def postgres_binaries() -> Path | None:
 class ThrowawayPostgres:
     """A PostgreSQL server of the test's own: a temp data directory, a free port.
 
-    Runs as the ``postgres`` user when the test runs as root (initdb refuses root).
-    `stop()` ends it by its PID (fast shutdown); `start()` starts it again on the same port.
+    Runs as the ``postgres`` user when the test runs as root (initdb refuses root), in a
+    directory of its own under the system temp dir (pytest's tmp_path is root's alone).
+    `stop()` ends it by its PID (fast shutdown); `start()` starts it again on the same port;
+    `close()` stops it and removes its directory.
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self) -> None:
         binaries = postgres_binaries()
         if binaries is None:
             pytest.skip("no PostgreSQL server binaries under /usr/lib/postgresql")
         self.bin = binaries
-        self.directory = directory
-        self.data = directory / "data"
+        self.directory = Path(tempfile.mkdtemp(prefix="tracks-pg-"))
+        self.data = self.directory / "data"
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
         self._user: str | None = "postgres" if os.geteuid() == 0 else None
         if self._user is not None:
-            shutil.chown(directory, self._user, self._user)
+            shutil.chown(self.directory, self._user, self._user)
         subprocess.run(
             [str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres",
              "-A", "trust", "--no-sync", "-E", "UTF8"],
@@ -117,21 +121,24 @@ class ThrowawayPostgres:
             [str(self.bin / "postgres"), "-D", str(self.data), "-p", str(self.port),
              "-h", "127.0.0.1", "-k", str(self.directory), "-c", "fsync=off",
              "-c", "full_page_writes=off"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, user=self._user,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, user=self._user,
         )
-        self.wait_ready()
+        self._wait_ready(self.process)
 
-    def wait_ready(self, timeout: float = 15.0) -> None:
-        psycopg = pytest.importorskip("psycopg")
-        ready = subprocess.run(
-            [str(self.bin / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port),
-             "-t", str(int(timeout))],
-            capture_output=True, check=False, timeout=timeout + 5,
-        )
-        if ready.returncode != 0:
-            raise RuntimeError(f"throwaway PostgreSQL did not start: {ready.stdout!r}")
-        with psycopg.connect(self.url, connect_timeout=5):
-            pass
+    def _wait_ready(self, process: subprocess.Popen[bytes]) -> None:
+        """Read the server's log until it says it is ready (or it ends), then keep draining
+        it on a thread so the server never blocks on a full pipe."""
+        assert process.stderr is not None
+        log = []
+        for line in iter(process.stderr.readline, b""):
+            log.append(line)
+            if b"ready to accept connections" in line:
+                threading.Thread(
+                    target=lambda: process.stderr.read() if process.stderr else None, daemon=True
+                ).start()
+                return
+        process.wait(timeout=10)
+        raise RuntimeError(f"throwaway PostgreSQL did not start: {b''.join(log)[-2000:]!r}")
 
     def stop(self) -> None:
         process, self.process = self.process, None
