@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import psycopg
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from pycrdt import Doc, Text
 
 import rtc.documents.postgresql as postgresql_documents
@@ -365,3 +367,55 @@ async def test_kill_9_keeps_every_update_older_than_a_second(
             text = str(fresh.text)
     assert text.startswith(old)
     assert recent.startswith(text[len(old):])  # a prefix of the last second: nothing torn
+
+
+async def document_metrics(http_url: str) -> dict[str, float]:
+    async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+        response = await client.get(f"{http_url}/metrics")
+    response.raise_for_status()
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+        if sample.name.startswith("rtc_document_")
+    }
+
+
+async def until_metrics(
+    http_url: str, condition: Callable[[dict[str, float]], object]
+) -> dict[str, float]:
+    """The document figures from /metrics, once they meet `condition`."""
+    with anyio.fail_after(TIMEOUT):
+        while True:  # bounded by the timeout
+            figures = await document_metrics(http_url)
+            if condition(figures):
+                return figures
+            # What an operator watches: /metrics is the outcome under test.
+            await anyio.sleep(0.05)
+
+
+@pytest.mark.slow
+async def test_editing_goes_on_while_postgresql_is_down(
+    throwaway: ThrowawayPostgres, tmp_path: Path
+) -> None:
+    async with serve_rtc(tmp_path, documents=throwaway.url) as rtc:
+        async with (
+            YClient.connect(rtc.room_url(), 111, user=1) as ada,
+            YClient.connect(rtc.room_url(), 222, user=2) as bob,
+        ):
+            await ada.insert(0, "before;")
+            await bob.wait_text("before;")
+            await rtc.server.flush()
+            await anyio.to_thread.run_sync(throwaway.stop)
+            for index in range(10):
+                await ada.insert(len(str(ada.text)), f"down{index};")
+            text = str(ada.text)
+            await bob.wait_text(text)  # editing goes on in memory
+            url = rtc.server.http_url
+            figures = await until_metrics(url, lambda m: m["rtc_document_write_failures_total"])
+            assert figures["rtc_document_updates_pending"] >= 1
+            await anyio.to_thread.run_sync(throwaway.start)
+            await until_metrics(url, lambda m: not m["rtc_document_updates_pending"])
+    async with serve_rtc(tmp_path / "again", documents=throwaway.url) as rtc:
+        async with YClient.connect(rtc.room_url(), 333, user=3) as carol:
+            await carol.wait_text(text)
