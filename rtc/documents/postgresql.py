@@ -200,11 +200,12 @@ class PostgresDocuments(BatchedDocuments):
         return await self._run(self._replace_on, key, state)
 
     async def _insert_on(self, connection: psycopg.AsyncConnection[Any], batch: list[Item]) -> None:
-        query = sql.SQL("INSERT INTO {} (blog_id, post_id, update) VALUES (%s, %s, %s)").format(
-            self._table
-        )
+        # COPY: one round trip for the batch (measured ~3x executemany; bench/bench_store.py).
+        query = sql.SQL("COPY {} (blog_id, post_id, update) FROM STDIN").format(self._table)
         async with connection.transaction(), connection.cursor() as cursor:
-            await cursor.executemany(query, batch)
+            async with cursor.copy(query) as copy:
+                for row in batch:
+                    await copy.write_row(row)
 
     async def _select_on(
         self, connection: psycopg.AsyncConnection[Any], key: RoomKey
