@@ -419,3 +419,13 @@ async def test_editing_goes_on_while_postgresql_is_down(
     async with serve_rtc(tmp_path / "again", documents=throwaway.url) as rtc:
         async with YClient.connect(rtc.room_url(), 333, user=3) as carol:
             await carol.wait_text(text)
+
+
+def test_the_package_exports_what_we_mean() -> None:
+    import rtc.documents
+
+    assert set(rtc.documents.__all__) == {
+        "DocumentStats", "DocumentStore", "Documents", "SqliteDocuments",
+        "StoreUnavailableError", "open_documents", "retry_delay",
+    }
+    assert rtc.documents.DocumentStore is rtc.documents.Documents  # the former name
