@@ -22,7 +22,7 @@ from rtc.analytics.capture import CaptureSettings
 from rtc.analytics.feed import EventFeed
 from rtc.analytics.tracking import Tracking
 from rtc.config import ServerConfig
-from rtc.documents import DocumentStore
+from rtc.documents import Documents, open_documents
 from rtc.history import SessionHistory
 from rtc.http.analytics import AnalyticsApi
 from rtc.http.api import HttpApi
@@ -49,7 +49,7 @@ class _Parts:
     """Everything a running server is made of."""
 
     recorders: tuple[Recorder, ...]
-    documents: DocumentStore
+    documents: Documents
     rooms: RoomRegistry
     driver: RoomServer
     stats: StatsApi
@@ -120,9 +120,7 @@ class RtcServer:
             for name, url in streams.recorder_urls().items()
         }
         documents = await stack.enter_async_context(
-            DocumentStore(
-                config.data_dir / "documents.sqlite", flush_interval=config.store_flush_interval
-            )
+            open_documents(config.documents_url, flush_interval=config.store_flush_interval)
         )
         task_group = await stack.enter_async_context(anyio.create_task_group())
         stack.callback(task_group.cancel_scope.cancel)  # runs first on the way out
@@ -141,7 +139,9 @@ class RtcServer:
         )
         every_recorder = (*recorders, *named.values())
         metrics = Metrics(
-            lambda: live_figures(rooms.loaded()), lambda: recorder_figures(every_recorder)
+            lambda: live_figures(rooms.loaded()),
+            lambda: recorder_figures(every_recorder),
+            documents=lambda: documents.stats,
         )
         feed = EventFeed()
         capture = CaptureSettings(config.data_dir / "capture.json")

@@ -43,7 +43,7 @@ from rtc.closes import classify
 from rtc.config import ServerConfig
 from rtc.connections import ConnectionCounts, address_of
 from rtc.delivery import DeliveringConnection, encode
-from rtc.documents import DocumentStore
+from rtc.documents import Documents
 from rtc.errors import (
     AnnounceTimeoutError,
     CloseCode,
@@ -110,7 +110,7 @@ class RoomServer:
         *,
         tokens: TokenChecker | None,
         rooms: RoomRegistry,
-        documents: DocumentStore,
+        documents: Documents,
         tracking: Tracking,
         feed: EventFeed,
         metrics: Metrics,

@@ -19,7 +19,6 @@ from rtc.ids import RoomKey
 
 __all__ = [
     "DocumentStats",
-    "DocumentStore",
     "Documents",
     "SqliteDocuments",
     "StoreUnavailableError",
@@ -74,10 +73,6 @@ class Documents(Protocol):
     async def flush(self) -> None:
         """Write everything queued so far; raises if the database cannot take it now."""
         ...
-
-
-# The former name of the interface (rtc/server.py annotates with it).
-DocumentStore = Documents
 
 
 def open_documents(url: str, *, flush_interval: float = 0.1) -> Documents:

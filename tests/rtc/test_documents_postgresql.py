@@ -4,7 +4,6 @@ PostgreSQL store must do (two nodes, concurrent compaction, an outage, kill -9).
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -277,25 +276,9 @@ async def test_a_row_committed_during_compaction_is_kept(
 # --- faults ------------------------------------------------------------------------------
 
 
-class Throwaway(ThrowawayPostgres):
-    """The shared throwaway server, ready once it accepts a connection."""
-
-    def wait_ready(self, timeout: float = 15.0) -> None:
-        deadline = time.monotonic() + timeout
-        while True:  # bounded by the deadline
-            try:
-                with psycopg.connect(self.url, connect_timeout=2):
-                    return
-            except psycopg.OperationalError:
-                if time.monotonic() > deadline:
-                    raise
-            # Another process is starting up: nothing to wait on but its socket.
-            time.sleep(0.05)
-
-
 @pytest.fixture
 def throwaway() -> Iterator[ThrowawayPostgres]:
-    server = Throwaway()
+    server = ThrowawayPostgres()
     try:
         server.start()
         yield server
@@ -425,7 +408,6 @@ def test_the_package_exports_what_we_mean() -> None:
     import rtc.documents
 
     assert set(rtc.documents.__all__) == {
-        "DocumentStats", "DocumentStore", "Documents", "SqliteDocuments",
+        "DocumentStats", "Documents", "SqliteDocuments",
         "StoreUnavailableError", "open_documents", "retry_delay",
     }
-    assert rtc.documents.DocumentStore is rtc.documents.Documents  # the former name
