@@ -11,6 +11,7 @@ postgres_url`` makes the ``postgres_url`` fixture available there.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import glob
 import os
@@ -21,7 +22,7 @@ import subprocess
 import tempfile
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ __all__ = [
     "drop_database",
     "postgres_binaries",
     "postgres_url",
+    "write_postgresql",
 ]
 
 SERVER = os.environ.get("TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
@@ -150,3 +152,25 @@ class ThrowawayPostgres:
         self.stop()
         with contextlib.suppress(OSError):
             shutil.rmtree(self.directory)
+
+
+def write_postgresql(url: str, events: Iterable[Any]) -> int:
+    """Store ``events`` (`tracks.Event`) at ``url`` as the PostgreSQL recorder does: the
+    store migrated, the months' partitions created, one batch; return how many were new."""
+    from tracks.presence import postgresql_schema as schema
+
+    psycopg = pytest.importorskip("psycopg")
+    batch = list(events)
+    target = schema.parse_url(url)
+
+    async def run() -> int:
+        async with await psycopg.AsyncConnection.connect(
+            target.conninfo, autocommit=True
+        ) as connection:
+            await schema.amigrate(connection, target.schema)
+            months = {bounds for event in batch if (bounds := schema.month_bounds(event.ts))}
+            await schema.aensure_partitions(connection, target.schema, months)
+            await schema.acreate_staging(connection)
+            return await schema.ainsert_events(connection, batch) if batch else 0
+
+    return asyncio.run(run())

@@ -3,8 +3,8 @@
 The same events are answered from raw events only, from rollups only, from rollups plus the
 raw events since (stored out of order, aggregated part way), and after pruning: every
 answer must equal the hand-computed one. The interface tests take a `Backend` (how to store
-events and open the `StatsStore` over them), one per store: SQLite today; a PostgreSQL
-store adds its own to `BACKENDS` and must pass the same tests.
+events and open the `StatsStore` over them), one per store: SQLite and PostgreSQL (a fresh
+database per test), with the same expectations.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import json
 import random
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,10 +22,12 @@ from typing import Any
 
 import pytest
 
+from tests.postgresql_fixtures import create_database, drop_database, write_postgresql
 from tests.tracks.tracks_testing import TIMEOUT
 from tracks import Event
 from tracks.cli import main
 from tracks.presence.figures import day_of
+from tracks.presence.postgresql import PostgresStatsStore
 from tracks.presence.sqlite import SqliteStatsStore, open_stats_store
 from tracks.presence.sqlite_schema import connect, insert_events
 from tracks.presence.stats import (
@@ -39,6 +42,8 @@ from tracks.presence.stats import (
     bounded_codes,
     parse_day,
 )
+
+_POSTGRES_URL: ContextVar[str] = ContextVar("postgres_url")
 
 MIN = 60_000
 HOUR = 60 * MIN
@@ -175,12 +180,29 @@ def sqlite_backend(tmp_path: Path) -> Backend:
     return Backend(write=lambda events: write(path, events), open=lambda: SqliteStatsStore(path))
 
 
-BACKENDS: dict[str, Callable[[Path], Backend]] = {"sqlite": sqlite_backend}
+def postgresql_backend(url: str) -> Backend:
+    return Backend(write=lambda events: write_postgresql(url, events),
+                   open=lambda: PostgresStatsStore(url))
+
+
+BACKENDS: dict[str, Callable[[Path], Backend]] = {
+    "sqlite": sqlite_backend,
+    "postgresql": lambda _: postgresql_backend(_POSTGRES_URL.get()),
+}
 
 
 @pytest.fixture(params=sorted(BACKENDS))
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    return BACKENDS[request.param](tmp_path)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    if request.param != "postgresql":
+        yield BACKENDS[request.param](tmp_path)
+        return
+    url = create_database()
+    token = _POSTGRES_URL.set(url)
+    try:
+        yield BACKENDS[request.param](tmp_path)
+    finally:
+        _POSTGRES_URL.reset(token)
+        drop_database(url)
 
 
 @pytest.fixture

@@ -59,6 +59,7 @@ __all__ = [
     "COLUMNS",
     "EXTRA",
     "MIGRATIONS",
+    "ROLLUP_TABLES",
     "SCHEMA_VERSION",
     "SELECT_EVENT",
     "PostgresTarget",
@@ -88,6 +89,50 @@ PARTITION_YEARS = (2000, 2200)
 """Months with a partition of their own: from the first year up to (not including) the last."""
 
 INT64 = (-(2**63), 2**63 - 1)
+
+# -- rollup tables (the stats store's; same design as SQLite's, see tracks.presence.rollup) --
+
+ROLLUP_TABLES: Sequence[str] = (
+    """CREATE TABLE rollup_state (
+        singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+        last_id bigint NOT NULL, rolled_at bigint NOT NULL)""",
+    "INSERT INTO rollup_state (last_id, rolled_at) VALUES (0, 0)",
+    """CREATE TABLE rollup_counts (
+        blog_id bigint NOT NULL, post_id bigint NOT NULL, day integer NOT NULL,
+        joins bigint NOT NULL, blocked bigint NOT NULL, PRIMARY KEY (blog_id, post_id, day))""",
+    """CREATE TABLE rollup_errors (
+        blog_id bigint NOT NULL, post_id bigint NOT NULL, day integer NOT NULL,
+        code text NOT NULL, n bigint NOT NULL, PRIMARY KEY (blog_id, post_id, day, code))""",
+    """CREATE TABLE rollup_durations (
+        blog_id bigint NOT NULL, post_id bigint NOT NULL, day integer NOT NULL,
+        bucket integer NOT NULL, n bigint NOT NULL,
+        PRIMARY KEY (blog_id, post_id, day, bucket))""",
+    """CREATE TABLE rollup_peaks (
+        blog_id bigint NOT NULL, post_id bigint NOT NULL, day integer NOT NULL,
+        sessions integer NOT NULL, users integer NOT NULL,
+        PRIMARY KEY (blog_id, post_id, day))""",
+    "CREATE INDEX rollup_peaks_day ON rollup_peaks (day)",
+    # entity: a session (its text; 's' + text for a str id, so 42 and '42' stay two, as
+    # in SQLite), a user id as text, '0' for a post.
+    """CREATE TABLE rollup_entity_days (
+        kind text NOT NULL, blog_id bigint NOT NULL, post_id bigint NOT NULL,
+        entity text NOT NULL, day integer NOT NULL, prev_day integer NOT NULL,
+        PRIMARY KEY (kind, blog_id, post_id, entity, day))""",
+    """CREATE TABLE rollup_distinct (
+        kind text NOT NULL, blog_id bigint NOT NULL, post_id bigint NOT NULL,
+        day integer NOT NULL, prev_day integer NOT NULL, n bigint NOT NULL,
+        PRIMARY KEY (kind, blog_id, post_id, day, prev_day))""",
+    """CREATE TABLE rollup_post_totals (
+        blog_id bigint NOT NULL, post_id bigint NOT NULL, sessions bigint NOT NULL,
+        PRIMARY KEY (blog_id, post_id))""",
+    "CREATE INDEX rollup_post_totals_sessions ON rollup_post_totals (sessions)",
+    """CREATE TABLE rollup_open_posts (
+        blog_id bigint NOT NULL, post_id bigint NOT NULL, PRIMARY KEY (blog_id, post_id))""",
+    # Peaks are recomputed from one post's recent joins and leaves: a range, not its history.
+    "CREATE INDEX events_post_ts ON events (blog_id, post_id, ts)",
+)
+"""Migration step 2: the rollup tables, filled by `tracks.presence.postgresql_rollup`."""
+
 
 MIGRATIONS: Sequence[Sequence[str]] = (
     # Version 1: events, partitioned by month on ts, and the ids that make writes idempotent.
@@ -128,7 +173,9 @@ MIGRATIONS: Sequence[Sequence[str]] = (
         FROM events
         """,
     ),
-    # Later steps go here (the stats store's rollup tables among them, when it comes).
+    # Version 2: the stats store's daily rollups (`tracks.presence.postgresql_rollup`).
+    ROLLUP_TABLES,
+    # Later steps go here.
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

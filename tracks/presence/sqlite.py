@@ -27,6 +27,8 @@ from typing import Self
 from tracks.event import JSONValue
 from tracks.presence import sqlite_schema as schema
 from tracks.presence.figures import DAY_MS, day_of
+from tracks.presence.postgresql import PostgresStatsStore
+from tracks.presence.postgresql_reading import is_postgresql_url
 from tracks.presence.raw_events import (
     EntityKey,
     RawEvent,
@@ -444,10 +446,11 @@ def _reader(path: Path) -> sqlite3.Connection:
 def open_stats_store(
     source: str | Path, *, archive: str | Path | None = None
 ) -> StatsStore:
-    """The `StatsStore` of an event store: SQLite as it is, JSONL through an in-memory copy.
+    """The `StatsStore` of an event store: SQLite as it is, PostgreSQL as it is
+    (`tracks.presence.postgresql.PostgresStatsStore`), JSONL through an in-memory copy.
 
     Args:
-        source: a store path, or a ``sqlite:`` / ``jsonl:`` URL.
+        source: a store path, or a ``sqlite:`` / ``jsonl:`` / ``postgresql://`` URL.
         archive: also count the events archived in this directory
             (`tracks.presence.archive`). The store's raw events and the archive's are then
             read into memory without the store's rollups, which already hold the archived
@@ -456,6 +459,16 @@ def open_stats_store(
     Raises:
         FileNotFoundError: the store does not exist.
     """
+    if is_postgresql_url(source) and archive is None:
+        return PostgresStatsStore(str(source))
+    if is_postgresql_url(source):
+        connection = schema.connect(":memory:")
+        try:
+            schema.insert_events(connection, read_events(source, archive=archive))
+        except BaseException:
+            connection.close()
+            raise
+        return SqliteStatsStore(":memory:", connection=connection)
     kind, path = locate(source)
     if not path.exists():
         raise FileNotFoundError(f"no event store at {path}")
