@@ -25,11 +25,11 @@ room, session, kind and *connect* time, while ``ts`` is the time of the join or 
 by whichever node emits it (two nodes reaping the same session's leave stamp two times), and
 client events without an id get a uuid5 of a time *bucket*, so retries within the bucket
 share an id but not a ``ts``. Hence ``event_ids``: a small, unpartitioned table whose
-primary key is ``event_id``, written in the same statement as ``events``. A batch is
-COPYed into a temporary staging table, then one statement inserts its ids into
-``event_ids`` with ``ON CONFLICT DO NOTHING RETURNING`` and inserts into ``events`` only
-the rows whose id came back. Two nodes writing the same id at once: the second waits on
-the primary key until the first commits, then skips it. ``event_ids.ts`` lets retention
+primary key is ``event_id``, written in the same transaction as ``events``. A batch's
+ids are inserted into ``event_ids`` with ``ON CONFLICT DO NOTHING RETURNING``; only the
+rows whose id came back are then COPYed into ``events`` (directly: each row is parsed
+once, never staged). Two nodes writing the same id at once: the second waits on the
+primary key until the first commits, then skips it. ``event_ids.ts`` lets retention
 delete the ids of the months it drops (an event replayed after its month is gone is
 stored again, as on SQLite).
 
@@ -189,31 +189,22 @@ _VERSION_TABLE = """
 SELECT_EVENT = "event_id, name, ts, blog_id, post_id, session_id, wp_user_id, props"
 """The columns `event_from_row` takes, in order."""
 
-STAGING = "tracks_staging"
-_STAGING_TABLE = f"""
-    CREATE TEMPORARY TABLE IF NOT EXISTS {STAGING} (
-        ord integer NOT NULL, event_id uuid NOT NULL, name text NOT NULL, ts bigint NOT NULL,
-        blog_id bigint, post_id bigint, session_id text, wp_user_id bigint, props jsonb NOT NULL
-    ) ON COMMIT DELETE ROWS
+# Claims the batch's ids; the ones that come back are new, and only their rows are then
+# COPYed into events, in the same transaction: the ids and the rows commit together. A
+# second writer of the same id waits on the primary key until the first commits, then
+# skips it (or claims it, if the first rolled back).
+_CLAIM = """
+    INSERT INTO event_ids (event_id, ts)
+    SELECT * FROM unnest(string_to_array(%s, ',')::uuid[], string_to_array(%s, ',')::bigint[])
+    ON CONFLICT DO NOTHING
+    RETURNING event_id
 """
-_COPY = (
-    f"COPY {STAGING} (ord, event_id, name, ts, blog_id, post_id, session_id, wp_user_id, props)"
+# Straight into the partitioned table, in batch order (so ``id`` keeps it and ties in ts
+# read back in the order they were recorded): each row and its props are parsed once.
+_COPY_EVENTS = (
+    "COPY events (event_id, name, ts, blog_id, post_id, session_id, wp_user_id, props)"
     " FROM STDIN"
 )
-# One statement, so the ids and the rows they admit commit together; ord keeps batch order
-# in ``id``, so ties in ts read back in the order they were recorded.
-_INSERT = f"""
-    WITH fresh AS (
-        INSERT INTO event_ids (event_id, ts)
-        SELECT event_id, ts FROM {STAGING}
-        ON CONFLICT DO NOTHING
-        RETURNING event_id
-    )
-    INSERT INTO events (event_id, name, ts, blog_id, post_id, session_id, wp_user_id, props)
-    SELECT s.event_id, s.name, s.ts, s.blog_id, s.post_id, s.session_id, s.wp_user_id, s.props
-    FROM {STAGING} s JOIN fresh USING (event_id)
-    ORDER BY s.ord
-"""
 
 # Serialises migrations and partition creation per schema: pg_advisory_xact_lock(key, schema).
 _LOCK_SPACE = 0x7472_6B73  # "trks"
@@ -481,26 +472,36 @@ def row_from_event(ord_: int, event: Event) -> Row:
 
 
 async def acreate_staging(connection: psycopg.AsyncConnection[Any]) -> None:
-    """Create this session's staging table (temporary: gone with the connection)."""
-    async with connection.transaction():
-        await connection.execute(_STAGING_TABLE)
+    """Nothing to do: `ainsert_events` needs no staging table any more (kept for callers)."""
 
 
 async def ainsert_events(connection: psycopg.AsyncConnection[Any], events: Sequence[Event]) -> int:
     """Insert a batch in one transaction, each event_id once ever; return how many were new.
 
-    The caller has created the staging table on this connection (`acreate_staging`) and
-    the partitions the batch needs (`aensure_partitions`).
+    Two statements, one transaction: claim the batch's ids in ``event_ids`` (``ON CONFLICT
+    DO NOTHING RETURNING``), then COPY the rows whose id was claimed into ``events``. The
+    caller has created the partitions the batch needs (`aensure_partitions`).
     """
-    unique: dict[str, Event] = {}
-    for event in events:
-        unique.setdefault(event.event_id, event)  # a batch may repeat an id: keep the first
+    rows: dict[str, Row] = {}
+    for index, event in enumerate(events):
+        if event.event_id not in rows:  # a batch may repeat an id: keep the first
+            rows[event.event_id] = row_from_event(index, event)
     async with connection.transaction(), connection.cursor() as cursor:
-        async with cursor.copy(_COPY) as copy:
-            for index, event in enumerate(unique.values()):
-                await copy.write_row(row_from_event(index, event))
-        await cursor.execute(_INSERT)
-        return cursor.rowcount
+        # Two strings, not 2n parameters: the cheapest way to ship the ids (uuids and ints
+        # hold no commas).
+        await cursor.execute(
+            _CLAIM, (",".join(rows), ",".join([str(row[3]) for row in rows.values()]))
+        )
+        claimed = cursor.rowcount
+        fresh = rows.values()
+        if claimed != len(rows):  # some were stored before: only the claimed ones go in
+            ids = {str(event_id) for (event_id,) in await cursor.fetchall()}
+            fresh = [row for event_id, row in rows.items() if event_id in ids]
+        if fresh:
+            async with cursor.copy(_COPY_EVENTS) as copy:
+                for row in fresh:
+                    await copy.write_row(row[1:])
+        return claimed
 
 
 def event_from_row(

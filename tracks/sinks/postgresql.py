@@ -1,8 +1,8 @@
 """`PostgresSink`: writes each batch to the PostgreSQL event store, every event_id once ever.
 
 One async psycopg connection, used by the engine's one writer: opened (and the schema
-migrated) on the first write, reopened after it fails. A batch is COPYed into a staging
-table and inserted with ``ON CONFLICT DO NOTHING`` through ``event_ids`` (see
+migrated) on the first write, reopened after it fails. A batch's ids are claimed in
+``event_ids`` (``ON CONFLICT DO NOTHING``) and its claimed rows COPYed into ``events`` (see
 `tracks.presence.postgresql_schema`), so a replayed batch, or the same event written by
 another node, is stored once.
 
@@ -83,7 +83,6 @@ class PostgresSink:
         )
         try:
             await schema.amigrate(connection, self.target.schema)
-            await schema.acreate_staging(connection)
         except BaseException:
             await connection.close()
             raise
