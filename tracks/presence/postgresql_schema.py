@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -493,7 +493,7 @@ async def ainsert_events(connection: psycopg.AsyncConnection[Any], events: Seque
             _CLAIM, (",".join(rows), ",".join([str(row[3]) for row in rows.values()]))
         )
         claimed = cursor.rowcount
-        fresh = rows.values()
+        fresh: Collection[Row] = rows.values()
         if claimed != len(rows):  # some were stored before: only the claimed ones go in
             ids = {str(event_id) for (event_id,) in await cursor.fetchall()}
             fresh = [row for event_id, row in rows.items() if event_id in ids]
