@@ -22,6 +22,10 @@ from tracks.event import Event, JSONValue, json_text, now_ms
 from tracks.presence import sqlite_schema as schema
 from tracks.presence.archive import archive_store
 from tracks.presence.figures import DAY_MS
+from tracks.presence.postgresql import PostgresStatsStore
+from tracks.presence.postgresql_archive import archive_postgresql
+from tracks.presence.postgresql_reading import is_postgresql_url
+from tracks.presence.postgresql_schema import SchemaError, parse_url
 from tracks.presence.reading import follow, locate
 from tracks.presence.retention import check_retention, parse_duration
 from tracks.presence.rollup import rollup_state
@@ -141,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep = commands.add_parser(
         "report", help="presence figures over a sqlite or jsonl store (whole UTC days)"
     )
-    rep.add_argument("source", help="a store path, or a sqlite:… / jsonl:… URL")
+    rep.add_argument("source", help="a store path, or a sqlite:… / jsonl:… / postgresql://… URL")
     rep.add_argument("--blog-id", type=_id)
     rep.add_argument("--post-id", type=_id)
     rep.add_argument(
@@ -153,12 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--json", action="store_true", help="shorthand for --format json")
 
     agg = commands.add_parser("aggregate", help="fold new events into the daily rollups")
-    agg.add_argument("source", help="a SQLite store path or sqlite:… URL")
+    agg.add_argument("source", help="a SQLite store path, sqlite:… or postgresql://… URL")
 
     prune = commands.add_parser(
         "prune", help="roll up, then delete raw events older than a duration (rollups stay)"
     )
-    prune.add_argument("source", help="a SQLite store path or sqlite:… URL")
+    prune.add_argument("source", help="a SQLite store path, sqlite:… or postgresql://… URL")
     prune.add_argument(
         "--older-than", type=_duration, required=True, metavar="DURATION", help="e.g. 90d"
     )
@@ -176,7 +180,7 @@ def _add_archive_arguments(
         "archive",
         help="roll up, then move raw events older than a duration to day files of gzip JSONL",
     )
-    archive.add_argument("source", help="a SQLite store path or sqlite:… URL")
+    archive.add_argument("source", help="a SQLite store path, sqlite:… or postgresql://… URL")
     archive.add_argument(
         "--older-than", type=_duration, required=True, metavar="DURATION", help="e.g. 90d"
     )
@@ -196,12 +200,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "archive":
             return _archive(args)
         return _report(args)
-    except (OSError, ValueError, sqlite3.Error) as exc:
-        # A missing or unreadable store, a file that is not one, a malformed day: one line.
+    except (OSError, ValueError, sqlite3.Error, ImportError, SchemaError) as exc:
+        # A missing or unreadable store, a file that is not one, a malformed day, no
+        # psycopg, no event store in that database: one line.
         print(f"tracks: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        psycopg = sys.modules.get("psycopg")
+        if psycopg is None or not isinstance(exc, psycopg.Error):
+            raise
+        # Unreachable, refused, authentication failed: libpq's first line says which.
+        print(f"tracks: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
+        return 2
 
 
 def _tail(args: argparse.Namespace) -> int:
@@ -245,8 +257,8 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _sqlite_only(source: str) -> None:
-    if locate(source)[0] != "sqlite":
-        raise ValueError(f"{source}: rollups and pruning need a SQLite store")
+    if not is_postgresql_url(source) and locate(source)[0] != "sqlite":
+        raise ValueError(f"{source}: rollups and pruning need a SQLite or PostgreSQL store")
 
 
 def _aggregate(args: argparse.Namespace) -> int:
@@ -272,8 +284,21 @@ def _prune(args: argparse.Namespace) -> int:
 def _archive(args: argparse.Namespace) -> int:
     _sqlite_only(args.source)
     check_retention(args.older_than, name="--older-than")
-    path = locate(args.source)[1]
     now = now_ms()
+    if is_postgresql_url(args.source):
+        with PostgresStatsStore(args.source) as store:
+            store.aggregate(now_ms=now)
+            rolled_up_to = store.rolled_up_to()
+        result = archive_postgresql(
+            args.source, args.to, before_ms=now - args.older_than, upto_id=rolled_up_to
+        )
+        shown = parse_url(args.source).description
+        print(
+            f"archived {result.archived} events of {len(result.days)} days to {args.to};"
+            f" deleted {result.deleted} from {shown}"
+        )
+        return 0
+    path = locate(args.source)[1]
     # Roll up first, so the store's own figures keep the days that leave it, and archive only
     # rows the rollups hold.
     with open_stats_store(path) as store:

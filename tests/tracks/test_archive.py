@@ -5,24 +5,59 @@ from __future__ import annotations
 import gzip
 import json
 import time
+from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 
 import pytest
 
+from tests.postgresql_fixtures import create_database, drop_database, write_postgresql
 from tracks import Event, JSONValue, cli, read_events
 from tracks.presence import sqlite_schema as schema
-from tracks.presence.archive import ArchiveError, archive_store, day_path, read_archive, write_day
+from tracks.presence.archive import (
+    ArchiveError,
+    ArchiveResult,
+    day_path,
+    read_archive,
+    write_day,
+)
+from tracks.presence.archive import archive_store as archive_sqlite
+from tracks.presence.postgresql_archive import archive_postgresql
 
 DAY = 86_400_000
 # 2024-03-01T00:00:00Z
 T0 = 1_709_251_200_000
 
 
-def make_store(path: Path, events: list[Event]) -> None:
+def make_store(path: Path | str, events: list[Event]) -> None:
+    if isinstance(path, str):
+        write_postgresql(path, events)
+        return
     connection = schema.connect(path)
     schema.insert_events(connection, events)
     connection.close()
+
+
+def archive_store(
+    source: Path | str, directory: Path, *, before_ms: int, upto_id: int | None = None
+) -> ArchiveResult:
+    """The store's archiver: SQLite's, or PostgreSQL's for a URL."""
+    if isinstance(source, str):
+        return archive_postgresql(source, directory, before_ms=before_ms, upto_id=upto_id)
+    return archive_sqlite(source, directory, before_ms=before_ms, upto_id=upto_id)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path | str]:
+    """The event store under test: a SQLite file, or a fresh PostgreSQL database's URL."""
+    if request.param == "sqlite":
+        yield tmp_path / "events.sqlite"
+        return
+    url = create_database()
+    try:
+        yield url
+    finally:
+        drop_database(url)
 
 
 def history() -> list[Event]:
@@ -44,8 +79,8 @@ def as_json(events: list[Event]) -> list[dict[str, JSONValue]]:
     return sorted((event.to_json() for event in events), key=lambda item: str(item["event_id"]))
 
 
-def test_archive_moves_old_days_and_keeps_the_rest(tmp_path: Path) -> None:
-    store, archive = tmp_path / "events.sqlite", tmp_path / "archive"
+def test_archive_moves_old_days_and_keeps_the_rest(tmp_path: Path, store: Path | str) -> None:
+    archive = tmp_path / "archive"
     events = history()
     make_store(store, events)
     cutoff = T0 + 2 * DAY  # days 0 and 1 go; days 2 and 3 stay
@@ -68,8 +103,8 @@ def test_archive_moves_old_days_and_keeps_the_rest(tmp_path: Path) -> None:
     assert [event.ts for event in both] == sorted(event.ts for event in events)
 
 
-def test_each_line_is_exactly_the_jsonl_event_format(tmp_path: Path) -> None:
-    store, archive = tmp_path / "events.sqlite", tmp_path / "archive"
+def test_each_line_is_exactly_the_jsonl_event_format(tmp_path: Path, store: Path | str) -> None:
+    archive = tmp_path / "archive"
     events = history()
     make_store(store, events)
     archive_store(store, archive, before_ms=T0 + DAY)
@@ -82,8 +117,10 @@ def test_each_line_is_exactly_the_jsonl_event_format(tmp_path: Path) -> None:
         assert line == json.dumps(event.to_json(), separators=(",", ":"), ensure_ascii=False)
 
 
-def test_rerun_is_idempotent_and_merges_a_day_without_duplicates(tmp_path: Path) -> None:
-    store, archive = tmp_path / "events.sqlite", tmp_path / "archive"
+def test_rerun_is_idempotent_and_merges_a_day_without_duplicates(
+    tmp_path: Path, store: Path | str
+) -> None:
+    archive = tmp_path / "archive"
     events = history()
     make_store(store, events[:40])
     archive_store(store, archive, before_ms=T0 + 3 * DAY)
@@ -105,8 +142,8 @@ def test_rerun_is_idempotent_and_merges_a_day_without_duplicates(tmp_path: Path)
     assert as_json(archived) == as_json(old)
 
 
-def test_read_events_counts_an_event_in_both_once(tmp_path: Path) -> None:
-    store, archive = tmp_path / "events.sqlite", tmp_path / "archive"
+def test_read_events_counts_an_event_in_both_once(tmp_path: Path, store: Path | str) -> None:
+    archive = tmp_path / "archive"
     events = history()
     make_store(store, events)
     write_day(archive, date(2024, 3, 1), [e for e in events if e.ts < T0 + DAY])
@@ -186,9 +223,9 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
 
 
 def test_cli_archive_round_trip_reproduces_the_report(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], store: Path | str
 ) -> None:
-    store, archive = tmp_path / "events.sqlite", tmp_path / "archive"
+    archive = tmp_path / "archive"
     now = time.time_ns() // 1_000_000
     room = {"blog_id": 1, "post_id": 9}
     recent = [

@@ -4,6 +4,7 @@ one rollup at a time across nodes, retention by partitions, cancelling a running
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from tests.tracks.test_stats import (
 )
 from tests.tracks.tracks_testing import TIMEOUT
 from tracks import Event
+from tracks.cli import main
 from tracks.presence.figures import DAY_MS
 from tracks.presence.postgresql import PostgresStatsStore
 from tracks.presence.sqlite import open_stats_store
@@ -165,3 +167,26 @@ def test_an_interrupt_cancels_the_running_statement(postgres_url: str) -> None:
         assert isinstance(failure[0], psycopg.errors.QueryCanceled)
         with pytest.raises(QueryCancelledError):
             store.stats(Scope(), now_ms=NOW)
+
+
+def test_cli_aggregate_report_prune_on_postgresql(
+    postgres_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_postgresql(postgres_url, story())
+    assert main(["aggregate", postgres_url]) == 0
+    assert "rolled up 21 events" in capsys.readouterr().out
+    span = ["--since", "2024-05-01", "--until", "2024-05-02", "--json"]
+    assert main(["report", postgres_url, *span]) == 0
+    close_to(json.loads(capsys.readouterr().out), EXPECTED)
+    assert main(["prune", postgres_url, "--older-than", "90d"]) == 0
+    assert "deleted 21 raw events" in capsys.readouterr().out  # 2024 is long ago
+    assert main(["report", postgres_url, *span]) == 0
+    close_to(json.loads(capsys.readouterr().out), EXPECTED)
+    assert query(postgres_url, "SELECT COUNT(*) FROM events") == [(0,)]
+
+
+def test_cli_errors_on_postgresql_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", "postgresql://postgres@127.0.0.1:1/none"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tracks: ")
+    assert err.count("\n") == 1

@@ -111,6 +111,10 @@ class PostgresStatsStore:
         monthly partitions where they can go, rows in the partial month."""
         return rollup.prune(self._connection, before_ms=before_ms)
 
+    def rolled_up_to(self) -> int:
+        """The last event ``id`` the rollups hold (0: none)."""
+        return rollup.rollup_state(self._connection)[0]
+
     # --- reading ---------------------------------------------------------------------
 
     def stats(
