@@ -73,7 +73,12 @@ class PostgresStatsStore:
             application_name="tracks-stats",
         )
         try:
-            schema.migrate(self._connection, self.target.schema)
+            try:
+                current = schema.schema_version(self._connection, self.target.schema)
+            except schema.SchemaError:
+                current = 0  # no store yet (or a newer one: migrate says which)
+            if current < schema.SCHEMA_VERSION:
+                schema.migrate(self._connection, self.target.schema)
         except BaseException:
             self._connection.close()
             raise
@@ -108,8 +113,10 @@ class PostgresStatsStore:
 
     def prune(self, *, before_ms: int) -> int:
         """Delete raw events older than ``before_ms`` that the rollups already hold: whole
-        monthly partitions where they can go, rows in the partial month."""
-        return rollup.prune(self._connection, before_ms=before_ms)
+        monthly partitions where they can go, rows in the partial month. Under the rollup
+        lock: 0 when another node is rolling up or pruning right now."""
+        with rollup.try_rollup_lock(self._connection, self.target.schema) as taken:
+            return rollup.prune(self._connection, before_ms=before_ms) if taken else 0
 
     def rolled_up_to(self) -> int:
         """The last event ``id`` the rollups hold (0: none)."""
