@@ -28,7 +28,7 @@ from tracks.presence.postgresql_reading import (
 )
 from tracks.url import parse_store_url
 
-__all__ = ["follow", "locate", "read_events"]
+__all__ = ["follow", "locate", "read_events", "store_exists"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +62,18 @@ def locate(source: str | Path) -> tuple[Literal["sqlite", "jsonl"], Path]:
     except FileNotFoundError:
         head = b""
     return ("sqlite" if head == SQLITE_MAGIC else "jsonl"), path
+
+
+def store_exists(source: str | Path) -> bool:
+    """Whether there is an event store to read at ``source``: its file exists (a SQLite or
+    JSONL store), or it is a ``postgresql://`` URL (whose database a query will find, or
+    fail to reach)."""
+    if is_postgresql_url(source):
+        return True
+    try:
+        return locate(source)[1].exists()
+    except ValueError:
+        return False
 
 
 def read_events(source: str | Path, *, archive: str | Path | None = None) -> Iterator[Event]:
