@@ -34,6 +34,7 @@ from rtc.ratelimit import TokenBucket
 from rtc.tokens import TokenChecker
 from tracks import JSONValue
 from tracks.event import now_ms
+from tracks.presence.reading import store_exists
 from tracks.presence.timeline import session_timeline
 
 __all__ = ["AnalyticsApi"]
@@ -53,7 +54,8 @@ class AnalyticsApi:
         tracking: where accepted events are recorded.
         metrics: counters.
         capture: per-blog capture settings.
-        event_store: the SQLite event store timelines are read from, if any.
+        event_store: the event store timelines are read from, if any: a SQLite file's
+            path or a ``postgresql://`` URL.
         tokens: the token rules when the server has a secret (client events then need a
             room token).
     """
@@ -65,7 +67,7 @@ class AnalyticsApi:
         tracking: Tracking,
         metrics: Metrics,
         capture: CaptureSettings,
-        event_store: Path | None,
+        event_store: str | Path | None,
         tokens: TokenChecker | None = None,
     ) -> None:
         self._config = config
@@ -234,8 +236,8 @@ class AnalyticsApi:
             HttpError: 404 without an event store or without events of that session.
         """
         store = self._event_store
-        if store is None or not store.exists():
-            raise HttpError(404, "no SQLite event store to read sessions from")
+        if store is None or not store_exists(store):
+            raise HttpError(404, "no SQLite or PostgreSQL event store to read sessions from")
         found = await anyio.to_thread.run_sync(
             session_timeline, store, key.blog_id, key.post_id, session_id
         )

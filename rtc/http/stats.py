@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from rtc.room import Room
 from tracks import JSONValue
 from tracks.event import now_ms
 from tracks.presence.figures import DAY_MS, day_of
+from tracks.presence.postgresql_schema import parse_url
+from tracks.presence.reading import store_exists
 from tracks.presence.sqlite import open_stats_store
 from tracks.presence.stats import QueryCancelledError, Scope, StatsStore, parse_day
 
@@ -134,8 +137,8 @@ class QueryCounts:
 class _Query:
     """One stats query in its worker thread; `cancel()` from any thread interrupts it."""
 
-    def __init__(self, path: Path, scope: Scope, now_ms: int) -> None:
-        self._path, self._scope, self._now_ms = path, scope, now_ms
+    def __init__(self, source: str | Path, scope: Scope, now_ms: int) -> None:
+        self._source, self._scope, self._now_ms = source, scope, now_ms
         self._lock = threading.Lock()
         self._store: StatsStore | None = None
         self._cancelled = False
@@ -147,7 +150,7 @@ class _Query:
             if self._cancelled:
                 raise QueryCancelledError("the stats query was cancelled")
             # A connection per query: cheap next to the query, and never shared across threads.
-            store = self._store = open_stats_store(self._path)
+            store = self._store = open_stats_store(self._source)
         try:
             return store.stats(self._scope, now_ms=self._now_ms)
         finally:
@@ -170,7 +173,8 @@ class StatsApi:
     """The stats endpoints and the periodic rollup of one server.
 
     Args:
-        event_store: the SQLite event file (None: no stats, only live figures).
+        event_store: the event store: a SQLite file's path or a ``postgresql://`` URL, as
+            `tracks.open_stats_store` takes it (None: no stats, only live figures).
         rooms: the loaded rooms, for "active now".
         rollup_interval: seconds between rollup runs (0: never inside the server).
         retention_days: raw events older than this are deleted after each run (0: kept).
@@ -189,7 +193,7 @@ class StatsApi:
     def __init__(
         self,
         *,
-        event_store: Path | None,
+        event_store: str | Path | None,
         rooms: Callable[[], Iterable[Room]],
         rollup_interval: float,
         retention_days: int,
@@ -248,8 +252,8 @@ class StatsApi:
         except ValueError as error:
             raise HttpError(400, str(error)) from None
         store = self._event_store
-        if store is None or not store.exists():
-            raise HttpError(404, "no SQLite event store to read stats from")
+        if store is None or not store_exists(store):
+            raise HttpError(404, "no SQLite or PostgreSQL event store to read stats from")
         if not await self._take_slot():
             self._count("busy")
             raise HttpError(
@@ -348,12 +352,16 @@ class StatsApi:
         """One rollup run (and prune) in a worker thread. A failed run is logged; the next
         one starts over from the last committed chunk."""
         store = self._event_store
-        if store is None or not store.exists():
+        if store is None or not store_exists(store):
             return
         try:
             await anyio.to_thread.run_sync(self._roll_up, store)
-        except sqlite3.Error:
-            logger.exception("stats rollup of %s failed; retrying next interval", store)
+        except Exception as error:
+            if not _is_store_error(error):
+                raise
+            logger.exception(
+                "stats rollup of %s failed; retrying next interval", _shown(store)
+            )
         self.rollups += 1
         self._rolled.set()
         self._rolled = anyio.Event()
@@ -363,7 +371,7 @@ class StatsApi:
         while self.rollups < count:  # each wait ends when a run finishes
             await self._rolled.wait()
 
-    def _roll_up(self, store: Path) -> None:
+    def _roll_up(self, store: str | Path) -> None:
         now = now_ms()
         with open_stats_store(store) as stats:
             events = stats.aggregate(now_ms=now, chunk=ROLLUP_CHUNK)
@@ -371,3 +379,19 @@ class StatsApi:
             if self._retention_days:
                 pruned = stats.prune(before_ms=now - self._retention_days * DAY_MS)
         logger.info("stats rollup: %d events rolled up, %d raw events pruned", events, pruned)
+
+
+def _is_store_error(error: Exception) -> bool:
+    """A store that cannot be read or written right now (SQLite's or PostgreSQL's error)."""
+    psycopg = sys.modules.get("psycopg")
+    return isinstance(error, sqlite3.Error | OSError) or (
+        psycopg is not None and isinstance(error, psycopg.Error)
+    )
+
+
+def _shown(store: str | Path) -> str:
+    """The store as a log line may show it (a URL without its password)."""
+    try:
+        return parse_url(str(store)).description
+    except ValueError:
+        return str(store)

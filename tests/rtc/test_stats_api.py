@@ -20,6 +20,7 @@ from rtc import RtcServer, ServerConfig
 from rtc.http.errors import HttpError
 from rtc.http.request import HttpRequest
 from rtc.http.stats import StatsApi
+from tests.postgresql_fixtures import postgres_url
 from tests.rtc.clients import TIMEOUT, RawClient
 from tracks import Event
 from tracks.cli import main as tracks_main
@@ -29,6 +30,8 @@ from tracks.presence.sqlite_schema import insert_events
 from tracks.presence.stats import MAX_CODE_LENGTH, MAX_ERROR_CODES
 
 pytestmark = pytest.mark.slow
+
+__all__ = ["postgres_url"]  # the fixture
 
 
 async def get(server: RtcServer, path: str) -> tuple[int, Any]:
@@ -378,3 +381,41 @@ async def test_a_store_not_written_yet_answers_empty_figures(tmp_path: Path) -> 
     assert response.status_code == 200, response.text
     assert response.json()["daily"] == []
     assert response.json()["joins"] == 0
+
+
+async def test_serve_with_a_postgresql_recorder_answers_stats_and_sessions_from_it(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    config = ServerConfig(
+        data_dir=tmp_path, port=0, room_grace=0.05, store_flush_interval=0.01,
+        recorders=(postgres_url,), rollup_interval=0,
+    )
+    async with RtcServer(config) as server:
+        room = f"{server.ws_url}/7/42"
+        feed_url = server.ws_url.replace("/rooms", "/events?blog_id=7&post_id=42")
+        with anyio.fail_after(TIMEOUT):
+            feed = await connect(feed_url)
+        async with RawClient.connect(room) as ada, RawClient.connect(room) as bob:
+            await ada.join(101, user=1)
+            await bob.join(102, user=2)
+            for client in (ada, bob):
+                await client.barrier()
+        leaves = 0
+        with anyio.fail_after(TIMEOUT):
+            while leaves < 2:  # bounded by the timeout: read the feed until both leaves
+                event = json.loads(await feed.recv())
+                leaves += event["name"].endswith("_leave")
+        await feed.close()
+        await server.flush()
+        status, stats = await get(server, "/api/stats?blog_id=7&since=1d")
+        assert status == 200
+        assert (stats["joins"], stats["unique_sessions"], stats["unique_users"]) == (2, 2, 2)
+        assert stats["peak_concurrent_sessions"] == 2
+        assert stats["top_posts"] == [{"blog_id": 7, "post_id": 42, "unique_sessions": 2}]
+        await server.stats.roll_up()
+        assert (await get(server, "/api/stats?blog_id=7&since=1d"))[1] == stats
+        status, story = await get(server, "/api/sessions/7/42/101")
+        assert status == 200
+        assert story["wp_user_id"] == 1
+        assert [c["clean"] for c in story["connections"]] == [True]
+        assert (await get(server, "/api/sessions/7/42/999"))[0] == 404
