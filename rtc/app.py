@@ -11,7 +11,6 @@ import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from types import TracebackType
 from typing import Self
 
@@ -259,11 +258,15 @@ async def _open_recorders(
     return tuple(opened)
 
 
-def _event_store(config: ServerConfig) -> Path | None:
-    """The first SQLite recorder's file: where timelines and stats are read from."""
+def _event_store(config: ServerConfig) -> str | None:
+    """The first recorder that has a stats store (a SQLite file or a PostgreSQL database):
+    where timelines and stats are read from, as `tracks.open_stats_store` takes it."""
     for url in config.recorder_urls:
-        if recorder_kind(url) == "sqlite":
-            return locate(url)[1]
+        kind = recorder_kind(url)
+        if kind == "sqlite":
+            return str(locate(url)[1])
+        if kind == "postgresql":
+            return url
     return None
 
 
