@@ -378,10 +378,13 @@ class PostgresStatsStore:
             return {}
         columns = _entity_arrays(keys)
         rows = self._run(
+            # LATERAL ... LIMIT 1: a primary-key probe per entity, never a scan of the table
+            # (which a semi-join plan over the unnest's guessed size can pick).
             "SELECT j.i FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::text[])"
-            " WITH ORDINALITY AS j (kind, b, p, entity, i) WHERE EXISTS (SELECT 1 FROM"
+            " WITH ORDINALITY AS j (kind, b, p, entity, i) CROSS JOIN LATERAL (SELECT 1 FROM"
             " rollup_entity_days AS e WHERE e.kind = j.kind AND e.blog_id = j.b"
-            " AND e.post_id = j.p AND e.entity = j.entity AND e.day BETWEEN %s AND %s)",
+            " AND e.post_id = j.p AND e.entity = j.entity AND e.day BETWEEN %s AND %s"
+            " LIMIT 1) AS found",
             (*columns, first, last),
         )
         held: dict[EntityKey, set[int]] = {keys[int(index) - 1]: set() for (index,) in rows}
@@ -391,9 +394,9 @@ class PostgresStatsStore:
             rows = self._run(
                 "SELECT j.i FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::text[],"
                 " %s::integer[]) WITH ORDINALITY AS j (kind, b, p, entity, day, i)"
-                " WHERE EXISTS (SELECT 1 FROM rollup_entity_days AS e WHERE e.kind = j.kind"
-                " AND e.blog_id = j.b AND e.post_id = j.p AND e.entity = j.entity"
-                " AND e.day = j.day)",
+                " CROSS JOIN LATERAL (SELECT 1 FROM rollup_entity_days AS e"
+                " WHERE e.kind = j.kind AND e.blog_id = j.b AND e.post_id = j.p"
+                " AND e.entity = j.entity AND e.day = j.day LIMIT 1) AS found",
                 (*columns, [day for _, day in entity_days]),
             )
             for (index,) in rows:

@@ -31,16 +31,29 @@ _DURATION = (
 
 
 def _load_visits(
-    connection: Any, blog_id: int, post_id: int, first_day: int
-) -> list[tuple[object, int | None, int, float | None, str]]:
-    """Joins and leaves of one post that can overlap days from ``first_day`` on."""
+    connection: Any, first_days: dict[tuple[int, int], int]
+) -> dict[tuple[int, int], list[tuple[object, int | None, int, float | None, str]]]:
+    """Joins and leaves of each post that can overlap days from its first day on: one
+    query for all the posts (one round trip, not one per post)."""
+    keys = sorted(first_days)
     rows = connection.execute(
-        f"SELECT session, wp_user_id, ts, duration, kind FROM (SELECT {_SESSION} AS session,"
-        f" wp_user_id, ts, {_DURATION} AS duration, {_KIND} AS kind FROM events"
-        " WHERE blog_id = %s AND post_id = %s AND ts >= %s) AS e WHERE kind IS NOT NULL",
-        (blog_id, post_id, first_day * DAY_MS - MAX_OPEN_MS),
+        f"SELECT e.blog_id, e.post_id, {_SESSION} AS session, wp_user_id, ts,"
+        f" {_DURATION} AS duration, {_KIND} AS kind"
+        " FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[]) AS t (b, p, since)"
+        " JOIN events AS e ON e.blog_id = t.b AND e.post_id = t.p AND e.ts >= t.since"
+        f" WHERE ({_KIND}) IS NOT NULL",
+        (
+            [blog for blog, _ in keys],
+            [post for _, post in keys],
+            [first_days[key] * DAY_MS - MAX_OPEN_MS for key in keys],
+        ),
     ).fetchall()
-    return [(row[0], row[1], int(row[2]), row[3], str(row[4])) for row in rows]
+    found: dict[tuple[int, int], list[tuple[object, int | None, int, float | None, str]]] = {
+        key: [] for key in keys
+    }
+    for blog, post, session, user, ts, duration, kind in rows:
+        found[(int(blog), int(post))].append((session, user, int(ts), duration, str(kind)))
+    return found
 
 
 def compute_peaks(
@@ -51,9 +64,12 @@ def compute_peaks(
     for blog_id, post_id, day in touched:
         if day <= day_of(now_ms):
             by_post[(blog_id, post_id)].add(day)
+    if not by_post:
+        return {}
+    visits = _load_visits(connection, {key: min(days) for key, days in by_post.items()})
     result: dict[tuple[int, int, int], tuple[int, int]] = {}
     for (blog_id, post_id), days in by_post.items():
-        rows = _load_visits(connection, blog_id, post_id, min(days))
+        rows = visits[(blog_id, post_id)]
         for day, figures in post_day_peaks(rows, days, now_ms=now_ms).items():  # type: ignore[arg-type]
             result[(blog_id, post_id, day)] = figures
     return result
