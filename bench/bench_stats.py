@@ -213,8 +213,8 @@ def main() -> None:
     now_ms = time.time_ns() // 1_000_000
     if args.postgresql:
         ingest_postgresql(args.postgresql, args.events, args.days, now_ms)
-        with PostgresStatsStore(args.postgresql) as store:
-            run(store, args, now_ms, lambda batch: _postgresql_write(args.postgresql, batch),
+        with PostgresStatsStore(args.postgresql) as postgres:
+            run(postgres, args, now_ms, lambda batch: _postgresql_write(args.postgresql, batch),
                 lambda: f"{_postgresql_mb(args.postgresql):,.0f} MB")
         return
     path = args.path or Path(tempfile.mkdtemp()) / "events.sqlite"
