@@ -4,7 +4,10 @@ The SQLite store's design over PostgreSQL's tables (`tracks.presence.sqlite` exp
 the daily rollups (`tracks.presence.postgresql_rollup`) plus the raw events since the last
 rollup (``id > rollup_state.last_id``), combined by `tracks.presence.raw_events`, so the
 figures equal SQLite's exactly at any moment. Approximate, as on SQLite: the duration
-percentiles, which come from buckets 2 % wide (`tracks.presence.figures.duration_bucket`).
+percentiles, which come from buckets 2 % wide (`tracks.presence.figures.duration_bucket`),
+so within 1 % of the exact value. Where the two stores can differ, only on odd input: an
+error code sent as a JSON boolean reads ``true`` here and ``1`` on SQLite, and a
+``duration_ms`` of ``true`` counts as no duration here and 1 ms on SQLite.
 
 A query reads in one REPEATABLE READ, read-only transaction: the rollups and the raw events
 since come from one snapshot, even while a rollup commits. `interrupt()` cancels the

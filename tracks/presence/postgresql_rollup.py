@@ -114,7 +114,8 @@ def try_rollup_lock(connection: Any, schema: str) -> Iterator[bool]:
     try:
         yield taken
     finally:
-        if taken:
+        # A broken connection has lost the lock with its session already.
+        if taken and not connection.closed:
             connection.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", key)
 
 

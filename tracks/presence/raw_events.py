@@ -3,7 +3,7 @@
 No SQL and no I/O here: a store reads its raw events (`RawEvent`) and asks its rollups
 which of the entities those joined (`joined_entities`) they already hold, and on which days; these
 functions turn the answers into `DayFigures` (`raw_figures`) and add them to the rollups'
-(`merge_days`). Every store over the rollup design (SQLite today) combines them this way,
+(`merge_days`). Every store over the rollup design (SQLite, PostgreSQL) combines them this way,
 so its figures are exact at any moment, not only right after a rollup.
 """
 

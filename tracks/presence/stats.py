@@ -1,6 +1,7 @@
 """Presence statistics: what a scope is, what a store must answer, and the JSON it answers.
 
-No SQL and no I/O here (see `tracks.presence.sqlite` for the SQLite store). A `StatsStore`
+No SQL and no I/O here (see `tracks.presence.sqlite` and `tracks.presence.postgresql` for
+the stores). A `StatsStore`
 answers `stats()` with the figures below for a `Scope` (everything, a blog or a post, over
 whole UTC days); `tracks report` and the server's ``GET /api/stats`` print the same JSON.
 
@@ -299,10 +300,11 @@ def stats_json(
 class StatsStore(Protocol):
     """An event store that answers presence figures: the interface of every store.
 
-    SQLite implements it (`tracks.presence.sqlite.SqliteStatsStore`); a PostgreSQL store
-    implements the same methods over the same rollup design and passes the same tests
-    (tests/tracks/test_stats.py). Blocking: call it from a thread, never from an event
-    loop. A store is used as a context manager, or closed with `close()`.
+    SQLite (`tracks.presence.sqlite.SqliteStatsStore`) and PostgreSQL
+    (`tracks.presence.postgresql.PostgresStatsStore`) implement it over the same rollup
+    design and pass the same tests (tests/tracks/test_stats.py) with the same figures.
+    Blocking: call it from a thread, never from an event loop. A store is used as a
+    context manager, or closed with `close()`.
     """
 
     def stats(self, scope: Scope, *, now_ms: int) -> dict[str, JSONValue]:
