@@ -23,6 +23,7 @@ from rtc.connections import ConnectionCounts, address_of
 from rtc.http.access import Access
 from rtc.http.analytics import AnalyticsApi
 from rtc.http.errors import HttpError
+from rtc.http.openapi import document
 from rtc.http.request import HttpRequest
 from rtc.http.responses import (
     error_response,
@@ -40,6 +41,7 @@ from rtc.http.routes import (
     Kick,
     LiveStats,
     MetricsText,
+    OpenApiDocument,
     Page,
     RoomList,
     RoomRoute,
@@ -192,6 +194,8 @@ class HttpApi:
                 return await file_response(self._config.demo_dir, path)
             case Health():
                 return json_response(200, self._health())
+            case OpenApiDocument():
+                return json_response(200, document())
             case MetricsText():
                 access.scope(request, Scope.READ)
                 content_type = "text/plain; version=0.0.4; charset=utf-8"

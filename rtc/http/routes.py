@@ -22,6 +22,7 @@ __all__ = [
     "Kick",
     "LiveStats",
     "MetricsText",
+    "OpenApiDocument",
     "Page",
     "RoomList",
     "RoomRoute",
@@ -66,6 +67,13 @@ class Health:
 @dataclass(frozen=True, slots=True)
 class MetricsText:
     """`GET /metrics`: Prometheus text."""
+
+    methods: ClassVar[tuple[str, ...]] = _GET
+
+
+@dataclass(frozen=True, slots=True)
+class OpenApiDocument:
+    """`GET /openapi.json`: the OpenAPI 3.1 description of this API (`rtc.http.openapi`)."""
 
     methods: ClassVar[tuple[str, ...]] = _GET
 
@@ -155,8 +163,8 @@ class Page:
 
 
 Route = (
-    RoomRoute | FeedRoute | Health | MetricsText | RoomList | Roster | Kick | Ingest | Streams
-    | CaptureList | CaptureBlog | Stats | LiveStats | SessionTimeline | Page
+    RoomRoute | FeedRoute | Health | MetricsText | OpenApiDocument | RoomList | Roster | Kick
+    | Ingest | Streams | CaptureList | CaptureBlog | Stats | LiveStats | SessionTimeline | Page
 )
 
 
@@ -200,6 +208,8 @@ def route(target: str) -> Route:
             return Health()
         case ["metrics"]:
             return MetricsText()
+        case ["openapi.json"]:
+            return OpenApiDocument()
         case ["api", "rooms"]:
             return RoomList()
         case ["api", "rooms", blog, post]:

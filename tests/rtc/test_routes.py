@@ -10,6 +10,7 @@ from rtc.http.routes import (
     Ingest,
     Kick,
     MetricsText,
+    OpenApiDocument,
     Page,
     RoomList,
     RoomRoute,
@@ -49,6 +50,7 @@ def test_unknown_paths_are_404(path: str) -> None:
 def test_http_endpoints() -> None:
     assert route("/healthz") == Health()
     assert route("/metrics") == MetricsText()
+    assert route("/openapi.json") == OpenApiDocument()
     assert route("/api/rooms") == RoomList()
     assert route("/api/rooms/3/4") == Roster(RoomKey(3, 4))
     assert route("/api/rooms/3/4/kick") == Kick(RoomKey(3, 4))
