@@ -143,7 +143,8 @@ class HttpApi:
         return self.respond(plain, target, disconnected=gone)
 
     async def plain_request(self, request: HttpRequest) -> Response:
-        """Requests other than GET (ingest, capture control, the admin API)."""
+        """Requests websockets does not parse: other methods (ingest, capture control, the
+        admin API), and GETs with a body."""
         try:
             target = route(request.target)
         except HttpError as error:

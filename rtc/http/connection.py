@@ -1,9 +1,10 @@
 """The connection class: one parser per kind of request, one response shape for all.
 
 GET requests go to websockets' own parser (WebSocket upgrades and the GET API: the hot path
-stays websockets' alone). websockets parses GET only, so the first bytes of a connection
-decide: a request line that does not start with `GET ` is parsed with h11 (bounded body),
-handed to the same API as an `HttpRequest`, answered with the same `Response`, and closed.
+stays websockets' alone). websockets parses GET without a body only, so the head of a
+connection decides: a request that is not a GET, or a GET with a body, is parsed with h11
+(bounded body), handed to the same API as an `HttpRequest`, answered with the same
+`Response`, and closed.
 """
 
 from __future__ import annotations
@@ -19,11 +20,25 @@ from rtc.delivery import DeliveringConnection
 from rtc.http.request import HttpRequest
 from rtc.http.responses import error_response
 
-__all__ = ["connection_class"]
+__all__ = ["MAX_HEAD", "connection_class", "has_body"]
 
 logger = logging.getLogger(__name__)
 
 MAX_BODY = 1024 * 1024
+MAX_HEAD = 16384
+"""Bytes of a request head (line and headers) read before deciding who parses it."""
+
+
+def has_body(head: bytes) -> bool:
+    """Whether a GET's head announces a body. websockets refuses such a request by closing
+    the connection without an answer (its parser takes no body); h11 reads it instead, and
+    the API answers it like any other (a 405 where GET is not taken)."""
+    for line in head.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
+            return True
+    return False
 
 
 Handler = Callable[[HttpRequest], Awaitable[Response]]
@@ -51,10 +66,13 @@ def connection_class(handler: Handler, *, max_body: int = MAX_BODY) -> type[Deli
                 self._head += data
                 if len(self._head) < 4 and b"GET ".startswith(self._head):
                     return  # not enough to tell yet
+                if (self._head.startswith(b"GET ") and b"\r\n\r\n" not in self._head
+                        and len(self._head) <= MAX_HEAD):
+                    return  # a GET: its whole head tells whether it has a body
                 self._decided = True
                 data, self._head = self._head, b""
-                if not data.startswith(b"GET "):
-                    self._http = h11.Connection(h11.SERVER, max_incomplete_event_size=16384)
+                if not data.startswith(b"GET ") or has_body(data):
+                    self._http = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
                     self._body = bytearray()
             if self._http is None:
                 super().data_received(data)

@@ -177,7 +177,8 @@ POST = Parameter("post_id", "path", ID, "the post", "42")
 SESSION = Parameter("session_id", "path", SESSION_ID, "the session (Yjs clientID)", "0")
 ROOM = (BLOG, POST)
 _DAY_PATTERN = (
-    r"^([0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])|[0-9]+(\.[0-9]+)?[smhdw]|[0-9]{11,20})$"
+    r"^((000[1-9]|00[1-9][0-9]|0[1-9][0-9]{2}|[1-9][0-9]{3})-(0[1-9]|1[0-2])-"
+    r"(0[1-9]|[12][0-9]|3[01])|[0-9]+(\.[0-9]+)?[smhdw]|[0-9]{11,20})$"
 )
 _DAY: Schema = {"type": "string", "pattern": _DAY_PATTERN}
 _SCOPE = (
