@@ -17,9 +17,10 @@ statement running on the server (`psycopg.Connection.cancel`).
 from __future__ import annotations
 
 import threading
-from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping
-from contextlib import suppress
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import replace
 from typing import Any, Self
 
@@ -28,8 +29,13 @@ from tracks.presence import postgresql_rollup as rollup
 from tracks.presence import postgresql_schema as schema
 from tracks.presence.figures import DAY_MS, day_of
 from tracks.presence.postgresql_peaks import day_peaks
+from tracks.presence.postgresql_rollup_reads import (
+    held_entities,
+    rollup_figures,
+    rollup_sessions,
+    rollup_top_posts,
+)
 from tracks.presence.raw_events import (
-    EntityKey,
     RawEvent,
     joined_entities,
     merge_days,
@@ -49,8 +55,6 @@ from tracks.presence.stats import (
 
 __all__ = ["PostgresStatsStore"]
 
-_WHERE = "blog_id = %s AND post_id = %s AND day BETWEEN %s AND %s"
-_DISTINCT_KINDS = "kind IN ('session', 'user', 'post')"
 
 
 class PostgresStatsStore:
@@ -87,6 +91,7 @@ class PostgresStatsStore:
             raise
         self._cancelled = threading.Event()
         self._closed = False
+        self._timings: dict[str, float] | None = None
 
     def __enter__(self) -> Self:
         return self
@@ -130,7 +135,7 @@ class PostgresStatsStore:
     def stats(
         self, scope: Scope, *, now_ms: int, timings: dict[str, float] | None = None
     ) -> dict[str, JSONValue]:
-        """The figures (``timings`` is accepted for the benchmarks and left empty).
+        """The figures; with ``timings``, also the seconds each part took (benchmarks).
 
         Raises:
             QueryCancelledError: `interrupt()` was called.
@@ -142,6 +147,7 @@ class PostgresStatsStore:
                 self._connection.execute(
                     "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
                 )
+                self._timings = timings
                 return self._stats(scope, now_ms)
         except self._psycopg.errors.QueryCanceled:
             raise QueryCancelledError("the stats query was cancelled") from None
@@ -155,11 +161,23 @@ class PostgresStatsStore:
             raise QueryCancelledError("the stats query was cancelled")
         return self._connection.execute(query, tuple(params))
 
+    @contextmanager
+    def _part(self, name: str) -> Iterator[None]:
+        """Add the seconds the block takes to ``timings[name]`` (when asked for)."""
+        timings = self._timings
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            if timings is not None:
+                timings[name] = timings.get(name, 0.0) + time.perf_counter() - started
+
     def _stats(self, scope: Scope, now_ms: int) -> dict[str, JSONValue]:
         last_id, rolled_at = rollup.rollup_state(self._connection)
         rolled_up = last_id > 0
-        raw = self._raw_events(scope, last_id)
-        first_data = self._first_day(scope, last_id)
+        with self._part("raw"):
+            raw = self._raw_events(scope, last_id)
+            first_data = self._first_day(scope, last_id)
         last = min(day_of(now_ms) if scope.until_day is None else scope.until_day, LAST_DAY)
         first = last + 1 if first_data is None else first_data  # no data: no days
         raw = [event for event in raw if first <= day_of(event.ts) <= last]
@@ -167,18 +185,23 @@ class PostgresStatsStore:
         rolled_total = DayFigures()
         top: Counter[tuple[int, int]] = Counter()
         if rolled_up:
-            rolled_days, rolled_total = self._rollup_figures(scope, first, last)
-            top = self._rollup_top_posts(scope, first, last, limit=TOP_POSTS)
-        joined = joined_entities(raw, scope.level_key)
-        held = self._held(joined, first, last) if rolled_up else {}
-        raw_days, raw_total, new_sessions = raw_figures(raw, joined, held)
-        if rolled_up:
-            top.update(self._rollup_sessions(new_sessions.keys() - top.keys(), first, last))
-        top.update(new_sessions)
-        touched = touched_post_days(raw, first, last, now_ms=now_ms)
-        peaks = day_peaks(
-            self._connection, scope, touched, first, last, rolled_at=rolled_at, now_ms=now_ms
-        )
+            with self._part("rollups"):
+                rolled_days, rolled_total = rollup_figures(self._run, scope, first, last)
+            with self._part("top_posts"):
+                top = rollup_top_posts(self._run, scope, first, last, limit=TOP_POSTS)
+        with self._part("held"):
+            joined = joined_entities(raw, scope.level_key)
+            held = held_entities(self._run, joined, first, last) if rolled_up else {}
+            raw_days, raw_total, new_sessions = raw_figures(raw, joined, held)
+            if rolled_up:
+                unlisted = new_sessions.keys() - top.keys()
+                top.update(rollup_sessions(self._run, unlisted, first, last))
+            top.update(new_sessions)
+        with self._part("peaks"):
+            touched = touched_post_days(raw, first, last, now_ms=now_ms)
+            peaks = day_peaks(
+                self._connection, scope, touched, first, last, rolled_at=rolled_at, now_ms=now_ms
+            )
         days = merge_days(rolled_days, raw_days, peaks)
         total = replace(
             rolled_total + raw_total,
@@ -244,175 +267,3 @@ class PostgresStatsStore:
             RawEvent(str(kind), int(blog), int(post), session, user, int(ts), duration, code)
             for kind, blog, post, session, user, ts, duration, code in rows
         ]
-
-    def _rollup_figures(
-        self, scope: Scope, first: int, last: int
-    ) -> tuple[dict[int, DayFigures], DayFigures]:
-        """The rollups' figures of each day in ``[first, last]`` and of the whole range."""
-        key = (*scope.level_key, first, last)
-        counts = {
-            int(day): (int(joins), int(blocked))
-            for day, joins, blocked in self._run(
-                f"SELECT day, joins, blocked FROM rollup_counts WHERE {_WHERE}", key
-            )
-        }
-        errors: defaultdict[int, Counter[str]] = defaultdict(Counter)
-        range_errors: Counter[str] = Counter()
-        for day, code, n in self._run(
-            f"SELECT day, code, n FROM rollup_errors WHERE {_WHERE}", key
-        ):
-            errors[day][code] = int(n)
-            range_errors[code] += int(n)
-        durations: defaultdict[int, Counter[int]] = defaultdict(Counter)
-        range_durations: Counter[int] = Counter()
-        for day, bucket, n in self._run(
-            f"SELECT day, bucket, n FROM rollup_durations WHERE {_WHERE}", key
-        ):
-            durations[day][bucket] = int(n)
-            range_durations[bucket] += int(n)
-        peaks = {
-            int(day): (int(sessions), int(users))
-            for day, sessions, users in self._run(
-                f"SELECT day, sessions, users FROM rollup_peaks WHERE {_WHERE}", key
-            )
-        }
-        distinct: defaultdict[int, Counter[str]] = defaultdict(Counter)
-        for kind, day, n in self._run(
-            f"SELECT kind, day, SUM(n) FROM rollup_distinct WHERE {_DISTINCT_KINDS}"
-            f" AND {_WHERE} GROUP BY kind, day",
-            key,
-        ):
-            distinct[day][kind] = int(n)
-        range_distinct = {
-            kind: int(n)
-            for kind, n in self._run(
-                f"SELECT kind, SUM(n) FROM rollup_distinct WHERE {_DISTINCT_KINDS}"
-                f" AND {_WHERE} AND prev_day < %s GROUP BY kind",
-                (*key, first),
-            )
-        }
-        days = {
-            day: DayFigures(
-                joins=counts.get(day, (0, 0))[0],
-                blocked=counts.get(day, (0, 0))[1],
-                peak_sessions=peaks.get(day, (0, 0))[0],
-                peak_users=peaks.get(day, (0, 0))[1],
-                unique_sessions=distinct[day]["session"],
-                unique_users=distinct[day]["user"],
-                unique_posts=distinct[day]["post"],
-                durations=durations[day],
-                errors=errors[day],
-            )
-            for day in counts.keys() | errors.keys() | durations.keys() | peaks.keys()
-        }
-        total = DayFigures(
-            joins=sum(joins for joins, _ in counts.values()),
-            blocked=sum(blocked for _, blocked in counts.values()),
-            durations=range_durations,
-            errors=range_errors,
-        )
-        return days, total.with_distinct(range_distinct)
-
-    def _rollup_top_posts(
-        self, scope: Scope, first: int, last: int, *, limit: int
-    ) -> Counter[tuple[int, int]]:
-        """Exact rollup session counts of enough posts that raw additions cannot lift an
-        unlisted post above the cut (``4 * limit`` of the best, ties by id)."""
-        wanted = limit * 4
-        if scope.blog_id is not None:
-            clauses, params = ["blog_id = %s", "post_id != 0"], [scope.blog_id]
-            if scope.post_id is not None:
-                clauses.append("post_id = %s")
-                params.append(scope.post_id)
-            rows = self._run(
-                "SELECT blog_id, post_id, SUM(n) AS sessions FROM rollup_distinct"
-                f" WHERE kind = 'session' AND {' AND '.join(clauses)}"
-                " AND day BETWEEN %s AND %s AND prev_day < %s GROUP BY blog_id, post_id"
-                " ORDER BY sessions DESC, blog_id, post_id LIMIT %s",
-                [*params, first, last, first, wanted],
-            )
-            return Counter({(int(b), int(p)): int(n) for b, p, n in rows})
-        # Everything: walk posts by their all-time sessions (an upper bound for any range)
-        # and stop once the bound falls below the best `wanted` exact counts.
-        found: Counter[tuple[int, int]] = Counter()
-        offset = 0
-        while True:
-            batch = self._run(
-                "SELECT blog_id, post_id, sessions FROM rollup_post_totals"
-                " ORDER BY sessions DESC, blog_id, post_id LIMIT 64 OFFSET %s",
-                (offset,),
-            ).fetchall()
-            if not batch:
-                break
-            offset += len(batch)
-            if len(found) >= wanted:
-                cut = sorted(found.values(), reverse=True)[wanted - 1]
-                if int(batch[0][2]) < cut:
-                    break
-            found.update(
-                self._rollup_sessions([(blog, post) for blog, post, _ in batch], first, last)
-            )
-        ranked = sorted(found.items(), key=lambda item: (-item[1], item[0]))[:wanted]
-        return Counter({key: count for key, count in ranked if count})
-
-    def _rollup_sessions(
-        self, posts: Iterable[tuple[int, int]], first: int, last: int
-    ) -> Counter[tuple[int, int]]:
-        """The rollups' distinct sessions in ``[first, last]`` of each of ``posts``."""
-        posts = list(posts)
-        if not posts:
-            return Counter()
-        rows = self._run(
-            "SELECT post.b, post.p, (SELECT COALESCE(SUM(d.n), 0) FROM rollup_distinct AS d"
-            "  WHERE d.kind = 'session' AND d.blog_id = post.b AND d.post_id = post.p"
-            "  AND d.day BETWEEN %s AND %s AND d.prev_day < %s)"
-            " FROM unnest(%s::bigint[], %s::bigint[]) AS post (b, p)",
-            (first, last, first, [b for b, _ in posts], [p for _, p in posts]),
-        )
-        return Counter({(int(blog), int(post)): int(n) for blog, post, n in rows})
-
-    def _held(
-        self, joined: Mapping[EntityKey, set[int]], first: int, last: int
-    ) -> dict[EntityKey, set[int]]:
-        """The joined entities the rollups hold on some day of ``[first, last]``, each with
-        which of its joined days they hold (see `tracks.presence.raw_events.raw_figures`)."""
-        keys = list(joined)
-        if not keys:
-            return {}
-        columns = _entity_arrays(keys)
-        rows = self._run(
-            # LATERAL ... LIMIT 1: a primary-key probe per entity, never a scan of the table
-            # (which a semi-join plan over the unnest's guessed size can pick).
-            "SELECT j.i FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::text[])"
-            " WITH ORDINALITY AS j (kind, b, p, entity, i) CROSS JOIN LATERAL (SELECT 1 FROM"
-            " rollup_entity_days AS e WHERE e.kind = j.kind AND e.blog_id = j.b"
-            " AND e.post_id = j.p AND e.entity = j.entity AND e.day BETWEEN %s AND %s"
-            " LIMIT 1) AS found",
-            (*columns, first, last),
-        )
-        held: dict[EntityKey, set[int]] = {keys[int(index) - 1]: set() for (index,) in rows}
-        entity_days = [(key, day) for key in held for day in sorted(joined[key])]
-        if entity_days:
-            columns = _entity_arrays([key for key, _ in entity_days])
-            rows = self._run(
-                "SELECT j.i FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::text[],"
-                " %s::integer[]) WITH ORDINALITY AS j (kind, b, p, entity, day, i)"
-                " CROSS JOIN LATERAL (SELECT 1 FROM rollup_entity_days AS e"
-                " WHERE e.kind = j.kind AND e.blog_id = j.b AND e.post_id = j.p"
-                " AND e.entity = j.entity AND e.day = j.day LIMIT 1) AS found",
-                (*columns, [day for _, day in entity_days]),
-            )
-            for (index,) in rows:
-                key, day = entity_days[int(index) - 1]
-                held[key].add(day)
-        return held
-
-
-def _entity_arrays(keys: list[EntityKey]) -> tuple[list[str], list[int], list[int], list[str]]:
-    """The columns of ``keys`` as arrays; an entity as ``rollup_entity_days`` holds it."""
-    return (
-        [kind for kind, _, _, _ in keys],
-        [blog for _, blog, _, _ in keys],
-        [post for _, _, post, _ in keys],
-        [str(entity) for _, _, _, entity in keys],
-    )
