@@ -156,10 +156,10 @@ class PostgresStatsStore:
                 raise QueryCancelledError("the stats query was cancelled") from None
             raise
 
-    def _run(self, query: str, params: Iterable[object] = ()) -> Any:
+    def _run(self, query: str, params: Iterable[object] = (), *, binary: bool = False) -> Any:
         if self._cancelled.is_set():
             raise QueryCancelledError("the stats query was cancelled")
-        return self._connection.execute(query, tuple(params))
+        return self._connection.execute(query, tuple(params), binary=binary)
 
     @contextmanager
     def _part(self, name: str) -> Iterator[None]:
