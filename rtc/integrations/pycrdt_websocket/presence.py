@@ -110,6 +110,11 @@ class PresenceServer:
         self._held = HeldBytes(self.roster.limits.max_held_total)
         self._ids = itertools.count(1)
         self._open = 0
+        # pycrdt-websocket 0.16.5 starts a room twice when two connections ask for it while
+        # its start is under way (`start_room` checks `started` before `start` has set it),
+        # and the second start waits on the room's lock forever: rooms are fetched one at
+        # a time here, so `WebsocketServer.serve` always finds its room started.
+        self._room_lock = anyio.Lock()
 
     async def serve_websockets(self, connection: ServerConnection) -> None:
         """The handler for `websockets.asyncio.server.serve`."""
@@ -181,7 +186,8 @@ class PresenceServer:
         channel = _Admitted(transport, path, held)
         yroom: YRoom | None = None
         try:
-            yroom = await self.server.get_room(path)
+            async with self._room_lock:
+                yroom = await self.server.get_room(path)
             await self._send_presence(yroom, channel, entry.client_id)
             await self.server.serve(channel)
         finally:
@@ -247,7 +253,10 @@ class PresenceServer:
 
     def _remove_presence(self, yroom: YRoom, room: RoomKey, session: Session) -> None:
         """Remove a gone session's awareness state and broadcast the removal now."""
-        if any(other.session_id == session.session_id for other in self.roster.sessions(room)):
+        if any(
+            other.session_id == session.session_id and other.connection != session.connection
+            for other in self.roster.sessions(room)
+        ):
             return  # another connection of this session (a reconnect) owns the state now
         if session.session_id not in yroom.awareness.states:
             return  # it said goodbye itself (y-websocket sends a null state on close)

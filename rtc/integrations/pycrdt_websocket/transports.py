@@ -118,17 +118,23 @@ class AsgiTransport:
         self._send = send
         self._received: CloseFrame | None = None
         self._sent: CloseFrame | None = None
+        self._ended = False
 
     @property
     def target(self) -> str:
         return self._target
 
     async def recv(self) -> bytes | None:
-        while self._received is None:
+        while not self._ended:
             message = await self._receive()
             if message["type"] == "websocket.disconnect":
-                # The ASGI spec gives 1006 when the transport was lost without a close frame.
-                self._received = (int(message.get("code", 1005)), str(message.get("reason") or ""))
+                self._ended = True
+                code = int(message.get("code", 1005))
+                # A connection lost without a close frame is 1006 in the ASGI spec, but
+                # uvicorn (0.54, `connection_lost`) says 1005 there, with no "reason" key;
+                # a close frame it received always comes with its reason.
+                if code != 1006 and not (code == 1005 and "reason" not in message):
+                    self._received = (code, str(message.get("reason") or ""))
                 return None
             if message["type"] != "websocket.receive":
                 continue
@@ -139,7 +145,7 @@ class AsgiTransport:
         return None
 
     async def send(self, data: bytes) -> None:
-        if self._received is not None or self._sent is not None:
+        if self._ended or self._sent is not None:
             return
         # uvicorn raises ClientDisconnected (an OSError) for a send after the end: dropped,
         # the reader sees the end and records it.
@@ -147,7 +153,7 @@ class AsgiTransport:
             await self._send({"type": "websocket.send", "bytes": data})
 
     async def close(self, code: int, reason: str) -> None:
-        if self._received is not None or self._sent is not None:
+        if self._ended or self._sent is not None:
             return
         self._sent = (code, reason)
         with contextlib.suppress(OSError):
