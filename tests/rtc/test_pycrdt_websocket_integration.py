@@ -237,3 +237,17 @@ async def test_rooms_can_be_named_by_a_function_of_the_path(transport: str) -> N
         assert (join.props["blog_id"], join.props["post_id"]) == (5, 9)
         stray = await node.open(rtc.url, ROOM, user=BOB)
         assert await stray.wait_closed() == (4404, "unknown-room")
+
+
+def test_exports_and_the_roster_is_pure() -> None:
+    import rtc.integrations.pycrdt_websocket as integration
+    from tests.module_imports import imports_of
+
+    assert sorted(integration.__all__) == [
+        "AsgiTransport", "CloseFrame", "PresenceASGIServer", "PresenceServer", "RoomOf",
+        "Transport", "WebsocketsTransport", "room_from_path",
+    ]
+    assert all(hasattr(integration, name) for name in integration.__all__)
+    io = {"anyio", "asyncio", "websockets", "pycrdt", "socket", "sqlite3"}
+    assert not {name.split(".")[0] for name in imports_of("rtc.integrations.roster")} & io
+    assert not imports_of("rtc.integrations")  # importing the package imports no host library
