@@ -24,6 +24,7 @@ PURE = {
     "rtc.http.roster",
     "rtc.http.routes",
     "rtc.ids",
+    "rtc.integrations.roster",
     "rtc.limits",
     "rtc.newcomers",
     "rtc.protocol",
