@@ -15,12 +15,18 @@
 // - Retried: a batch that fails (network error, 408, 429, 5xx) is sent again, unchanged, after
 //   an exponential backoff with jitter (Retry-After as the floor). Its event_ids never change,
 //   so the server stores each event once however often a batch arrives.
-// - Sampled: the stream configuration (GET streamsUrl, read once) gives each stream's
-//   sample_rate; a session out of the sample is dropped here, with the very function the server
-//   uses (tracks/sampling.py): FNV-1a 32-bit of "blog_id:post_id:session_id" / 2**32 < rate.
+// - Sampled and capture-controlled: nothing is sent that the server would discard. The stream
+//   configuration (GET streamsUrl) gives each stream's sample_rate, and GET streamsUrl?blog_id=N
+//   adds blog N's capture switch and sample rate (read when the tracker first sees the blog,
+//   again once `captureTtlMs` old). An event is routed to its stream by name as the server routes
+//   it (rtc/analytics/tracking.py `record`, tracks/streams/routing.py): it is kept when its
+//   session is in the stream's sample, its blog's capture is on, and its session is in the blog's
+//   sample, each sample by the very function the server uses (tracks/sampling.py
+//   `props_in_sample`): FNV-1a 32-bit of "blog_id:post_id:session_id" / 2**32 < rate. What is
+//   unknown (no configuration, an unreadable one) is sent: the server decides.
 //
 // Wire format: POST {"events": [{"event_id", "name", "ts", "props"}]}, answered by
-// 202 {"accepted": n, "duplicates": n, "rejected": [{"index": i, "reason": "..."}]}.
+// 202 {"accepted": n, "duplicates": n, "dropped": n, "rejected": [{"index": i, "reason": "..."}]}.
 
 const FNV_OFFSET_BASIS = 0x811c9dc5
 const FNV_PRIME = 0x01000193
@@ -53,9 +59,48 @@ export const sessionFraction = (blogId, postId, sessionId) =>
 export const sessionInSample = (blogId, postId, sessionId, rate) =>
   sessionFraction(blogId, postId, sessionId) < rate
 
-// Does a stream's event list (exact names or `prefix*` patterns) take this name?
-const matches = (patterns, name) =>
-  patterns.some((pattern) => (pattern.endsWith('*') ? name.startsWith(pattern.slice(0, -1)) : pattern === name))
+/** Whether the session an event's props name is in a sample of `rate` (tracks.sampling.props_in_sample). */
+export const propsInSample = (props, rate) =>
+  rate >= 1 || sessionInSample(props.blog_id, props.post_id, props.session_id, rate)
+
+// How closely a stream's event list (exact names or `prefix*` patterns) names `name`: higher is
+// closer, null not at all (tracks.streams.routing.Stream.specificity).
+const specificity = (patterns, name) => {
+  let best = null
+  for (const pattern of patterns) {
+    if (pattern === name) return name.length + 1 // an exact name beats every pattern
+    if (pattern.endsWith('*') && name.startsWith(pattern.slice(0, -1))) best = Math.max(best ?? 0, pattern.length - 1)
+  }
+  return best
+}
+
+/**
+ * Which of the client streams (the `streams` of GET /api/streams) takes an event name: the most
+ * specific, as the server routes it; null when none does (the server will reject the event).
+ */
+export const streamFor = (streams, name) => {
+  let chosen = null
+  let rank = null
+  for (const stream of Object.values(streams)) {
+    const own = specificity(stream.events ?? [], name)
+    if (own !== null && (rank === null || own > rank)) [chosen, rank] = [stream, own]
+  }
+  return chosen
+}
+
+/**
+ * Whether the server would keep an event from a browser: its stream's sample, then its blog's
+ * capture switch and sample (rtc.analytics.tracking.Tracking.record and .captured).
+ * @param {object | null} stream  the event's client stream, null if unknown
+ * @param {{enabled: boolean, sample_rate: number} | null} capture  its blog's settings, null if unknown
+ * @returns {'keep' | 'sampled_out' | 'capture_off'}
+ */
+export const serverVerdict = (props, stream, capture) => {
+  if (stream !== null && !propsInSample(props, stream.sample_rate ?? 1)) return 'sampled_out'
+  if (capture === null || !Number.isInteger(props.blog_id)) return 'keep'
+  if (!capture.enabled) return 'capture_off'
+  return propsInSample(props, capture.sample_rate ?? 1) ? 'keep' : 'sampled_out'
+}
 
 const RETRYABLE = (status) => status === 408 || status === 429 || status >= 500
 
@@ -70,11 +115,15 @@ const retryAfterMs = (response) => {
 
 // Browsers cap the bodies of keepalive requests and beacons in flight at 64 KiB in total.
 const KEEPALIVE_LIMIT = 60000
+// A page sends for one blog or a few: the capture settings of at most this many are kept.
+const MAX_BLOGS = 64
 
 /**
  * @param {object} [options]
  * @param {string} [options.endpoint]  where batches are POSTed
- * @param {string | null} [options.streamsUrl]  the stream configuration (null: no local sampling)
+ * @param {string | null} [options.streamsUrl]  the stream configuration, and with ?blog_id= a
+ *   blog's capture settings (null: no local sampling or capture control)
+ * @param {number} [options.captureTtlMs]  a blog's capture settings are read again once this old
  * @param {number} [options.maxQueue]  events waiting at most (oldest dropped beyond)
  * @param {number} [options.batchSize]  events per POST at most
  * @param {number} [options.flushIntervalMs]  periodic send (0: only when a batch fills or on flush())
@@ -85,6 +134,7 @@ const KEEPALIVE_LIMIT = 60000
 export const createTracker = ({
   endpoint = '/api/events',
   streamsUrl = '/api/streams',
+  captureTtlMs = 300000,
   maxQueue = 500,
   batchSize = 50,
   flushIntervalMs = 5000,
@@ -103,31 +153,70 @@ export const createTracker = ({
   let failed = null
   let sending = null // the Promise of the POST in flight
   let streams = null // the client view of the stream configuration, once read
+  /** Blog id -> {settings: {enabled, sample_rate} | null (a server without them), readAt}. */
+  const captures = new Map()
+  const reading = new Map() // blog id -> the Promise of its read in flight
   let closed = false
   let dropBurst = false
-  const stats = { submitted: 0, sent: 0, accepted: 0, duplicates: 0, rejected: 0, dropped: 0, sampledOut: 0, retries: 0, beacons: 0, lastRejections: [] }
+  const stats = { submitted: 0, sent: 0, accepted: 0, duplicates: 0, rejected: 0, dropped: 0, sampledOut: 0, captureOff: 0, retries: 0, beacons: 0, lastRejections: [] }
 
-  const streamsReady = streamsUrl === null
-    ? Promise.resolve()
-    // Bounded: sends wait for this, and must not wait on a server that never answers.
-    : fetchImpl(new URL(streamsUrl, location.href), { credentials: 'same-origin', signal: AbortSignal.timeout(5000) })
-      .then((response) => (response.ok ? response.json() : null))
-      .then((view) => { streams = view?.streams ?? null })
-      .catch(() => { streams = null }) // unknown: send everything, the server decides
-
-  const streamOf = (entry) => {
-    if (streams === null) return null
-    if (entry.stream !== null && streams[entry.stream] !== undefined) return streams[entry.stream]
-    return Object.values(streams).find((stream) => matches(stream.events ?? [], entry.event.name)) ?? null
+  // GET streamsUrl[?blog_id=]: the view, or null when it cannot be had (unknown: the server decides).
+  const readView = async (blogId) => {
+    const url = new URL(streamsUrl, location.href)
+    if (blogId !== null) url.searchParams.set('blog_id', String(blogId))
+    try {
+      // Bounded: sends wait for this, and must not wait on a server that never answers.
+      const response = await fetchImpl(url, { credentials: 'same-origin', signal: AbortSignal.timeout(5000) })
+      return response.ok ? await response.json() : null
+    } catch {
+      return null
+    }
   }
 
-  // Drops what is out of the sample, once the configuration is known.
+  const learn = (view, blogId) => {
+    if (view?.streams !== undefined) streams = view.streams
+    // Unreadable (the server down, say): not remembered, so the next send asks again.
+    if (blogId === null || view === null) return
+    captures.delete(blogId) // re-inserted last: the oldest read is the first to go
+    if (captures.size >= MAX_BLOGS) captures.delete(captures.keys().next().value)
+    captures.set(blogId, { settings: view?.capture ?? null, readAt: Date.now() })
+  }
+
+  const fresh = (blogId) => {
+    const known = captures.get(blogId)
+    return known !== undefined && Date.now() - known.readAt < captureTtlMs
+  }
+
+  // One read per blog at a time, however many events of that blog wait for it.
+  const readCapture = (blogId) => {
+    let pending = reading.get(blogId)
+    if (pending === undefined) {
+      pending = readView(blogId).then((view) => learn(view, blogId)).finally(() => reading.delete(blogId))
+      reading.set(blogId, pending)
+    }
+    return pending
+  }
+
+  const blogOf = (entry) => (Number.isInteger(entry.event.props.blog_id) ? entry.event.props.blog_id : null)
+
+  // Reads the capture settings of the entries' blogs that are not known, or no longer fresh.
+  const knowCaptures = (entries) => {
+    if (streamsUrl === null) return Promise.resolve()
+    const stale = new Set(entries.map(blogOf).filter((blogId) => blogId !== null && !fresh(blogId)))
+    return Promise.all([...stale].map(readCapture))
+  }
+
+  const streamsReady = streamsUrl === null ? Promise.resolve() : readView(null).then((view) => learn(view, null))
+
+  // Drops what the server would discard, by what is known of the configuration now.
   const sampled = (entries) => entries.filter((entry) => {
-    const stream = streamOf(entry)
-    if (stream === null) return true
-    const { blog_id: blogId, post_id: postId, session_id: sessionId } = entry.event.props
-    if (sessionInSample(blogId, postId, sessionId, stream.sample_rate ?? 1)) return true
-    stats.sampledOut++
+    const stream = streams === null ? null : streamFor(streams, entry.event.name)
+    const blogId = blogOf(entry)
+    const capture = blogId === null ? null : captures.get(blogId)?.settings ?? null
+    const verdict = serverVerdict(entry.event.props, stream, capture)
+    if (verdict === 'keep') return true
+    if (verdict === 'capture_off') stats.captureOff++
+    else stats.sampledOut++
     return false
   })
 
@@ -227,6 +316,7 @@ export const createTracker = ({
         if (!(await post(entries, attempt))) return
       }
       while (queue.length > 0 && (all || queue.length >= batchSize)) {
+        await knowCaptures(queue.slice(0, batchSize))
         const entries = sampled(queue.splice(0, batchSize))
         if (entries.length > 0 && !(await post(entries, 0))) return
       }
@@ -234,8 +324,9 @@ export const createTracker = ({
     return sending
   }
 
-  // The page may never run code again: hand the pending events to the browser, unsampled ones
-  // out. What the browser takes is gone from here; what it refuses waits for the next chance.
+  // The page may never run code again: hand the pending events to the browser, those the server
+  // would discard out (by what is known now: no time is left to ask). What the browser takes is
+  // gone from here; what it refuses waits for the next chance.
   const beaconAll = () => {
     if (typeof navigator.sendBeacon !== 'function') return
     const entries = [...(failed?.entries ?? []), ...queue]
@@ -273,13 +364,19 @@ export const createTracker = ({
     for (const [key, value] of Object.entries(props)) if (value !== null && value !== undefined) clean[key] = value
     stats.submitted++
     const event = { event_id: crypto.randomUUID(), name, ts: Date.now(), props: clean }
-    enqueue({ stream, event })
+    const entry = { stream, event }
+    enqueue(entry)
+    // Ask for the blog's capture settings now, so that a beacon on page hide knows them too.
+    knowCaptures([entry])
     if (queue.length >= batchSize) pump()
     return event.event_id
   }
 
   return {
-    /** Queue an event (`stream` names its stream for sampling; null: found by name). Returns its event_id. */
+    /**
+     * Queue an event; returns its event_id. `stream` is the stream the caller means (or null):
+     * sampling goes by the stream that takes the event's name, as the server's routing does.
+     */
     submit,
     /** Send everything now (a waiting retry too); resolves when done or when a send failed. */
     flush,
@@ -300,7 +397,7 @@ export const createTracker = ({
     },
     /** Counters, and how many events are waiting (for tests and the console). */
     stats: () => ({ ...stats, queued: queue.length + (failed?.entries.length ?? 0) }),
-    /** Resolves once the stream configuration was read (or could not be). */
+    /** Resolves once the stream configuration was read (or could not be); blogs' capture settings come later. */
     ready: streamsReady
   }
 }
