@@ -126,7 +126,8 @@ def _parser() -> argparse.ArgumentParser:
         "--outbox-limit", "bytes that may wait for one slow peer before it is closed with 1013",
         d.outbox_limit, type=int,
     )
-    option("--demo-dir", "folder the demo page is served from", "<repo>/demo", type=Path)
+    option("--demo-dir", "folder the demo page is served from",
+           "the installed pages (rtc/pages), else <repo>/demo", type=Path)
     option(
         "--log-level", "logging level", d.log_level,
         choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper,

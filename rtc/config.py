@@ -21,6 +21,13 @@ class ConfigError(ValueError):
     """A configuration value is missing or malformed; the message names it."""
 
 
+def _default_demo_dir() -> Path:
+    # A wheel carries the built pages in rtc/pages/ (setup.py); a source checkout serves demo/.
+    package = Path(__file__).resolve().parent
+    pages = package / "pages"
+    return pages if (pages / "index.html").is_file() else package.parent / "demo"
+
+
 @dataclass(frozen=True, kw_only=True)
 class ServerConfig:
     """Everything `rtc serve` can be told. Defaults are the documented ones (README, --help).
@@ -42,7 +49,8 @@ class ServerConfig:
         outbox_limit: bytes that may wait in one peer's write buffer; a slower peer is closed
             with 1013 so it cannot hold anyone else back.
         store_flush_interval: seconds between batched writes of document updates.
-        demo_dir: folder the demo page is served from.
+        demo_dir: folder the demo page is served from: the installed package's pages
+            (`rtc/pages/`, in a wheel), else the source checkout's `demo/`.
         log_level: logging level name.
         secret: HS256 secret for room tokens; None runs the server open (no tokens).
         allowed_origins: Origins a browser handshake may come from; empty allows any.
@@ -89,7 +97,7 @@ class ServerConfig:
     room_grace: float = 30.0
     outbox_limit: int = 8 * 1024 * 1024
     store_flush_interval: float = 0.1
-    demo_dir: Path = field(default_factory=lambda: Path(__file__).resolve().parent.parent / "demo")
+    demo_dir: Path = field(default_factory=_default_demo_dir)
     log_level: str = "INFO"
     secret: str | None = field(default=None, repr=False)
     allowed_origins: tuple[str, ...] = ()

@@ -7,14 +7,22 @@ Two pages on one room, as a person would test it with two tabs. Every wait is a 
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from playwright.async_api import BrowserContext, Locator, Page, WebSocket, expect
+from playwright.async_api import BrowserContext, Locator, Page, expect
 
-from tests.demo.harness import ARTIFACTS, FACTOR, TIMEOUT_MS, VIEWPORT, ServerFactory, stop
-from tests.rtc.processes import ServerProcess
+from tests.demo.harness import (
+    ARTIFACTS,
+    FACTOR,
+    TIMEOUT_MS,
+    VIEWPORT,
+    ServerFactory,
+    Tab,
+    open_tab,
+    roster_session,
+    stop,
+)
 from tracks import Event
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
@@ -23,50 +31,10 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.asyncio(loop_sc
 LEAVE_WITHIN_MS = 2000 * FACTOR
 
 
-@dataclass
-class Tab:
-    page: Page
-    room_sockets: list[WebSocket]
-    errors: list[str]
-
-    async def read_session_id(self) -> int:
-        text = await self.page.get_by_test_id("session-id").inner_text()
-        assert text.isdigit(), f"session id not shown: {text!r}"
-        return int(text)
-
-
-async def open_tab(
-    context: BrowserContext,
-    server: ServerProcess,
-    *,
-    user: int,
-    name: str,
-    blog: int = 1,
-    post: int = 42,
-    synced: bool = True,
-) -> Tab:
-    page = await context.new_page()
-    tab = Tab(page=page, room_sockets=[], errors=[])
-    page.on("pageerror", lambda error: tab.errors.append(str(error)))
-    # Every WebSocket the page opens to a room: a reconnect loop would show up here.
-    page.on(
-        "websocket",
-        lambda socket: tab.room_sockets.append(socket) if "/rooms/" in socket.url else None,
-    )
-    await page.goto(f"{server.http_url}/?blog={blog}&post={post}&user={user}&name={name}")
-    if synced:
-        await expect(page.get_by_test_id("status")).to_have_text("synced")
-    return tab
-
-
 def feed_item(page: Page, name: str, session_id: int) -> Locator:
     return page.locator(
         f'[data-testid="feed-item"][data-name="{name}"][data-session-id="{session_id}"]'
     )
-
-
-def roster_session(page: Page, session_id: int) -> Locator:
-    return page.locator(f'[data-testid="roster-session"][data-session-id="{session_id}"]')
 
 
 def named(events: list[Event], name: str) -> list[Event]:

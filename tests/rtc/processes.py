@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -94,20 +94,31 @@ class ServerProcess:
 
 @asynccontextmanager
 async def rtc_process(
-    data_dir: Path, *args: str, env: dict[str, str] | None = None
+    data_dir: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    rtc: Sequence[str] = (sys.executable, "-m", "rtc"),
+    cwd: Path | None = None,
 ) -> AsyncIterator[ServerProcess]:
-    """Run `python -m rtc serve --port 0 --data-dir DATA_DIR ARGS...` until the block ends.
+    """Run `RTC serve --port 0 --data-dir DATA_DIR ARGS...` until the block ends.
+
+    Args:
+        data_dir: the server's data folder.
+        args: more `rtc serve` flags.
+        env: variables that override this process's environment.
+        rtc: the command that is `rtc` (by default this interpreter's `python -m rtc`; an
+            installed `rtc` script for the wheel test).
+        cwd: where it runs (by default here).
 
     Left running at the end of the block, it is stopped with SIGTERM (then SIGKILL).
     """
-    command = [
-        sys.executable, "-m", "rtc", "serve", "--port", "0", "--data-dir", str(data_dir), *args,
-    ]
+    command = [*rtc, "serve", "--port", "0", "--data-dir", str(data_dir), *args]
     process = await anyio.open_process(
         command,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env={**os.environ, **(env or {})},
+        cwd=cwd,
     )
     server = ServerProcess(process, data_dir)
     ready = anyio.Event()

@@ -14,30 +14,25 @@ import subprocess
 import sys
 import tarfile
 import zipfile
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
-import anyio
 import httpx
 import pytest
-import pytest_asyncio
-from playwright.async_api import Browser, BrowserContext, async_playwright, expect
+from playwright.async_api import BrowserContext, expect
 
 from tests.demo.harness import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     FACTOR,
     ROOT,
     TIMEOUT,
     TIMEOUT_MS,
-    VIEWPORT,
     missing,
+    open_tab,
+    roster_session,
     stop,
 )
-from tests.demo.test_demo_page import open_tab, roster_session
-from tests.rtc.processes import ServerProcess
+from tests.rtc.processes import ServerProcess, rtc_process
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -147,56 +142,14 @@ def test_a_build_without_npm_fails_and_says_why(tmp_path: Path) -> None:
     assert not list((tmp_path / "out").glob("*.whl"))
 
 
-@asynccontextmanager
-async def installed_server(installed: Installed, home: Path, *args: str) -> AsyncIterator[
-    ServerProcess
-]:
+def installed_server(
+    installed: Installed, home: Path, *args: str
+) -> AbstractAsyncContextManager[ServerProcess]:
     """`rtc serve --port 0` of the installed package, run in `home`, without Node on its PATH."""
-    data_dir = home / "data"
-    command = [str(installed.rtc), "serve", "--port", "0", "--data-dir", str(data_dir), *args]
-    env = {**os.environ, "PATH": installed.path}
-    env.pop("PYTHONPATH", None)
-    process = await anyio.open_process(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=home, env=env
+    return rtc_process(
+        home / "data", *args, rtc=[str(installed.rtc)], cwd=home,
+        env={"PATH": installed.path, "PYTHONPATH": ""},
     )
-    server = ServerProcess(process, data_dir)
-    ready = anyio.Event()
-    async with process, anyio.create_task_group() as tg:
-        assert process.stdout is not None
-        assert process.stderr is not None
-        # The readers of tests/rtc/processes.py: the port from stdout, the log from stderr.
-        tg.start_soon(server._read_stdout, process.stdout, ready)
-        tg.start_soon(server._read_stderr, process.stderr)
-        try:
-            with anyio.fail_after(TIMEOUT):
-                await ready.wait()
-            yield server
-        finally:
-            (home / "server.log").write_text("\n".join(server.log))
-            if process.returncode is None:
-                process.kill()
-                with anyio.CancelScope(shield=True):
-                    await process.wait()
-
-
-@pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def browser() -> AsyncIterator[Browser]:
-    if not CHROMIUM.exists():
-        missing(str(CHROMIUM), "run `apt-get install -y chromium` (or `make setup-test`)")
-    async with async_playwright() as playwright:
-        # Debian's Chromium, never a browser downloaded by `playwright install`.
-        browser = await playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=TIMEOUT_MS
-        )
-        yield browser
-        await browser.close()
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def context(browser: Browser) -> AsyncIterator[BrowserContext]:
-    context = await browser.new_context(viewport=VIEWPORT)  # type: ignore[arg-type]
-    yield context
-    await context.close()
 
 
 @pytest.mark.asyncio(loop_scope="module")
