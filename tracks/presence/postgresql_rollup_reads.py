@@ -158,23 +158,32 @@ def held_entities(
     keys = list(joined)
     if not keys:
         return {}
-    # One round trip: per entity, the days of the range the rollups hold it (at most the
-    # range's days), through a LATERAL primary-key range probe, never a scan of the table
-    # (which a semi-join over the unnest's guessed size can pick).
+    columns = _entity_arrays(keys)
     rows = run(
-        "SELECT j.i, found.days FROM unnest(%s::text[], %s::bigint[], %s::bigint[],"
-        " %s::text[]) WITH ORDINALITY AS j (kind, b, p, entity, i) CROSS JOIN LATERAL"
-        " (SELECT array_agg(e.day) AS days FROM rollup_entity_days AS e"
-        " WHERE e.kind = j.kind AND e.blog_id = j.b AND e.post_id = j.p"
-        " AND e.entity = j.entity AND e.day BETWEEN %s AND %s) AS found"
-        " WHERE found.days IS NOT NULL",
-        (*_entity_arrays(keys), first, last),
-        binary=True,
+        # LATERAL ... LIMIT 1: a primary-key probe per entity, never a scan of the table
+        # (which a semi-join plan over the unnest's guessed size can pick).
+        "SELECT j.i FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::text[])"
+        " WITH ORDINALITY AS j (kind, b, p, entity, i) CROSS JOIN LATERAL (SELECT 1 FROM"
+        " rollup_entity_days AS e WHERE e.kind = j.kind AND e.blog_id = j.b"
+        " AND e.post_id = j.p AND e.entity = j.entity AND e.day BETWEEN %s AND %s"
+        " LIMIT 1) AS found",
+        (*columns, first, last),
     )
-    held: dict[EntityKey, set[int]] = {}
-    for index, days in rows:
-        key = keys[index - 1]
-        held[key] = joined[key].intersection(days)
+    held: dict[EntityKey, set[int]] = {keys[int(index) - 1]: set() for (index,) in rows}
+    entity_days = [(key, day) for key in held for day in sorted(joined[key])]
+    if entity_days:
+        columns = _entity_arrays([key for key, _ in entity_days])
+        rows = run(
+            "SELECT j.i FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::text[],"
+            " %s::integer[]) WITH ORDINALITY AS j (kind, b, p, entity, day, i)"
+            " CROSS JOIN LATERAL (SELECT 1 FROM rollup_entity_days AS e"
+            " WHERE e.kind = j.kind AND e.blog_id = j.b AND e.post_id = j.p"
+            " AND e.entity = j.entity AND e.day = j.day LIMIT 1) AS found",
+            (*columns, [day for _, day in entity_days]),
+        )
+        for (index,) in rows:
+            key, day = entity_days[int(index) - 1]
+            held[key].add(day)
     return held
 
 
