@@ -47,7 +47,7 @@ def archive_store(
     return archive_sqlite(source, directory, before_ms=before_ms, upto_id=upto_id)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path | str]:
     """The event store under test: a SQLite file, or a fresh PostgreSQL database's URL."""
     if request.param == "sqlite":

@@ -191,7 +191,10 @@ BACKENDS: dict[str, Callable[[Path], Backend]] = {
 }
 
 
-@pytest.fixture(params=sorted(BACKENDS))
+@pytest.fixture(params=[
+    pytest.param(name, marks=pytest.mark.slow) if name == "postgresql" else name
+    for name in sorted(BACKENDS)
+])  # a database created and dropped per test: slow
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     if request.param != "postgresql":
         yield BACKENDS[request.param](tmp_path)

@@ -33,6 +33,8 @@ from tracks.presence.stats import QueryCancelledError, Scope
 
 __all__ = ["postgres_url"]
 
+pytestmark = pytest.mark.slow  # a database created and dropped per test
+
 psycopg = pytest.importorskip("psycopg")
 
 

@@ -42,7 +42,7 @@ def story() -> list[Event]:
     ]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path | str]:
     if request.param == "sqlite":
         yield tmp_path / "events.sqlite"
