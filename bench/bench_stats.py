@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from tracks.presence import postgresql_schema as pg_schema
+from tracks.presence import postgresql_writing as pg_writing
 from tracks.presence.postgresql import PostgresStatsStore
 from tracks.presence.sqlite import SqliteStatsStore
 from tracks.presence.sqlite_schema import INSERT, connect
@@ -150,7 +151,7 @@ def _postgresql_partitions(url: str, now_ms: int, days: int) -> None:
     months = {
         bounds
         for day in range(now_ms // DAY - days - 1, now_ms // DAY + 2)
-        if (bounds := pg_schema.month_bounds(day * DAY))
+        if (bounds := pg_writing.month_bounds(day * DAY))
     }
 
     async def create() -> None:
@@ -158,7 +159,7 @@ def _postgresql_partitions(url: str, now_ms: int, days: int) -> None:
             target.conninfo, autocommit=True
         ) as connection:
             await pg_schema.amigrate(connection, target.schema)
-            await pg_schema.aensure_partitions(connection, target.schema, months)
+            await pg_writing.aensure_partitions(connection, target.schema, months)
 
     asyncio.run(create())
 

@@ -158,6 +158,7 @@ def write_postgresql(url: str, events: Iterable[Any]) -> int:
     """Store ``events`` (`tracks.Event`) at ``url`` as the PostgreSQL recorder does: the
     store migrated, the months' partitions created, one batch; return how many were new."""
     from tracks.presence import postgresql_schema as schema
+    from tracks.presence import postgresql_writing as writing
 
     psycopg = pytest.importorskip("psycopg")
     batch = list(events)
@@ -168,9 +169,8 @@ def write_postgresql(url: str, events: Iterable[Any]) -> int:
             target.conninfo, autocommit=True
         ) as connection:
             await schema.amigrate(connection, target.schema)
-            months = {bounds for event in batch if (bounds := schema.month_bounds(event.ts))}
-            await schema.aensure_partitions(connection, target.schema, months)
-            await schema.acreate_staging(connection)
-            return await schema.ainsert_events(connection, batch) if batch else 0
+            months = {bounds for event in batch if (bounds := writing.month_bounds(event.ts))}
+            await writing.aensure_partitions(connection, target.schema, months)
+            return await writing.ainsert_events(connection, batch) if batch else 0
 
     return asyncio.run(run())

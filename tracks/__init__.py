@@ -21,8 +21,9 @@ from tracks.compose import FanoutRecorder, SampledRecorder
 from tracks.encoders import BodyEncoder, GenericEncoder, PostHogEncoder, TracksEncoder
 from tracks.event import Event, EventError, JSONValue
 from tracks.presence.reading import read_events
-from tracks.presence.sqlite import SqliteStatsStore, open_stats_store
+from tracks.presence.sqlite import SqliteStatsStore
 from tracks.presence.stats import Scope, StatsStore
+from tracks.presence.stores import open_stats_store
 from tracks.recorder import Recorder, RecorderStats
 from tracks.retry import RetryPolicy
 from tracks.sinks import RejectedError, Sink, SinkError, TransientError

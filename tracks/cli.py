@@ -29,8 +29,8 @@ from tracks.presence.postgresql_schema import SchemaError, parse_url
 from tracks.presence.reading import follow, locate
 from tracks.presence.retention import check_retention, parse_duration
 from tracks.presence.rollup import rollup_state
-from tracks.presence.sqlite import open_stats_store
 from tracks.presence.stats import Scope, parse_day
+from tracks.presence.stores import open_stats_store
 
 __all__ = ["main"]
 

@@ -28,7 +28,7 @@ from tracks import Event
 from tracks.cli import main
 from tracks.presence.figures import day_of
 from tracks.presence.postgresql import PostgresStatsStore
-from tracks.presence.sqlite import SqliteStatsStore, open_stats_store
+from tracks.presence.sqlite import SqliteStatsStore
 from tracks.presence.sqlite_schema import connect, insert_events
 from tracks.presence.stats import (
     FIRST_DAY,
@@ -42,6 +42,7 @@ from tracks.presence.stats import (
     bounded_codes,
     parse_day,
 )
+from tracks.presence.stores import open_stats_store
 
 _POSTGRES_URL: ContextVar[str] = ContextVar("postgres_url")
 

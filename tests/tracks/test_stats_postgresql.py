@@ -28,8 +28,8 @@ from tracks import Event
 from tracks.cli import main
 from tracks.presence.figures import DAY_MS
 from tracks.presence.postgresql import PostgresStatsStore
-from tracks.presence.sqlite import open_stats_store
 from tracks.presence.stats import QueryCancelledError, Scope
+from tracks.presence.stores import open_stats_store
 
 __all__ = ["postgres_url"]
 

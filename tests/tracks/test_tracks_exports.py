@@ -49,7 +49,7 @@ PUBLIC = {
     "Scope": "tracks.presence.stats",
     "StatsStore": "tracks.presence.stats",
     "SqliteStatsStore": "tracks.presence.sqlite",
-    "open_stats_store": "tracks.presence.sqlite",
+    "open_stats_store": "tracks.presence.stores",
 }
 
 RECORDERS = [

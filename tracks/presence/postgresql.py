@@ -17,10 +17,9 @@ statement running on the server (`psycopg.Connection.cancel`).
 from __future__ import annotations
 
 import threading
-import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Iterable
+from contextlib import suppress
 from dataclasses import replace
 from typing import Any, Self
 
@@ -49,6 +48,7 @@ from tracks.presence.stats import (
     TOP_POSTS,
     DayFigures,
     QueryCancelledError,
+    QueryTimer,
     Scope,
     stats_json,
 )
@@ -91,7 +91,7 @@ class PostgresStatsStore:
             raise
         self._cancelled = threading.Event()
         self._closed = False
-        self._timings: dict[str, float] | None = None
+        self._timer = QueryTimer(None, self._cancelled)
 
     def __enter__(self) -> Self:
         return self
@@ -147,7 +147,7 @@ class PostgresStatsStore:
                 self._connection.execute(
                     "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
                 )
-                self._timings = timings
+                self._timer = QueryTimer(timings, self._cancelled)
                 return self._stats(scope, now_ms)
         except self._psycopg.errors.QueryCanceled:
             raise QueryCancelledError("the stats query was cancelled") from None
@@ -161,21 +161,10 @@ class PostgresStatsStore:
             raise QueryCancelledError("the stats query was cancelled")
         return self._connection.execute(query, tuple(params), binary=binary)
 
-    @contextmanager
-    def _part(self, name: str) -> Iterator[None]:
-        """Add the seconds the block takes to ``timings[name]`` (when asked for)."""
-        timings = self._timings
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            if timings is not None:
-                timings[name] = timings.get(name, 0.0) + time.perf_counter() - started
-
     def _stats(self, scope: Scope, now_ms: int) -> dict[str, JSONValue]:
         last_id, rolled_at = rollup.rollup_state(self._connection)
         rolled_up = last_id > 0
-        with self._part("raw"):
+        with self._timer("raw"):
             raw = self._raw_events(scope, last_id)
             first_data = self._first_day(scope, last_id)
         last = min(day_of(now_ms) if scope.until_day is None else scope.until_day, LAST_DAY)
@@ -185,11 +174,11 @@ class PostgresStatsStore:
         rolled_total = DayFigures()
         top: Counter[tuple[int, int]] = Counter()
         if rolled_up:
-            with self._part("rollups"):
+            with self._timer("rollups"):
                 rolled_days, rolled_total = rollup_figures(self._run, scope, first, last)
-            with self._part("top_posts"):
+            with self._timer("top_posts"):
                 top = rollup_top_posts(self._run, scope, first, last, limit=TOP_POSTS)
-        with self._part("held"):
+        with self._timer("held"):
             joined = joined_entities(raw, scope.level_key)
             held = held_entities(self._run, joined, first, last) if rolled_up else {}
             raw_days, raw_total, new_sessions = raw_figures(raw, joined, held)
@@ -197,7 +186,7 @@ class PostgresStatsStore:
                 unlisted = new_sessions.keys() - top.keys()
                 top.update(rollup_sessions(self._run, unlisted, first, last))
             top.update(new_sessions)
-        with self._part("peaks"):
+        with self._timer("peaks"):
             touched = touched_post_days(raw, first, last, now_ms=now_ms)
             peaks = day_peaks(
                 self._connection, scope, touched, first, last, rolled_at=rolled_at, now_ms=now_ms

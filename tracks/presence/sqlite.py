@@ -16,10 +16,9 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager, suppress
+from collections.abc import Iterable, Mapping
+from contextlib import suppress
 from dataclasses import replace
 from pathlib import Path
 from typing import Self
@@ -27,8 +26,6 @@ from typing import Self
 from tracks.event import JSONValue
 from tracks.presence import sqlite_schema as schema
 from tracks.presence.figures import DAY_MS, day_of
-from tracks.presence.postgresql import PostgresStatsStore
-from tracks.presence.postgresql_reading import is_postgresql_url
 from tracks.presence.raw_events import (
     EntityKey,
     RawEvent,
@@ -37,7 +34,6 @@ from tracks.presence.raw_events import (
     raw_figures,
     touched_post_days,
 )
-from tracks.presence.reading import locate, read_events
 from tracks.presence.rollup import aggregate, prune, rollup_state
 from tracks.presence.sqlite_peaks import day_peaks
 from tracks.presence.sqlite_schema import ERROR_CODE_SQL, kind_sql
@@ -48,12 +44,12 @@ from tracks.presence.stats import (
     TOP_POSTS,
     DayFigures,
     QueryCancelledError,
+    QueryTimer,
     Scope,
-    StatsStore,
     stats_json,
 )
 
-__all__ = ["SqliteStatsStore", "open_stats_store"]
+__all__ = ["SqliteStatsStore"]
 
 # SQLite virtual-machine instructions between two looks at the cancel flag: a few
 # microseconds of work each, so a cancelled query stops within a millisecond or so.
@@ -72,7 +68,7 @@ class SqliteStatsStore:
     def __init__(self, path: str | Path, *, connection: sqlite3.Connection | None = None):
         self.path = Path(path)
         self._given = connection is not None
-        self._reader = connection or _reader(self.path)
+        self._reader = connection or schema.connect_for_reading(self.path)
         self._cancelled = threading.Event()
         # A nonzero return makes SQLite abandon the statement ("interrupted").
         self._reader.set_progress_handler(self._cancelled.is_set, _PROGRESS_STEPS)
@@ -134,13 +130,13 @@ class SqliteStatsStore:
             QueryCancelledError: `interrupt()` was called.
         """
         try:
-            return self._stats(scope, now_ms, _Timer(timings, self._cancelled))
+            return self._stats(scope, now_ms, QueryTimer(timings, self._cancelled))
         except sqlite3.OperationalError:
             if self._cancelled.is_set():
                 raise QueryCancelledError("the stats query was cancelled") from None
             raise
 
-    def _stats(self, scope: Scope, now_ms: int, timer: _Timer) -> dict[str, JSONValue]:
+    def _stats(self, scope: Scope, now_ms: int, timer: QueryTimer) -> dict[str, JSONValue]:
         last_id, rolled_at = rollup_state(self._reader)
         rolled_up = last_id > 0
         with timer("raw"):
@@ -231,7 +227,7 @@ class SqliteStatsStore:
         ]
 
     def _rollup_figures(
-        self, scope: Scope, first: int, last: int, timer: _Timer
+        self, scope: Scope, first: int, last: int, timer: QueryTimer
     ) -> tuple[dict[int, DayFigures], DayFigures]:
         """The rollups' figures of each day in ``[first, last]`` and of the whole range."""
         run = self._reader.execute
@@ -408,76 +404,3 @@ def _raw_clauses(scope: Scope, last_id: int) -> tuple[list[str], list[int]]:
         clauses.append("+post_id = ?")
         params.append(scope.post_id)
     return clauses, params
-
-
-class _Timer:
-    """Adds the seconds each named part takes to ``timings`` (when given); before each
-    part, stops a cancelled query (the Python between statements has no progress handler).
-    """
-
-    def __init__(self, timings: dict[str, float] | None, cancelled: threading.Event) -> None:
-        self._timings = timings
-        self._cancelled = cancelled
-
-    @contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
-        if self._cancelled.is_set():
-            raise QueryCancelledError("the stats query was cancelled")
-        if self._timings is None:
-            yield
-            return
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self._timings[name] = self._timings.get(name, 0.0) + time.perf_counter() - started
-
-
-def _reader(path: Path) -> sqlite3.Connection:
-    """A read-only connection to the store, or an empty store's when the file was created
-    but never written (a recorder opens its file before its first batch)."""
-    connection = schema.connect(path, readonly=True)
-    if connection.execute("PRAGMA user_version").fetchone()[0] == 0:
-        connection.close()
-        connection = schema.connect(":memory:")
-    return connection
-
-
-def open_stats_store(
-    source: str | Path, *, archive: str | Path | None = None
-) -> StatsStore:
-    """The `StatsStore` of an event store: SQLite as it is, PostgreSQL as it is
-    (`tracks.presence.postgresql.PostgresStatsStore`), JSONL through an in-memory copy.
-
-    Args:
-        source: a store path, or a ``sqlite:`` / ``jsonl:`` / ``postgresql://`` URL.
-        archive: also count the events archived in this directory
-            (`tracks.presence.archive`). The store's raw events and the archive's are then
-            read into memory without the store's rollups, which already hold the archived
-            days and would count them twice.
-
-    Raises:
-        FileNotFoundError: the store does not exist.
-    """
-    if is_postgresql_url(source) and archive is None:
-        return PostgresStatsStore(str(source))
-    if is_postgresql_url(source):
-        connection = schema.connect(":memory:")
-        try:
-            schema.insert_events(connection, read_events(source, archive=archive))
-        except BaseException:
-            connection.close()
-            raise
-        return SqliteStatsStore(":memory:", connection=connection)
-    kind, path = locate(source)
-    if not path.exists():
-        raise FileNotFoundError(f"no event store at {path}")
-    if kind == "sqlite" and archive is None:
-        return SqliteStatsStore(path)
-    connection = schema.connect(":memory:")
-    try:
-        schema.insert_events(connection, read_events(source, archive=archive))
-    except BaseException:
-        connection.close()
-        raise
-    return SqliteStatsStore(path, connection=connection)

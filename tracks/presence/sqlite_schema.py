@@ -33,6 +33,7 @@ __all__ = [
     "SELECT_EVENT",
     "SchemaError",
     "connect",
+    "connect_for_reading",
     "create_rollup_tables",
     "delete_events",
     "event_from_row",
@@ -347,3 +348,13 @@ def event_from_row(
             full[key] = value
     full.update(json.loads(props))  # what props holds is the original; it wins
     return Event(name, full, ts=ts, event_id=str(uuid.UUID(bytes=event_id)))
+
+
+def connect_for_reading(path: str | Path) -> sqlite3.Connection:
+    """A read-only connection to the store, or an empty store's when the file was created
+    but never written (a recorder opens its file before its first batch)."""
+    connection = connect(path, readonly=True)
+    if connection.execute("PRAGMA user_version").fetchone()[0] == 0:
+        connection.close()
+        connection = connect(":memory:")
+    return connection

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from tracks.event import Event
 from tracks.presence import postgresql_schema as schema
+from tracks.presence import postgresql_writing as writing
 from tracks.sinks import TransientError
 
 if TYPE_CHECKING:
@@ -59,7 +60,7 @@ class PostgresSink:
         try:
             connection = await self._connect()
             await self._partitions_for(connection, batch)
-            self.inserted += await schema.ainsert_events(connection, batch)
+            self.inserted += await writing.ainsert_events(connection, batch)
         except (psycopg.DataError, psycopg.IntegrityError):
             raise  # about the batch's data; the connection is still good
         except psycopg.errors.ProgramLimitExceeded:
@@ -94,22 +95,22 @@ class PostgresSink:
     async def _partitions_for(
         self, connection: psycopg.AsyncConnection[Any], batch: Sequence[Event]
     ) -> None:
-        months = {schema.month_bounds(event.ts) for event in batch}
+        months = {writing.month_bounds(event.ts) for event in batch}
         missing = {m for m in months if m is not None and m[0] not in self._partitions}
         if not missing:
             return
-        existing = await schema.aexisting_partitions(connection)
-        wanted = {m for m in missing if schema.partition_name(m[0]) not in existing}
+        existing = await writing.aexisting_partitions(connection)
+        wanted = {m for m in missing if writing.partition_name(m[0]) not in existing}
         if wanted:
-            created = await schema.aensure_partitions(connection, self.target.schema, wanted)
+            created = await writing.aensure_partitions(connection, self.target.schema, wanted)
             for name in created:
                 logger.info("%s: created partition %s", self.description, name)
-            existing = await schema.aexisting_partitions(connection)
+            existing = await writing.aexisting_partitions(connection)
             for start, _ in wanted:
-                if schema.partition_name(start) not in existing:
+                if writing.partition_name(start) not in existing:
                     logger.warning(
                         "%s: events of month %s stay in events_default, which holds rows of"
-                        " that month already", self.description, schema.partition_name(start)
+                        " that month already", self.description, writing.partition_name(start)
                     )
         self._partitions.update(start for start, _ in missing)
 
