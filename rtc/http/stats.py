@@ -34,8 +34,8 @@ from tracks.event import now_ms
 from tracks.presence.figures import DAY_MS, day_of
 from tracks.presence.postgresql_schema import parse_url
 from tracks.presence.reading import store_exists
-from tracks.presence.sqlite import open_stats_store
 from tracks.presence.stats import QueryCancelledError, Scope, StatsStore, parse_day
+from tracks.presence.stores import open_stats_store
 
 __all__ = ["MAX_QUERIES", "QUERY_BUDGET", "QUEUE_WAIT", "QueryCounts", "StatsApi", "live_json"]
 
