@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import NoReturn, cast
 
+from tracks import __version__
 from tracks.event import Event, JSONValue, json_text, now_ms
 from tracks.presence import sqlite_schema as schema
 from tracks.presence.archive import archive_store
@@ -129,6 +130,7 @@ def format_table(result: dict[str, JSONValue]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="tracks", description="Read recorded events.")
+    parser.add_argument("--version", action="version", version=f"tracks {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     tail = commands.add_parser(

@@ -89,3 +89,10 @@ def test_rtc_version_is_the_package_version(capsys: pytest.CaptureFixture[str]) 
     assert exit_status(lambda: rtc_main(["--version"])) == 0
     assert capsys.readouterr().out.strip() == f"rtc {tracks.__version__}"
     assert rtc.__version__ == tracks.__version__ != "0+unknown"
+
+
+def test_tracks_version_is_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:
+    import tracks
+
+    assert exit_status(lambda: tracks_main(["--version"])) == 0
+    assert capsys.readouterr().out.strip() == f"tracks {tracks.__version__}"
