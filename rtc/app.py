@@ -36,7 +36,7 @@ from rtc.tokens import TokenChecker
 from tracks import Recorder, open_recorder
 from tracks.presence.reading import locate
 from tracks.streams import StreamConfig, load_streams
-from tracks.url import can_spool, recorder_kind
+from tracks.urls import can_spool, recorder_kind
 
 __all__ = ["RtcServer"]
 

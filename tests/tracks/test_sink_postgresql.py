@@ -23,7 +23,7 @@ from tracks import Event, MemoryRecorder, PostgresRecorder, RetryPolicy, open_re
 from tracks.outage import classify
 from tracks.presence import postgresql_schema as schema
 from tracks.presence.reading import follow
-from tracks.url import can_spool, recorder_kind
+from tracks.urls import can_spool, recorder_kind
 
 psycopg = pytest.importorskip("psycopg")
 

@@ -26,7 +26,7 @@ from tracks.presence.postgresql_reading import (
     is_postgresql_url,
     read_postgresql,
 )
-from tracks.url import parse_store_url
+from tracks.urls import parse_store_url
 
 __all__ = ["follow", "locate", "read_events", "store_exists"]
 

@@ -48,7 +48,7 @@ from tracks.streams.routing import (
     StreamConfig,
     StreamConfigError,
 )
-from tracks.url import recorder_kind
+from tracks.urls import recorder_kind
 
 __all__ = ["load_streams", "streams_from_mapping"]
 
