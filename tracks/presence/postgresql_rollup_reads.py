@@ -11,7 +11,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from tracks.presence.raw_events import EntityKey
+from tracks.presence.raw_events import EntityKey, rollup_days, rollup_total
 from tracks.presence.stats import DayFigures, Scope
 
 __all__ = ["Run", "held_entities", "rollup_figures", "rollup_sessions", "rollup_top_posts"]
@@ -70,27 +70,11 @@ def rollup_figures(
             (*key, first),
         )
     }
-    days = {
-        day: DayFigures(
-            joins=counts.get(day, (0, 0))[0],
-            blocked=counts.get(day, (0, 0))[1],
-            peak_sessions=peaks.get(day, (0, 0))[0],
-            peak_users=peaks.get(day, (0, 0))[1],
-            unique_sessions=distinct[day]["session"],
-            unique_users=distinct[day]["user"],
-            unique_posts=distinct[day]["post"],
-            durations=durations[day],
-            errors=errors[day],
-        )
-        for day in counts.keys() | errors.keys() | durations.keys() | peaks.keys()
-    }
-    total = DayFigures(
-        joins=sum(joins for joins, _ in counts.values()),
-        blocked=sum(blocked for _, blocked in counts.values()),
-        durations=range_durations,
-        errors=range_errors,
+    return rollup_days(
+        counts=counts, peaks=peaks, distinct=distinct, durations=durations, errors=errors
+    ), rollup_total(
+        counts=counts, distinct=range_distinct, durations=range_durations, errors=range_errors
     )
-    return days, total.with_distinct(range_distinct)
 
 def rollup_top_posts(
     run: Run, scope: Scope, first: int, last: int, *, limit: int

@@ -23,6 +23,8 @@ __all__ = [
     "joined_entities",
     "merge_days",
     "raw_figures",
+    "rollup_days",
+    "rollup_total",
     "touched_post_days",
 ]
 
@@ -159,3 +161,53 @@ def merge_days(
             days.get(day, DayFigures()), peak_sessions=sessions, peak_users=users
         )
     return days
+
+
+def rollup_days(
+    *,
+    counts: Mapping[int, tuple[int, int]],
+    peaks: Mapping[int, tuple[int, int]],
+    distinct: Mapping[int, Mapping[str, int]],
+    durations: Mapping[int, Counter[int]],
+    errors: Mapping[int, Counter[str]],
+) -> dict[int, DayFigures]:
+    """Each rolled-up day's figures from the rollup tables' rows, the same for every store.
+
+    Args:
+        counts: (joins, blocked) by day.
+        peaks: (peak sessions, peak users) by day.
+        distinct: distinct sessions, users and posts by day and kind (a missing one: 0).
+        durations: the duration histogram by day.
+        errors: connection errors by day and code.
+    """
+    return {
+        day: DayFigures(
+            joins=counts.get(day, (0, 0))[0],
+            blocked=counts.get(day, (0, 0))[1],
+            peak_sessions=peaks.get(day, (0, 0))[0],
+            peak_users=peaks.get(day, (0, 0))[1],
+            unique_sessions=distinct.get(day, {}).get("session", 0),
+            unique_users=distinct.get(day, {}).get("user", 0),
+            unique_posts=distinct.get(day, {}).get("post", 0),
+            durations=durations.get(day, Counter()),
+            errors=errors.get(day, Counter()),
+        )
+        for day in counts.keys() | errors.keys() | durations.keys() | peaks.keys()
+    }
+
+
+def rollup_total(
+    *,
+    counts: Mapping[int, tuple[int, int]],
+    distinct: Mapping[str, int],
+    durations: Counter[int],
+    errors: Counter[str],
+) -> DayFigures:
+    """The rolled-up range's figures: summed counts, the range's own distinct counts (an
+    entity counted once however many days it came back) and histograms."""
+    return DayFigures(
+        joins=sum(joins for joins, _ in counts.values()),
+        blocked=sum(blocked for _, blocked in counts.values()),
+        durations=durations,
+        errors=errors,
+    ).with_distinct(distinct)

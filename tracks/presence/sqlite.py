@@ -32,6 +32,8 @@ from tracks.presence.raw_events import (
     joined_entities,
     merge_days,
     raw_figures,
+    rollup_days,
+    rollup_total,
     touched_post_days,
 )
 from tracks.presence.rollup import aggregate, prune, rollup_state
@@ -278,27 +280,11 @@ class SqliteStatsStore:
                     (*key, first),
                 )
             }
-        days = {
-            day: DayFigures(
-                joins=counts.get(day, (0, 0))[0],
-                blocked=counts.get(day, (0, 0))[1],
-                peak_sessions=peaks.get(day, (0, 0))[0],
-                peak_users=peaks.get(day, (0, 0))[1],
-                unique_sessions=distinct[day]["session"],
-                unique_users=distinct[day]["user"],
-                unique_posts=distinct[day]["post"],
-                durations=durations[day],
-                errors=errors[day],
-            )
-            for day in counts.keys() | errors.keys() | durations.keys() | peaks.keys()
-        }
-        total = DayFigures(
-            joins=sum(joins for joins, _ in counts.values()),
-            blocked=sum(blocked for _, blocked in counts.values()),
-            durations=range_durations,
-            errors=range_errors,
+        return rollup_days(
+            counts=counts, peaks=peaks, distinct=distinct, durations=durations, errors=errors
+        ), rollup_total(
+            counts=counts, distinct=range_distinct, durations=range_durations, errors=range_errors
         )
-        return days, total.with_distinct(range_distinct)
 
     def _rollup_top_posts(
         self, scope: Scope, first: int, last: int, *, limit: int
