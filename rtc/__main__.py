@@ -218,6 +218,11 @@ def _parser() -> argparse.ArgumentParser:
         d.rollup_interval, type=float,
     )
     option(
+        "--archive-dir",
+        "where `tracks archive --to` put old events: session timelines read those days too",
+        "none", type=Path,
+    )
+    option(
         "--max-stats-days", "the longest range GET /api/stats answers (HTTP 400 beyond)",
         d.max_stats_days, type=int,
     )

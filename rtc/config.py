@@ -79,6 +79,8 @@ class ServerConfig:
             with 1008 rate-limited, before any other peer is held back).
         byte_burst: bytes a connection may send at once.
         max_stats_days: the longest range `GET /api/stats` answers (a 400 beyond).
+        archive_dir: where `tracks archive` moved old events; session timelines read the
+            archived days too. None: timelines read the event store only.
         documents: where rooms' documents are stored: ``sqlite:///path`` or
             ``postgresql://…``; empty means ``documents.sqlite`` in the data dir.
     """
@@ -120,6 +122,7 @@ class ServerConfig:
     byte_burst: int = 4 * 1024 * 1024
     max_stats_days: int = 400
     documents: str = ""
+    archive_dir: Path | None = None
 
     def __post_init__(self) -> None:
         for name in _FLOAT_FIELDS:
@@ -227,7 +230,7 @@ _ENV_NAMES = {"recorders": "RECORDER", "allowed_origins": "ALLOWED_ORIGIN"}
 def _parse(env_name: str, name: str, raw: str) -> object:
     if name in ("recorders", "allowed_origins"):
         return tuple(part for part in raw.replace(",", " ").split() if part)
-    if name in ("data_dir", "demo_dir", "streams"):
+    if name in ("data_dir", "demo_dir", "streams", "archive_dir"):
         return Path(raw)
     if name in ("host", "event_prefix", "log_level", "secret", "documents"):
         return raw

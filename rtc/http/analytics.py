@@ -13,6 +13,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -239,7 +240,10 @@ class AnalyticsApi:
         if store is None or not store_exists(store):
             raise HttpError(404, "no SQLite or PostgreSQL event store to read sessions from")
         found = await anyio.to_thread.run_sync(
-            session_timeline, store, key.blog_id, key.post_id, session_id
+            partial(
+                session_timeline, store, key.blog_id, key.post_id, session_id,
+                archive=self._config.archive_dir,
+            )
         )
         if found is None:
             raise HttpError(404, f"no events of session {session_id} in {key}")

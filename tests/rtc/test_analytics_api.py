@@ -358,3 +358,35 @@ def test_a_bad_streams_file_stops_startup_with_its_line(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert f"{streams}:3:" in result.stderr
+
+
+async def test_a_session_archived_away_is_read_from_the_archive(tmp_path: Path) -> None:
+    """With --archive-dir, a timeline whose days `tracks archive` moved still tells it all."""
+    from rtc import RtcServer, ServerConfig
+    from tracks import Event
+    from tracks.cli import main as tracks_main
+    from tracks.presence.sqlite_schema import connect, insert_events
+
+    long_ago = int(time.time() * 1000) - 30 * 86_400_000
+    props = {"blog_id": 7, "post_id": 42, "session_id": 555, "wp_user_id": 5}
+    connection = connect(tmp_path / "events.sqlite")
+    try:
+        insert_events(connection, [
+            Event("jetpack_rtc_join", props, ts=long_ago),
+            Event("jetpack_rtc_leave", {**props, "duration_ms": 60_000, "clean": True},
+                  ts=long_ago + 60_000),
+        ])
+    finally:
+        connection.close()
+    archive = tmp_path / "archive"
+    store = str(tmp_path / "events.sqlite")
+    assert tracks_main(["archive", store, "--older-than", "7d", "--to", str(archive)]) == 0
+    url = "/api/sessions/7/42/555"
+    for archive_dir, status in [(None, 404), (archive, 200)]:
+        config = ServerConfig(
+            data_dir=tmp_path, port=0, rollup_interval=0, archive_dir=archive_dir
+        )
+        async with RtcServer(config) as server, httpx.AsyncClient(timeout=TIMEOUT) as http:
+            answer = await http.get(f"{server.http_url}{url}")
+        assert answer.status_code == status, (archive_dir, answer.text)
+    assert answer.json()["wp_user_id"] == 5
