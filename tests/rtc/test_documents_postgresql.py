@@ -292,7 +292,7 @@ async def until(condition: Callable[[], bool], *, within: float) -> None:
             if condition():
                 return
             # The write loop keeps no event for a test to await: its counters are the outcome.
-            await anyio.sleep(0.02)
+            await anyio.sleep(0.02)  # noqa: sleep-ok
 
 
 @pytest.mark.slow
@@ -338,7 +338,7 @@ async def test_kill_9_keeps_every_update_older_than_a_second(
             old = str(ada.text)
             await bob.wait_text(old)  # the server has applied (and queued) every one of them
             # The promise is about updates received more than a second before the kill.
-            await anyio.sleep(1.1)
+            await anyio.sleep(1.1)  # noqa: sleep-ok
             for index in range(50):
                 await ada.insert(len(str(ada.text)), f"new{index};")
             recent = str(ada.text)[len(old):]
@@ -374,7 +374,7 @@ async def until_metrics(
             if condition(figures):
                 return figures
             # What an operator watches: /metrics is the outcome under test.
-            await anyio.sleep(0.05)
+            await anyio.sleep(0.05)  # noqa: sleep-ok
 
 
 @pytest.mark.slow

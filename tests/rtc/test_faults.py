@@ -67,7 +67,7 @@ async def until_on_disk(path: Path, expected: str) -> None:
             except sqlite3.OperationalError:
                 pass
             # No event crosses the process boundary: polling the file is the only way to see.
-            await anyio.sleep(0.05)
+            await anyio.sleep(0.05)  # noqa: sleep-ok
 
 
 async def healthz(server: ServerProcess) -> dict[str, object]:
@@ -96,7 +96,7 @@ async def until_spooled(server: ServerProcess, count: int, *, within: float) -> 
             if await spooled(server) >= count:
                 return
             # The counter lives in another process: polling /metrics is the only way to see.
-            await anyio.sleep(0.1)
+            await anyio.sleep(0.1)  # noqa: sleep-ok
 
 
 # --- (a) kill -9 -------------------------------------------------------------------------
@@ -112,7 +112,7 @@ async def test_kill_9_keeps_every_update_older_than_a_second(tmp_path: Path) -> 
             await bob.wait_text(old)  # the server has applied (and queued) every one of them
             # The promise is about updates received more than a second before the kill: the
             # time that passes is the very thing under test, not a wait for something.
-            await anyio.sleep(1.1)
+            await anyio.sleep(1.1)  # noqa: sleep-ok
             recent = (await append(ada, [f"new{i};" for i in range(50)]))[len(old):]
             await server.kill()
 

@@ -104,7 +104,7 @@ async def test_a_lone_client_stays_connected_past_the_y_websocket_watchdog(
         await ada.wait_synced()
         # y-websocket closes a socket that received nothing for 30 s; elapsed time is the
         # very thing under test here, not a wait for something.
-        await anyio.sleep(35.5)
+        await anyio.sleep(35.5)  # noqa: sleep-ok
         status = await ada.status()
         assert status["status"] == "connected"
         assert ada.state.closes == []
