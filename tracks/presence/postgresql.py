@@ -20,7 +20,6 @@ import threading
 from collections import Counter
 from collections.abc import Iterable
 from contextlib import suppress
-from dataclasses import replace
 from typing import Any, Self
 
 from tracks.event import JSONValue
@@ -37,7 +36,7 @@ from tracks.presence.postgresql_rollup_reads import (
 from tracks.presence.raw_events import (
     RawEvent,
     joined_entities,
-    merge_days,
+    range_json,
     raw_figures,
     touched_post_days,
 )
@@ -50,7 +49,6 @@ from tracks.presence.stats import (
     QueryCancelledError,
     QueryTimer,
     Scope,
-    stats_json,
 )
 
 __all__ = ["PostgresStatsStore"]
@@ -191,15 +189,10 @@ class PostgresStatsStore:
             peaks = day_peaks(
                 self._connection, scope, touched, first, last, rolled_at=rolled_at, now_ms=now_ms
             )
-        days = merge_days(rolled_days, raw_days, peaks)
-        total = replace(
-            rolled_total + raw_total,
-            peak_sessions=max((figures.peak_sessions for figures in days.values()), default=0),
-            peak_users=max((figures.peak_users for figures in days.values()), default=0),
+        return range_json(
+            rolled=(rolled_days, rolled_total), raw=(raw_days, raw_total), peaks=peaks,
+            sessions_by_post=top, first=first, last=last,
         )
-        ranked = sorted(top.items(), key=lambda item: (-item[1], item[0]))[:TOP_POSTS]
-        posts = [(blog, post, sessions) for (blog, post), sessions in ranked if sessions]
-        return stats_json(total, days, first, last, posts)
 
     def _raw_clauses(self, scope: Scope, last_id: int) -> tuple[list[str], list[int]]:
         clauses = ["id > %s", "blog_id IS NOT NULL", "post_id IS NOT NULL"]

@@ -14,14 +14,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import NamedTuple
 
+from tracks.event import JSONValue
 from tracks.presence.figures import MAX_OPEN_MS, day_of, duration_bucket
-from tracks.presence.stats import DayFigures, add_up
+from tracks.presence.stats import TOP_POSTS, DayFigures, add_up, stats_json
 
 __all__ = [
     "EntityKey",
     "RawEvent",
     "joined_entities",
     "merge_days",
+    "range_json",
     "raw_figures",
     "rollup_days",
     "rollup_total",
@@ -211,3 +213,33 @@ def rollup_total(
         durations=durations,
         errors=errors,
     ).with_distinct(distinct)
+
+
+def range_json(
+    *,
+    rolled: tuple[dict[int, DayFigures], DayFigures],
+    raw: tuple[dict[int, DayFigures], DayFigures],
+    peaks: Mapping[int, tuple[int, int]],
+    sessions_by_post: Mapping[tuple[int, int], int],
+    first: int,
+    last: int,
+) -> dict[str, JSONValue]:
+    """A range's `stats_json` from its rolled-up and raw figures: the same for every store.
+
+    Args:
+        rolled: the rollups' figures by day, and of the whole range.
+        raw: the figures of the events since the last rollup, by day and in all.
+        peaks: (peak sessions, peak users) of the days raw events touched, recomputed.
+        sessions_by_post: unique sessions per (blog_id, post_id), for the top posts.
+        first: the range's first day.
+        last: its last day.
+    """
+    days = merge_days(rolled[0], raw[0], peaks)
+    total = replace(
+        rolled[1] + raw[1],
+        peak_sessions=max((figures.peak_sessions for figures in days.values()), default=0),
+        peak_users=max((figures.peak_users for figures in days.values()), default=0),
+    )
+    ranked = sorted(sessions_by_post.items(), key=lambda item: (-item[1], item[0]))
+    posts = [(blog, post, n) for (blog, post), n in ranked[:TOP_POSTS] if n]
+    return stats_json(total, days, first, last, posts)

@@ -19,7 +19,6 @@ import threading
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from contextlib import suppress
-from dataclasses import replace
 from pathlib import Path
 from typing import Self
 
@@ -30,7 +29,7 @@ from tracks.presence.raw_events import (
     EntityKey,
     RawEvent,
     joined_entities,
-    merge_days,
+    range_json,
     raw_figures,
     rollup_days,
     rollup_total,
@@ -48,7 +47,6 @@ from tracks.presence.stats import (
     QueryCancelledError,
     QueryTimer,
     Scope,
-    stats_json,
 )
 
 __all__ = ["SqliteStatsStore"]
@@ -167,15 +165,10 @@ class SqliteStatsStore:
             peaks = day_peaks(
                 self._reader, scope, touched, first, last, rolled_at=rolled_at, now_ms=now_ms
             )
-        days = merge_days(rolled_days, raw_days, peaks)
-        total = replace(
-            rolled_total + raw_total,
-            peak_sessions=max((figures.peak_sessions for figures in days.values()), default=0),
-            peak_users=max((figures.peak_users for figures in days.values()), default=0),
+        return range_json(
+            rolled=(rolled_days, rolled_total), raw=(raw_days, raw_total), peaks=peaks,
+            sessions_by_post=top, first=first, last=last,
         )
-        ranked = sorted(top.items(), key=lambda item: (-item[1], item[0]))[:TOP_POSTS]
-        posts = [(blog, post, sessions) for (blog, post), sessions in ranked if sessions]
-        return stats_json(total, days, first, last, posts)
 
     def _first_day(self, scope: Scope, last_id: int) -> int | None:
         """The later of ``since`` and the scope's first day with data, rolled up or raw
