@@ -89,3 +89,19 @@ def test_visits_pair_joins_with_leaves_and_cap_open_ones() -> None:
         Visit(2, 6, 1000, 1000 + MAX_OPEN_MS),
     ]
     assert visits([(1, 5, 100), (1, 5, 150)], [], now_ms=120) == [Visit(1, 5, 100, 120)]
+
+
+def test_a_post_is_open_while_one_of_its_joins_has_no_leave() -> None:
+    from tracks.presence.figures import posts_with_open_visits
+
+    rows = [
+        ("join", 7, 42, 1, 1_000, None),
+        ("leave", 7, 42, 1, 61_000, 60_000),  # closes the join at 1,000
+        ("join", 7, 42, 2, 5_000, None),  # still open
+        ("join", 7, 42, 3, 3_000, None),  # open too, and earlier
+        ("join", 7, 43, 4, 9_000, None),
+        ("leave", 7, 43, 4, 10_000, 500),  # closes a join at 9,500: not this one
+        ("join", 8, 1, 5, 2_000, None),
+        ("leave", 8, 1, 5, 4_000, 2_000),
+    ]
+    assert posts_with_open_visits(rows) == {(7, 42): 3_000, (7, 43): 9_000}

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from tracks.presence.figures import DAY_MS, MAX_OPEN_MS, day_of
+from tracks.presence.figures import DAY_MS, MAX_OPEN_MS, day_of, posts_with_open_visits
 from tracks.presence.postgresql_peaks import recompute_peaks
 from tracks.presence.postgresql_schema import import_psycopg
 from tracks.presence.stats import AGGREGATE_CHUNK
@@ -301,16 +301,7 @@ def _open_post_days(connection: Any, now_ms: int) -> set[tuple[int, int, int]]:
         " WHERE kind IN ('join', 'leave')",
         (now_ms - MAX_OPEN_MS,),
     ).fetchall()
-    ended = {
-        (blog, post, session, ts - (duration or 0))
-        for kind, blog, post, session, ts, duration in rows
-        if kind == "leave"
-    }
-    open_posts: dict[tuple[int, int], int] = {}
-    for kind, blog, post, session, ts, _ in rows:
-        if kind == "join" and (blog, post, session, ts) not in ended:
-            key = (int(blog), int(post))
-            open_posts[key] = min(open_posts.get(key, ts), ts)
+    open_posts = posts_with_open_visits(rows)
     connection.execute("DELETE FROM rollup_open_posts")
     with connection.cursor() as cursor:
         cursor.executemany(

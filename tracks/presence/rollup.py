@@ -23,7 +23,13 @@ import logging
 import sqlite3
 from dataclasses import dataclass
 
-from tracks.presence.figures import DAY_MS, MAX_OPEN_MS, day_of, duration_bucket
+from tracks.presence.figures import (
+    DAY_MS,
+    MAX_OPEN_MS,
+    day_of,
+    duration_bucket,
+    posts_with_open_visits,
+)
 from tracks.presence.sqlite_peaks import recompute_peaks
 from tracks.presence.sqlite_schema import (
     ERROR_CODE_SQL,
@@ -260,16 +266,7 @@ def _open_post_days(connection: sqlite3.Connection, now_ms: int) -> set[tuple[in
         " AND blog_id IS NOT NULL AND post_id IS NOT NULL) WHERE kind IN ('join', 'leave')",
         (since,),
     ).fetchall()
-    ended = {
-        (blog, post, session, ts - (duration or 0))
-        for kind, blog, post, session, ts, duration in rows
-        if kind == "leave"
-    }
-    open_posts: dict[tuple[int, int], int] = {}
-    for kind, blog, post, session, ts, _ in rows:
-        if kind == "join" and (blog, post, session, ts) not in ended:
-            key = (int(blog), int(post))
-            open_posts[key] = min(open_posts.get(key, ts), ts)
+    open_posts = posts_with_open_visits(rows)
     connection.execute("DELETE FROM rollup_open_posts")
     connection.executemany(
         "INSERT INTO rollup_open_posts (blog_id, post_id) VALUES (?, ?)", list(open_posts)
