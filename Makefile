@@ -18,7 +18,7 @@ test: setup setup-test
 
 setup: $(VENV)/.installed tests/js/node_modules/.installed demo/dist/app.js
 
-setup-test: /usr/bin/chromium
+setup-test: /usr/bin/chromium /usr/bin/redis-server
 
 lint: setup
 	$(BIN)/ruff check rtc tracks tests bench
@@ -46,6 +46,11 @@ demo/dist/app.js: demo/node_modules/.installed $(wildcard demo/src/*)
 /usr/bin/chromium:
 	$$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -qq chromium
+
+# Debian's Redis for the cluster tests (each test runs its own redis-server on a free port).
+/usr/bin/redis-server:
+	$$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -qq redis-server
 
 clean:
 	rm -rf $(VENV) tests/js/node_modules demo/node_modules demo/dist bench/node_modules

@@ -12,6 +12,9 @@ from tests.module_imports import imports_of, modules_of
 
 PURE = {
     "rtc.actions",
+    "rtc.cluster.keys",
+    "rtc.cluster.outcomes",
+    "rtc.cluster.entries",
     "rtc.analytics.feed",
     "rtc.awareness",
     "rtc.budget",

@@ -1,0 +1,78 @@
+"""What the cluster's shared roster answers: admission decisions and registrations.
+
+No I/O here. `rtc.cluster.registry` builds these from its Lua scripts' replies; a room in
+shared mode (`rtc.room.Room(shared=True)`) finishes an admission from a `Decision`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rtc.history import RecentEnd
+from rtc.ids import RoomKey
+
+__all__ = ["Admission", "Conflict", "Decision", "Reaped", "Refusal", "Registration"]
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """A session as the cluster knows it: which node serves it, on which connection."""
+
+    node: str
+    conn: int
+    session_id: int
+    user_id: int | None
+    name: str | None
+    connected_at_ms: int
+    joined_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """The session may join.
+
+    Attributes:
+        contributors: sorted distinct user ids in the room, cluster-wide, newcomer included.
+        session_count: sessions in the room, cluster-wide, newcomer included.
+        previous_end: how this session's previous connection ended, if remembered.
+        replaced: (node, connection) of the registration this admission took over (the same
+            session of the same user, reconnected through another node), if any.
+    """
+
+    contributors: tuple[int, ...]
+    session_count: int
+    previous_end: RecentEnd | None = None
+    replaced: tuple[str, int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A limit is reached: the session is blocked (4429)."""
+
+    limit: int
+    limit_kind: str
+    contributors: tuple[int, ...]
+    session_count: int
+    first: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    """The session id is registered to another user (4409)."""
+
+
+Decision = Admission | Refusal | Conflict
+
+
+@dataclass(frozen=True, slots=True)
+class Reaped:
+    """A session of a node that stopped heartbeating, removed by the reaper.
+
+    Attributes:
+        removed: False for a session that had already been taken over on another node (its
+            presence lives on there; only its lost connection is recorded).
+    """
+
+    key: RoomKey
+    registration: Registration
+    removed: bool
