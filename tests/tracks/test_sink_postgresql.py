@@ -187,6 +187,44 @@ async def test_concurrent_migrations_run_once(postgres_url: str) -> None:
         assert schema.schema_version(connection, "shared") == schema.SCHEMA_VERSION
 
 
+async def test_version_2_migrates_to_the_indexes_queries_use(postgres_url: str) -> None:
+    """Step 3 drops the indexes no query uses, on the parent and every partition, and
+    indexes ts with BRIN; the events stored before it are all still there."""
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        connection.execute("CREATE SCHEMA old")
+        connection.execute("SET search_path TO old")
+        with connection.transaction():
+            for statement in (*schema.MIGRATIONS[0], *schema.MIGRATIONS[1]):
+                connection.execute(statement)
+            connection.execute(
+                "CREATE TABLE schema_version (singleton boolean PRIMARY KEY DEFAULT true,"
+                " version integer NOT NULL)"
+            )
+            connection.execute("INSERT INTO schema_version (version) VALUES (2)")
+    url = f"{postgres_url}?schema=old"
+    before, after = make_events(3), make_events(4, start=3)
+    await record_all(url, before)  # partitions made, then...
+    query(postgres_url, "UPDATE old.schema_version SET version = 2")
+    query(postgres_url, "CREATE INDEX events_ts ON old.events (ts)")  # ...as version 2 had
+    query(postgres_url, "CREATE INDEX events_user ON old.events (wp_user_id)")
+    query(postgres_url, "DROP INDEX old.events_ts_brin")
+    recorder = await record_all(url, after)  # a new connection: migrates to 3
+    assert recorder.stats.written == 4
+    assert query(postgres_url, "SELECT version FROM old.schema_version") == [
+        (schema.SCHEMA_VERSION,)
+    ]
+    indexes = query(
+        postgres_url,
+        "SELECT DISTINCT regexp_replace(indexname, '^events_y[0-9m]+_', '')"
+        " FROM pg_indexes WHERE schemaname = 'old' AND tablename LIKE 'events%%'",
+    )
+    names = {name for (name,) in indexes}
+    assert not {"events_ts", "events_name_ts", "events_user"} & names
+    assert {"events_id", "events_post_session", "events_post_ts", "events_ts_brin"} <= names
+    stored = {event.event_id for event in read_events(url)}
+    assert stored == {event.event_id for event in (*before, *after)}
+
+
 async def test_a_newer_schema_is_refused(postgres_url: str) -> None:
     await record_all(postgres_url, make_events(1))
     query(postgres_url, "UPDATE schema_version SET version = version + 1")

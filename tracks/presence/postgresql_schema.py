@@ -174,6 +174,16 @@ MIGRATIONS: Sequence[Sequence[str]] = (
     ),
     # Version 2: the stats store's daily rollups (`tracks.presence.postgresql_rollup`).
     ROLLUP_TABLES,
+    # Version 3: only the indexes a query uses (each one costs every insert). ts is
+    # searched by range only (the open-visits scan of the last 24 h, archive, prune): a BRIN
+    # index, a few pages per partition, serves that since rows arrive roughly in ts order.
+    # No query looks events up by (name, ts) or by wp_user_id.
+    (
+        "DROP INDEX IF EXISTS events_ts",
+        "DROP INDEX IF EXISTS events_name_ts",
+        "DROP INDEX IF EXISTS events_user",
+        "CREATE INDEX events_ts_brin ON events USING brin (ts)",
+    ),
     # Later steps go here.
 )
 SCHEMA_VERSION = len(MIGRATIONS)
