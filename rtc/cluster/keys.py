@@ -54,6 +54,11 @@ class Keys:
     def node_replaced(self, node: str) -> str:
         return f"{self.prefix}:node:{node}:replaced"
 
+    def node_reaped(self, node: str) -> str:
+        """Set by the reaper that claimed `node` (expires): tells a node that comes back that
+        it was reaped, rather than that Redis restarted empty."""
+        return f"{self.prefix}:node:{node}:reaped"
+
     def _room(self, key: RoomKey, what: str) -> str:
         return f"{self.prefix}:{{{key.blog_id}:{key.post_id}}}:{what}"
 

@@ -11,7 +11,15 @@ from dataclasses import dataclass
 from rtc.history import RecentEnd
 from rtc.ids import RoomKey
 
-__all__ = ["Admission", "Conflict", "Decision", "Reaped", "Refusal", "Registration"]
+__all__ = [
+    "Admission",
+    "Conflict",
+    "Decision",
+    "Heartbeat",
+    "Reaped",
+    "Refusal",
+    "Registration",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,3 +84,23 @@ class Reaped:
     key: RoomKey
     registration: Registration
     removed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """What a node learns when it heartbeats.
+
+    Attributes:
+        now_ms: Redis's clock (``TIME``) at the heartbeat.
+        reaped: another node reaped this one (it stopped heartbeating for longer than the
+            node timeout: paused or partitioned): its registrations are gone, so it closes
+            the connections it held, which reconnect and are admitted again. Reported once.
+        alive: nodes alive, this one included.
+        missing: this node was not in the cluster's node list (reaped, or Redis came back
+            empty): it re-registers its sessions (`Registry.register_all`) unless reaped.
+    """
+
+    now_ms: int
+    reaped: bool
+    alive: int
+    missing: bool = False
