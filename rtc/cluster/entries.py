@@ -1,0 +1,144 @@
+"""The entries of a room's log (the Redis stream ``rtc:{blog:post}:log``): `Entry`, its
+field encoding, and the payload of a ``reply``.
+
+No I/O here, and no trust in what the stream holds: `decode_entry` and `decode_reply` raise
+`ValueError` on anything malformed (a foreign writer, a newer or older node), never
+`KeyError` or `IndexError`.
+
+An entry's fields (bytes keys, as XADD stores them):
+
+- ``n``: the origin node id (every node skips its own entries);
+- ``k``: the kind, one of `KINDS`;
+- ``d``: the data, bytes whose meaning depends on the kind;
+- ``t``: optional target node id: only that node acts on the entry.
+
+Fields other than these are ignored, so that a later version may add one without older
+nodes dropping its entries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from rtc.errors import ProtocolError
+from rtc.protocol import Reader, write_var_bytes
+
+__all__ = [
+    "AWARENESS",
+    "GONE",
+    "KICK",
+    "KINDS",
+    "REPLACED",
+    "REPLY",
+    "SYNC",
+    "TARGETED",
+    "UPDATE",
+    "Entry",
+    "decode_entry",
+    "decode_reply",
+    "encode_entry",
+    "encode_reply",
+]
+
+UPDATE = "update"  # a document update a local client made
+AWARENESS = "awareness"  # an awareness update: the origin node's local sessions only
+GONE = "gone"  # data: a session id (ASCII decimal) whose presence is gone (the reaper)
+SYNC = "sync"  # data: the origin's state vector; every holder answers with a reply
+REPLY = "reply"  # target: the asker; data: encode_reply(update, awareness, state_vector)
+REPLACED = "replaced"  # target: a node; data: its connection id (ASCII) taken over
+KICK = "kick"  # data: a user id (ASCII decimal) whose sessions in the room are closed
+
+KINDS = frozenset({UPDATE, AWARENESS, GONE, SYNC, REPLY, REPLACED, KICK})
+# Kinds that mean something only to one node: without a target they are malformed.
+TARGETED = frozenset({REPLY, REPLACED})
+
+NODE = b"n"
+KIND = b"k"
+DATA = b"d"
+TARGET = b"t"
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One entry of a room's log.
+
+    Attributes:
+        node: the node that wrote it.
+        kind: one of `KINDS`.
+        data: the payload (see the kinds above).
+        target: the only node that acts on it, or None for every node.
+    """
+
+    node: str
+    kind: str
+    data: bytes
+    target: str | None = None
+
+
+def encode_entry(entry: Entry) -> dict[bytes, bytes]:
+    """The XADD fields of an entry (``t`` only when it has a target)."""
+    fields = {NODE: entry.node.encode(), KIND: entry.kind.encode(), DATA: entry.data}
+    if entry.target is not None:
+        fields[TARGET] = entry.target.encode()
+    return fields
+
+
+def _text(fields: Mapping[bytes, bytes], name: bytes) -> str:
+    value = fields[name]
+    if not isinstance(value, bytes):
+        raise ValueError(f"field {name!r} is not bytes")
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"field {name!r} is not UTF-8") from error
+    if not text:
+        raise ValueError(f"field {name!r} is empty")
+    return text
+
+
+def decode_entry(fields: Mapping[bytes, bytes]) -> Entry:
+    """The entry that XADD fields hold.
+
+    Raises:
+        ValueError: a field is missing, empty or not text where text is due, the kind is
+            unknown, or a kind that needs a target has none.
+    """
+    missing = [name for name in (NODE, KIND, DATA) if name not in fields]
+    if missing:
+        raise ValueError(f"missing fields {missing!r}")
+    node = _text(fields, NODE)
+    kind = _text(fields, KIND)
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}")
+    data = fields[DATA]
+    if not isinstance(data, bytes):
+        raise ValueError("field b'd' is not bytes")
+    target = _text(fields, TARGET) if TARGET in fields else None
+    if target is None and kind in TARGETED:
+        raise ValueError(f"a {kind!r} entry needs a target")
+    return Entry(node, kind, data, target)
+
+
+def encode_reply(update: bytes, awareness: bytes, state_vector: bytes) -> bytes:
+    """The data of a ``reply``: three varuint-length byte strings (lib0 encoding, as in
+    y-protocols): what the asker lacks, the replier's local presence (an awareness update,
+    possibly empty), and the replier's state vector."""
+    return write_var_bytes(update) + write_var_bytes(awareness) + write_var_bytes(state_vector)
+
+
+def decode_reply(data: bytes) -> tuple[bytes, bytes, bytes]:
+    """``(update, awareness, state_vector)`` from a ``reply``'s data.
+
+    Raises:
+        ValueError: the data is not exactly three length-prefixed byte strings.
+    """
+    reader = Reader(data)
+    try:
+        update = reader.read_var_bytes()
+        awareness = reader.read_var_bytes()
+        state_vector = reader.read_var_bytes()
+        reader.expect_end()
+    except ProtocolError as error:
+        raise ValueError(f"malformed reply: {error}") from error
+    return update, awareness, state_vector
