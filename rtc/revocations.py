@@ -4,7 +4,9 @@ A kick revokes every token its user holds for that room issued at or before the 
 the kick (`iat <= revoked_at`): the admin's "permissions changed" holds across reconnects and
 restarts. An entry is kept as long as a token issued before it could still be alive
 (`keep_seconds`, the server's longest token lifetime), then forgotten. The entries live in
-one small JSON file, rewritten atomically on each kick (written, fsynced, renamed).
+one small JSON file, rewritten atomically on each kick (written, fsynced, renamed). In cluster
+mode the kicks are shared through Redis too (`rtc.cluster.controls`), which hands every
+node's kicks to `share`: a token kicked on one node is refused on all.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class Revocations:
         self.path = path
         self._keep = keep_seconds
         self._revoked: dict[tuple[RoomKey, int], int] = {}
+        self._shared: dict[tuple[RoomKey, int], int] = {}
         if path.exists():
             try:
                 self._revoked = _parse(json.loads(path.read_text(encoding="utf-8")))
@@ -48,9 +51,23 @@ class Revocations:
     def __len__(self) -> int:
         return len(self._revoked)
 
+    @property
+    def keep_seconds(self) -> float:
+        return self._keep
+
     def revoked_at(self, key: RoomKey, user_id: int) -> int | None:
-        """The second of the user's last kick from the room, if any."""
-        return self._revoked.get((key, user_id))
+        """The second of the user's last kick from the room (here or, in a cluster, on any
+        node), if any."""
+        local = self._revoked.get((key, user_id))
+        shared = self._shared.get((key, user_id))
+        if local is None or shared is None:
+            return shared if local is None else local
+        return max(local, shared)
+
+    def share(self, kicks: dict[tuple[RoomKey, int], int]) -> None:
+        """Take the cluster's kicks (room and user -> second) as known, besides this node's
+        own; not persisted here (Redis keeps them)."""
+        self._shared = dict(kicks)
 
     def revoke(self, key: RoomKey, user_id: int, *, now: float) -> None:
         """Revoke the user's tokens for the room issued up to now; persisted before returning.

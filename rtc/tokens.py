@@ -99,10 +99,19 @@ class TokenChecker:
             return expires, None
         return grant.expires_at, grant.user_id
 
-    def revoke(self, key: RoomKey, user_id: int) -> None:
+    @property
+    def revocations(self) -> Revocations:
+        return self._revocations
+
+    def revoke(self, key: RoomKey, user_id: int) -> int:
         """Refuse, from now on, the user's tokens for the room issued up to this second.
 
         Persisted before it returns (raises OSError when it could not be).
+
+        Returns:
+            The second of the kick (tokens issued at or before it are refused).
         """
-        self._revocations.revoke(key, user_id, now=self._clock())
+        now = self._clock()
+        self._revocations.revoke(key, user_id, now=now)
         logger.info("room %s: tokens of user %d issued until now are revoked", key, user_id)
+        return int(now)

@@ -37,6 +37,7 @@ const ui = {
   form: $('identity-form'),
   room: $('room'),
   sessionId: $('session-id'),
+  node: $('node'),
   status: $('status'),
   closeInfo: $('close-info'),
   editor: $('editor'),
@@ -78,11 +79,22 @@ const refreshServerRoster = async (identity) => {
     ui.serverRoster.textContent =
       `server (GET /api/rooms/${identity.blog}/${identity.post}): ${room.contributor_count} contributor${room.contributor_count === 1 ? '' : 's'}, ` +
       `${room.session_count} session${room.session_count === 1 ? '' : 's'}`
+    showNode(room, session.doc.clientID)
     return room
   } catch {
     ui.serverRoster.textContent = 'server roster unavailable'
     return null
   }
+}
+
+// In cluster mode the roster names the node that serves each session: this tab's is found by
+// its session id (the Yjs clientID), whichever node answered the HTTP request (a load
+// balancer may send it to another one than the WebSocket's).
+const showNode = (room, ownSessionId) => {
+  const own = room.contributors.flatMap((c) => c.sessions).find((s) => s.session_id === ownSessionId)
+  ui.node.hidden = own?.node == null
+  ui.node.textContent = own?.node == null ? '' : `served by node ${own.node}`
+  ui.node.dataset.node = own?.node ?? ''
 }
 
 const showBlocked = async (identity, { code, reason }) => {
@@ -128,6 +140,8 @@ const start = (identity) => {
   ui.editor.readOnly = false
   ui.closeInfo.textContent = ''
   ui.serverRoster.textContent = ''
+  ui.node.hidden = true
+  ui.node.dataset.node = ''
   document.title = `${identity.name} · post ${identity.post} · rtc demo`
   document.documentElement.style.setProperty('--own-colour', colour)
 

@@ -1,7 +1,9 @@
 """Capture control: per-blog switch and sampling rate, changeable at runtime and persisted.
 
 An operator can stop recording a site (a privacy request, a noisy site) without a restart.
-The settings live in one small JSON file, rewritten atomically on each change.
+The settings live in one small JSON file, rewritten atomically on each change. In cluster
+mode they live in Redis instead (`rtc.cluster.controls`), which keeps this object's view
+current (`replace`) and takes the changes; the file is not used then.
 """
 
 from __future__ import annotations
@@ -68,5 +70,21 @@ class CaptureSettings:
         self._blogs = blogs
         logger.info("capture for blog %d: %s", blog_id, capture.to_json())
 
+    def replace(self, blogs: dict[int, BlogCapture]) -> None:
+        """Take these settings as the current ones, without persisting them (cluster mode:
+        they are the cluster's, read from Redis)."""
+        self._blogs = {blog: capture for blog, capture in blogs.items() if capture != BlogCapture()}
+
     def to_json(self) -> dict[str, object]:
         return {str(blog): value.to_json() for blog, value in sorted(self._blogs.items())}
+
+    @staticmethod
+    def parse(raw: str) -> BlogCapture:
+        """One blog's settings from their JSON (`BlogCapture.to_json`); raises ValueError."""
+        try:
+            value = json.loads(raw)
+            if not isinstance(value, dict):
+                raise TypeError("not an object")
+            return BlogCapture(**value)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"unreadable capture settings: {error}") from None

@@ -15,6 +15,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 from websockets.http11 import Response
@@ -24,7 +25,7 @@ from rtc.analytics.ingest import BATCH_DEPTH, BatchError, RecentIds, Rejection, 
 from rtc.analytics.tracking import Tracking
 from rtc.auth import Grant
 from rtc.config import ServerConfig
-from rtc.errors import RtcError
+from rtc.errors import ClusterUnavailableError, RtcError
 from rtc.http.access import credential
 from rtc.http.errors import HttpError
 from rtc.http.request import HttpRequest
@@ -37,6 +38,9 @@ from tracks import JSONValue
 from tracks.event import now_ms
 from tracks.presence.reading import store_exists
 from tracks.presence.timeline import session_timeline
+
+if TYPE_CHECKING:
+    from rtc.cluster.controls import SharedControls
 
 __all__ = ["AnalyticsApi"]
 
@@ -59,6 +63,8 @@ class AnalyticsApi:
             path or a ``postgresql://`` URL.
         tokens: the token rules when the server has a secret (client events then need a
             room token).
+        controls: in cluster mode, where capture settings are changed for every node (in
+            Redis, not in this node's file).
     """
 
     def __init__(
@@ -70,8 +76,10 @@ class AnalyticsApi:
         capture: CaptureSettings,
         event_store: str | Path | None,
         tokens: TokenChecker | None = None,
+        controls: SharedControls | None = None,
     ) -> None:
         self._config = config
+        self._controls = controls
         self._tokens = tokens
         self._tracking = tracking
         self._metrics = metrics
@@ -199,8 +207,11 @@ class AnalyticsApi:
 
     # --- capture control -------------------------------------------------------------------
 
-    def set_capture(self, request: HttpRequest, blog_id: int) -> Response:
-        """`PUT|POST /api/capture/{blog_id}` with `{"enabled": bool, "sample_rate": 0..1}`."""
+    async def set_capture(self, request: HttpRequest, blog_id: int) -> Response:
+        """`PUT|POST /api/capture/{blog_id}` with `{"enabled": bool, "sample_rate": 0..1}`.
+
+        In cluster mode the change is the cluster's (a 503 when Redis does not take it).
+        """
         body = request.json() if request.body else {}
         try:
             if not isinstance(body, dict):
@@ -215,7 +226,13 @@ class AnalyticsApi:
             raise HttpError(
                 400, 'body must be {"enabled": true|false, "sample_rate": 0..1}'
             ) from None
-        self.capture.set(blog_id, settings)
+        if self._controls is None:
+            self.capture.set(blog_id, settings)
+        else:
+            try:
+                await self._controls.set_capture(blog_id, settings)
+            except ClusterUnavailableError as error:
+                raise HttpError(503, f"the cluster's Redis does not answer: {error}") from None
         return json_response(200, {"blog_id": blog_id, **settings.to_json()})
 
     def streams_view(self, blog_id: int | None) -> dict[str, object]:

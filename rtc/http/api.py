@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import anyio
 from websockets.asyncio.server import ServerConnection
@@ -20,6 +21,7 @@ from websockets.http11 import Request, Response
 from rtc.auth import Scope
 from rtc.config import ServerConfig
 from rtc.connections import ConnectionCounts, address_of
+from rtc.errors import ClusterUnavailableError
 from rtc.http.access import Access
 from rtc.http.analytics import AnalyticsApi
 from rtc.http.errors import HttpError
@@ -31,7 +33,7 @@ from rtc.http.responses import (
     json_response,
     text_response,
 )
-from rtc.http.roster import room_json, rooms_json
+from rtc.http.roster import cluster_room_json, cluster_rooms_json, room_json, rooms_json
 from rtc.http.routes import (
     CaptureBlog,
     CaptureList,
@@ -58,6 +60,10 @@ from rtc.ids import RoomKey, id_from_json
 from rtc.metrics import LiveFigures, Metrics
 from rtc.rooms import RoomRegistry
 from rtc.tokens import TokenChecker
+
+if TYPE_CHECKING:
+    from rtc.cluster.controls import SharedControls
+    from rtc.cluster.reads import ClusterReads
 
 __all__ = ["HttpApi"]
 
@@ -89,6 +95,10 @@ class HttpApi:
         connections: open connection counts, for the caps.
         tokens: the token rules when the server has a secret: then every read but the
             health check, the pages and the stream configuration needs a credential.
+        cluster: in cluster mode, the shared roster: rosters and live stats are the
+            cluster's (the same from every node; a 503 when Redis does not answer), and the
+            health check names the node and what it sees of the cluster.
+        controls: in cluster mode, where a kick is shared with every node.
     """
 
     def __init__(
@@ -103,8 +113,12 @@ class HttpApi:
         kick: Callable[[RoomKey, int], int],
         connections: ConnectionCounts,
         tokens: TokenChecker | None = None,
+        cluster: ClusterReads | None = None,
+        controls: SharedControls | None = None,
     ) -> None:
         self._config = config
+        self._cluster = cluster
+        self._controls = controls
         self._metrics = metrics
         self._rooms = rooms
         self._analytics = analytics
@@ -170,6 +184,11 @@ class HttpApi:
             return await self._dispatch(request, target, disconnected)
         except HttpError as error:
             return self._refused(request, error)
+        except ClusterUnavailableError as error:
+            return self._refused(request, HttpError(
+                503, f"the cluster's Redis does not answer; try again shortly ({error.detail})",
+                headers={"Retry-After": "1"},
+            ))
         except Exception:
             logger.exception("HTTP %s %s failed", request.method, request.path)
             return self._refused(request, HttpError(500, "internal error"))
@@ -203,13 +222,18 @@ class HttpApi:
                 return text_response(200, self._metrics.render(), content_type)
             case RoomList():
                 access.scope(request, Scope.READ)
+                if self._cluster is not None:
+                    return json_response(200, cluster_rooms_json(await self._cluster.rooms()))
                 return json_response(200, rooms_json(self._rooms.loaded()))
             case Roster(key=key):
                 access.room(request, key)
+                if self._cluster is not None:
+                    roster = await self._cluster.roster(key)
+                    return json_response(200, cluster_room_json(key, roster))
                 return json_response(200, room_json(key, self._rooms.get(key)))
             case Kick(key=key):
                 access.scope(request, Scope.ADMIN)
-                return self._kick(request, key)
+                return await self._kick(request, key)
             case Ingest() if request.method == "OPTIONS":
                 return analytics.preflight(request)
             case Ingest():
@@ -221,7 +245,7 @@ class HttpApi:
                 return json_response(200, {"blogs": analytics.capture.to_json()})
             case CaptureBlog(blog_id=blog_id):
                 access.scope(request, Scope.ADMIN)
-                return analytics.set_capture(request, blog_id)
+                return await analytics.set_capture(request, blog_id)
             case SessionTimeline(key=key, session_id=session_id):
                 access.room(request, key)
                 return json_response(200, await analytics.timeline(key, session_id))
@@ -231,6 +255,9 @@ class HttpApi:
                 return json_response(200, figures)
             case LiveStats():
                 access.scope(request, Scope.READ)
+                if self._cluster is not None:
+                    live = await self._stats.cluster_live(request, self._cluster.rooms)
+                    return json_response(200, live)
                 return json_response(200, self._stats.live(request))
             case RoomRoute() | FeedRoute():
                 raise HttpError(400, "this path takes a WebSocket upgrade")
@@ -240,29 +267,46 @@ class HttpApi:
         return await anyio.to_thread.run_sync(bundle.is_file)
 
     def _health(self) -> dict[str, object]:
-        # Open to anyone, so counts only: never a user id, a name or a room.
+        # Open to anyone, so counts only: never a user id, a name or a room. This node's
+        # figures; in a cluster, its id and what its last heartbeat saw (no Redis round trip:
+        # a load balancer checks often, and a node serves its editors while Redis is down).
         live = self._live()
-        return {
+        health: dict[str, object] = {
             "status": "ok",
             "uptime_s": round(time.monotonic() - self._started, 3),
             "rooms": live.rooms,
             "connections": live.connections,
             "sessions": live.sessions,
         }
+        if self._cluster is not None:
+            health.update(self._cluster.health())
+        return health
 
-    def _kick(self, request: HttpRequest, key: RoomKey) -> Response:
-        """Revoke a user's tokens for a room, then close their sessions with 4403 `revoked`."""
+    async def _kick(self, request: HttpRequest, key: RoomKey) -> Response:
+        """Revoke a user's tokens for a room, then close their sessions with 4403 `revoked`
+        (in a cluster: on every node, and the tokens are refused by every node)."""
         body = request.json()
         if not isinstance(body, dict) or "user_id" not in body:
             raise HttpError(400, 'body must be JSON {"user_id": N}')
         user_id = id_from_json(body["user_id"])
         if user_id is None:
             raise HttpError(400, "user_id must be a positive integer below 2**63")
+        shared: ClusterUnavailableError | None = None
         if self._tokens is not None:
             # Recorded first: a session closed now must not come straight back in.
-            self._tokens.revoke(key, user_id)
-        closed = self._kick_user(key, user_id)
+            revoked_at = self._tokens.revoke(key, user_id)
+            if self._controls is not None:
+                try:
+                    await self._controls.revoke(key, user_id, revoked_at)
+                except ClusterUnavailableError as error:
+                    shared = error
+        closed = self._kick_user(key, user_id)  # the other nodes hear it from the room's log
         logger.info("room %s: user %d kicked (%d sessions)", key, user_id, closed)
+        if shared is not None:
+            raise HttpError(
+                503, f"user {user_id} was kicked on this node only: the cluster's Redis does "
+                "not answer; kick again when it is back", headers={"Retry-After": "1"},
+            )
         return json_response(200, {"blog_id": key.blog_id, "post_id": key.post_id,
                                    "user_id": user_id, "closed": closed})
 

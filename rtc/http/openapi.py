@@ -190,6 +190,7 @@ _RANGE = (
     Parameter("until", "query", _DAY, "last day, the same forms (default: today)", "0d"),
 )
 NOT_FOUND = error(404, "no such file in the pages folder")
+CLUSTER_DOWN = error(503, "cluster mode: the cluster's Redis does not answer")
 NOT_BUILT = Answer(503, "the demo's JavaScript bundle is not built: a page that says how",
                    content_type=HTML)
 
@@ -213,16 +214,19 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         (Answer(200, "Prometheus text format 0.0.4", content_type="text/plain"),)),)),
     Endpoint("/api/rooms", RoomList, (Operation(
         "GET", "rooms: loaded rooms with their session and contributor counts", "read",
-        (Answer(200, "the loaded rooms", ref("Rooms")),)),)),
+        (Answer(200, "the loaded rooms (cluster mode: with sessions on any node)",
+                ref("Rooms")), CLUSTER_DOWN)),)),
     Endpoint("/api/rooms/{blog_id}/{post_id}", Roster, (Operation(
         "GET", "roster: each user present with id, name and sessions", "room",
-        (Answer(200, "the live roster (empty when the room is not loaded)", ref("Roster")),)),),
+        (Answer(200, "the live roster (empty when the room is not loaded; cluster mode: every"
+                     " node's sessions)", ref("Roster")), CLUSTER_DOWN)),),
         ROOM),
     Endpoint("/api/rooms/{blog_id}/{post_id}/kick", Kick, (Operation(
         "POST", "kick: revoke a user's tokens for the room and close their sessions (4403)",
         "admin",
         (Answer(200, "the user's sessions closed", ref("Kicked")),
-         error(400, 'a body that is not {"user_id": N}, N a JSON integer (1, not 1.0)')),
+         error(400, 'a body that is not {"user_id": N}, N a JSON integer (1, not 1.0)'),
+         error(503, "cluster mode: kicked on this node only, Redis does not answer")),
         body=ref("Kick")),), ROOM),
     Endpoint("/api/events", Ingest, (
         Operation(
@@ -250,7 +254,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("/api/capture/{blog_id}", CaptureBlog, tuple(Operation(
         method, f"capture{'' if method == 'PUT' else '_post'}: set a blog's capture", "admin",
         (Answer(200, "the blog's settings now", ref("BlogCapture")),
-         error(400, "a body that is not the settings")),
+         error(400, "a body that is not the settings"), CLUSTER_DOWN),
         body=ref("CaptureChange"), body_required=False) for method in ("PUT", "POST")),
         (BLOG,)),
     Endpoint("/api/stats", Stats, (Operation(
@@ -264,7 +268,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("/api/stats/live", LiveStats, (Operation(
         "GET", "live: sessions and contributors active now", "read",
         (Answer(200, "active now, per room and in total", ref("Live")),
-         error(400, "malformed ids, or a post_id without its blog_id")),
+         error(400, "malformed ids, or a post_id without its blog_id"), CLUSTER_DOWN),
         _SCOPE),)),
     Endpoint("/api/sessions/{blog_id}/{post_id}/{session_id}", SessionTimeline, (Operation(
         "GET", "timeline: one session's connections, errors and company", "room",

@@ -78,7 +78,11 @@ SCHEMAS: dict[str, JSONValue] = {
             "rooms": COUNT,
             "connections": COUNT,
             "sessions": COUNT,
-        }
+            # Cluster mode only: this node, and the cluster as its last heartbeat saw it.
+            "node": {"type": "string"},
+            "cluster": _object({"redis": {"type": "boolean"}, "nodes_alive": COUNT}),
+        },
+        optional=("node", "cluster"),
     ),
     "Rooms": _object(
         {
@@ -110,7 +114,12 @@ SCHEMAS: dict[str, JSONValue] = {
                         "name": {"type": "string"},
                         "sessions": {
                             "type": "array",
-                            "items": _object({"session_id": SESSION_ID, "connected_since": MS}),
+                            "items": _object(
+                                # `node`: cluster mode only, the node serving the session.
+                                {"session_id": SESSION_ID, "connected_since": MS,
+                                 "node": {"type": "string"}},
+                                optional=("node",),
+                            ),
                         },
                     },
                     optional=("id", "name"),

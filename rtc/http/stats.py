@@ -3,7 +3,8 @@
 `/api/stats?blog_id=&post_id=&since=&until=` answers the `tracks.stats` figures (the same
 JSON as `tracks report --json`) from the server's event store, the first SQLite recorder.
 Queries run in a worker thread on a read-only connection, never on the event loop.
-`/api/stats/live` is "active now": sessions and contributors per loaded room and in total.
+`/api/stats/live` is "active now": sessions and contributors per loaded room and in total
+(in cluster mode, per room with sessions on any node, from the shared roster).
 `run()` keeps the daily rollups current and, with a retention, prunes old raw events.
 
 What one request may cost is bounded: the range (``max_days``, a 400 beyond), how many
@@ -18,16 +19,18 @@ import logging
 import sqlite3
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
 from anyio.abc import TaskStatus
 
+from rtc.cluster.outcomes import Registration
 from rtc.http.errors import HttpError
 from rtc.http.request import HttpRequest
-from rtc.ids import id_from_text
+from rtc.http.roster import user_ids
+from rtc.ids import RoomKey, id_from_text
 from rtc.room import Room
 from tracks import JSONValue
 from tracks.event import now_ms
@@ -37,7 +40,15 @@ from tracks.presence.reading import store_exists
 from tracks.presence.stats import QueryCancelledError, Scope, StatsStore, parse_day
 from tracks.presence.stores import open_stats_store
 
-__all__ = ["MAX_QUERIES", "QUERY_BUDGET", "QUEUE_WAIT", "QueryCounts", "StatsApi", "live_json"]
+__all__ = [
+    "MAX_QUERIES",
+    "QUERY_BUDGET",
+    "QUEUE_WAIT",
+    "QueryCounts",
+    "StatsApi",
+    "cluster_live_json",
+    "live_json",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -58,25 +69,48 @@ def live_json(
     rooms: Iterable[Room], *, blog_id: int | None = None, post_id: int | None = None
 ) -> dict[str, JSONValue]:
     """Active now: sessions and contributors (distinct users) per room and in total."""
+    return _live(
+        ((room.key, room.session_count, room.contributor_ids()) for room in rooms),
+        blog_id=blog_id, post_id=post_id,
+    )
+
+
+def cluster_live_json(
+    rooms: Mapping[RoomKey, Sequence[Registration]],
+    *,
+    blog_id: int | None = None,
+    post_id: int | None = None,
+) -> dict[str, JSONValue]:
+    """`live_json` over the cluster's shared roster (cluster mode): every node's sessions."""
+    return _live(
+        ((key, len(sessions), user_ids(sessions)) for key, sessions in rooms.items()),
+        blog_id=blog_id, post_id=post_id,
+    )
+
+
+def _live(
+    rooms: Iterable[tuple[RoomKey, int, tuple[int, ...]]],
+    *,
+    blog_id: int | None,
+    post_id: int | None,
+) -> dict[str, JSONValue]:
     listed: list[JSONValue] = []
     sessions = 0
-    users: set[object] = set()
-    for room in sorted(rooms, key=lambda room: room.key):
-        key = room.key
+    users: set[int] = set()
+    for key, session_count, contributors in sorted(rooms, key=lambda room: room[0]):
         if (blog_id is not None and key.blog_id != blog_id) or (
             post_id is not None and key.post_id != post_id
         ):
             continue
-        contributors = room.contributor_ids()
-        if not room.session_count:
+        if not session_count:
             continue
-        sessions += room.session_count
+        sessions += session_count
         users.update(contributors)
         listed.append(
             {
                 "blog_id": key.blog_id,
                 "post_id": key.post_id,
-                "sessions": room.session_count,
+                "sessions": session_count,
                 "contributors": len(contributors),
             }
         )
@@ -228,6 +262,21 @@ class StatsApi:
         """
         scope = parse_scope(request, now_ms=now_ms())
         return live_json(self._rooms(), blog_id=scope.blog_id, post_id=scope.post_id)
+
+    async def cluster_live(
+        self,
+        request: HttpRequest,
+        read: Callable[[], Awaitable[Mapping[RoomKey, Sequence[Registration]]]],
+    ) -> dict[str, JSONValue]:
+        """``GET /api/stats/live`` in cluster mode: active now on every node, from the
+        shared roster that `read` fetches (what it raises propagates).
+
+        Raises:
+            HttpError: 400 for a malformed scope (before anything is read).
+        """
+        scope = parse_scope(request, now_ms=now_ms())
+        rooms = await read()
+        return cluster_live_json(rooms, blog_id=scope.blog_id, post_id=scope.post_id)
 
     async def figures(
         self, request: HttpRequest, *, disconnected: Awaitable[object] | None = None
