@@ -6,6 +6,7 @@ No I/O here. A `Session` is an admitted connection; a `Contributor` is a roster 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from rtc.history import RecentEnd
 from rtc.ids import RoomKey
@@ -26,8 +27,10 @@ __all__ = [
     "Left",
     "Note",
     "Persist",
+    "Reserve",
     "Send",
     "Session",
+    "Share",
 ]
 
 ConnectionId = int
@@ -103,6 +106,34 @@ class CheckLiveness:
 
 
 @dataclass(frozen=True, slots=True)
+class Reserve:
+    """Cluster mode: ask the cluster's roster to admit this session, then tell the room with
+    `Room.reserved(connection, decision, now_ms)` (None for a decision: Redis did not answer).
+    """
+
+    connection: ConnectionId
+    session_id: int
+    user_id: int | None
+    name: str | None
+    connected_at_ms: int
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Share:
+    """Cluster mode: publish to the room's other nodes what this node's clients changed.
+
+    Attributes:
+        kind: "update" (a document update, as persisted) or "awareness" (an awareness
+            payload of this node's sessions' entries; a removal is a "null" state).
+        data: the bytes.
+    """
+
+    kind: Literal["update", "awareness"]
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Persist:
     """A document update that was applied and must reach the store."""
 
@@ -133,10 +164,18 @@ class Blocked:
 
 @dataclass(frozen=True, slots=True)
 class Left:
+    """A session ended.
+
+    Attributes:
+        awareness_clock: the clock of the presence removal the room broadcast, if any (what
+            a reconnect of this session must outbid).
+    """
+
     room: RoomKey
     session: Session
     ended_at_ms: int
     clean: bool
+    awareness_clock: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +185,19 @@ class Note:
     what: str
 
 
-Action = Send | Broadcast | Close | CheckLiveness | Persist | Joined | Blocked | Left | Note
+Action = (
+    Send
+    | Broadcast
+    | Close
+    | CheckLiveness
+    | Reserve
+    | Persist
+    | Share
+    | Joined
+    | Blocked
+    | Left
+    | Note
+)
 
 # What a message that only re-sent other clients' presence amounts to.
 ECHO = Note("awareness-echo")

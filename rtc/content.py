@@ -39,17 +39,22 @@ class Content:
         self._change: bytes | None = None
         self._subscription = doc.observe(self._changed)
 
-    def apply(self, update: bytes) -> bytes | None:
+    def apply(self, update: bytes, *, limited: bool = True) -> bytes | None:
         """Apply a peer's update; returns what the document gained, None if nothing.
 
         What it gained is the update itself, unless part of it was already there, or part
         waited for a missing dependency (yrs keeps it pending and integrates it later).
 
+        Args:
+            update: the update.
+            limited: whether the size limit applies (not to another node's update: that
+                node applied the limit already, and refusing it would only diverge).
+
         Raises:
             DocumentTooLargeError: the update would grow the document past its limit.
             ProtocolError: the update is malformed.
         """
-        if self._max_size and self.size + len(update) > self._max_size:
+        if limited and self._max_size and self.size + len(update) > self._max_size:
             raise DocumentTooLargeError(
                 f"{self.size} + {len(update)} bytes is past {self._max_size}"
             )

@@ -1,22 +1,23 @@
 """What a room holds for connections that have not named their session yet.
 
 No I/O here. A connection is admitted by the awareness update that names its session; what
-it sends before is held, to be replayed in order once it is admitted. Holding is bounded
-per connection (`RoomLimits.max_held_messages`, `max_held_bytes`) and across every room of
-a server (`HeldBytes`), and given back the moment the connection is admitted or ends.
+it sends before (and while its admission is decided) is held, to be replayed in order once
+it is admitted. Holding is bounded per connection (`RoomLimits.max_held_messages`,
+`max_held_bytes`) and across every room of a server (`HeldBytes`), and given back the
+moment the connection is admitted or ends.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from rtc.actions import ConnectionId, Identity
-from rtc.awareness import AwarenessEntry
+from rtc.actions import ConnectionId, Identity, Session
+from rtc.awareness import AwarenessEntry, own_entry, user_of
 from rtc.errors import HeldTooMuchError, HeldTotalError
 from rtc.limits import HeldBytes, RoomLimits
 from rtc.protocol import AwarenessMessage, Message, SyncStep1, SyncStep2, SyncUpdate
 
-__all__ = ["Claim", "Newcomer", "Newcomers"]
+__all__ = ["Candidate", "Claim", "Newcomer", "Newcomers", "candidate"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +28,21 @@ class Claim:
     holder: ConnectionId
 
 
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A newcomer's announce, validated, and who it says it is: what admission decides on.
+
+    Attributes:
+        announce: its own entry (with a token, showing the token's identity).
+        user_id: the token's user, else the one its state announces, if any.
+        name: the token's name, else the one its state announces, if any.
+    """
+
+    announce: AwarenessEntry
+    user_id: int | None
+    name: str | None
+
+
 @dataclass(slots=True)
 class Newcomer:
     connected_at_ms: int
@@ -34,6 +50,24 @@ class Newcomer:
     held: list[Message] = field(default_factory=list)
     held_bytes: int = 0
     claim: Claim | None = None
+    reserving: Candidate | None = None  # cluster mode: waiting for the cluster's decision
+
+    @property
+    def waiting(self) -> bool:
+        """Whether it announced and waits for a decision (what it sends meanwhile is held)."""
+        return self.claim is not None or self.reserving is not None
+
+    def session(self, connection: ConnectionId, admitted: Candidate, now_ms: int) -> Session:
+        """The session this newcomer becomes, admitted as `admitted` at `now_ms`."""
+        return Session(
+            connection=connection,
+            session_id=admitted.announce.client_id,
+            user_id=admitted.user_id,
+            name=admitted.name,
+            connected_at_ms=self.connected_at_ms,
+            joined_at_ms=now_ms,
+            identity=self.identity,
+        )
 
 
 class Newcomers:
@@ -89,6 +123,25 @@ class Newcomers:
             self._held.release(newcomer.held_bytes)
             newcomer.held_bytes = 0
         return newcomer
+
+
+def candidate(
+    newcomer: Newcomer, announce: AwarenessEntry, *, max_state: int
+) -> tuple[Candidate, bool]:
+    """Who a newcomer's announce makes it, and whether the announce named another user
+    than its token (rewritten, not refused: unmodified clients keep working).
+
+    Raises:
+        AwarenessTooBigError: the state is longer than `max_state` characters.
+        ProtocolError: the state is not JSON.
+    """
+    identity = newcomer.identity
+    announce, state = own_entry(announce, identity, max_state=max_state)
+    announced_user, announced_name = user_of(state)
+    if identity is None:
+        return Candidate(announce, announced_user, announced_name), False
+    mismatch = announced_user is not None and announced_user != identity.user_id
+    return Candidate(announce, identity.user_id, identity.name or announced_name), mismatch
 
 
 def _size(message: Message) -> int:

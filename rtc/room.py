@@ -5,6 +5,12 @@ message arrived, a connection ended) and returns the actions the driver must car
 order. Because a step is atomic, a sync step 2 reply and the subscription to later updates
 happen together, so no update can overtake step 2 (the handshake race of bare
 pycrdt-websocket).
+
+In cluster mode (`shared=True`) the room also speaks for this node to the room's other
+nodes: admission is decided by the cluster's roster (`Reserve`, then `reserved`), what this
+node's clients change is shared (`Share`), and what other nodes share comes in through
+`remote_update`, `remote_awareness` and `remote_gone`. The roster figures of a room stay
+this node's own; cluster-wide ones come from the cluster.
 """
 
 from __future__ import annotations
@@ -29,24 +35,20 @@ from rtc.actions import (
     Left,
     Note,
     Persist,
+    Reserve,
     Send,
     Session,
+    Share,
 )
-from rtc.awareness import (
-    AwarenessEntry,
-    AwarenessStates,
-    decode_awareness,
-    encode_awareness,
-    first_client,
-    own_entry,
-    user_of,
-)
+from rtc.awareness import AwarenessEntry, decode_awareness, encode_awareness
+from rtc.cluster.outcomes import Admission, Conflict, Decision, Refusal
 from rtc.content import Content
-from rtc.errors import CloseCode, ProtocolError
-from rtc.history import SessionHistory
+from rtc.errors import CloseCode
+from rtc.history import RecentEnd, SessionHistory
 from rtc.ids import RoomKey
 from rtc.limits import HeldBytes, RoomLimits, contributor_key
-from rtc.newcomers import Claim, Newcomer, Newcomers
+from rtc.newcomers import Candidate, Claim, Newcomer, Newcomers, candidate
+from rtc.presence import Presence, awareness_message, is_echo
 from rtc.protocol import (
     EMPTY_UPDATE,
     AuthMessage,
@@ -59,12 +61,12 @@ from rtc.protocol import (
     awareness_sender,
     encode,
 )
-from rtc.yupdate import check_state_vector
+from rtc.replica import Replica
 
 __all__ = ["Room"]
 
 
-class Room:
+class Room(Replica):
     """A post's live state. The driver owns the sockets; the room owns the decisions.
 
     Args:
@@ -74,6 +76,7 @@ class Room:
         history: shared across rooms, so reconnects and repeated refusals are recognised.
         held: bytes held from newcomers, shared across rooms (by default the room's own).
         stored_bytes: the size of the document's stored updates when it was loaded.
+        shared: cluster mode: the room is also open on other nodes.
     """
 
     def __init__(
@@ -85,6 +88,7 @@ class Room:
         history: SessionHistory,
         held: HeldBytes | None = None,
         stored_bytes: int = 0,
+        shared: bool = False,
     ) -> None:
         self.key = key
         self.doc = doc
@@ -92,11 +96,11 @@ class Room:
         self.content = Content(
             doc, stored_bytes=stored_bytes, max_size=limits.max_document_size
         )
+        self.shared = shared
         self._history = history
-        self._awareness = AwarenessStates()
+        self._presence = Presence(limits)
         self._newcomers = Newcomers(limits, held or HeldBytes(limits.max_held_total))
         self._sessions: dict[ConnectionId, Session] = {}
-        self._by_session_id: dict[int, ConnectionId] = {}
         self._replay: dict[ConnectionId, list[Message]] = {}
 
     # --- queries -----------------------------------------------------------------------
@@ -158,9 +162,10 @@ class Room:
         newcomer = self._newcomers.get(connection)
         if newcomer is None:
             return []
-        # While a claim waits for its liveness check, later announces are held like the rest.
+        # While a claim waits for its liveness check or the cluster's decision, later
+        # announces are held like the rest.
         limits = self.limits
-        if isinstance(message, AwarenessMessage) and newcomer.claim is None:
+        if isinstance(message, AwarenessMessage) and not newcomer.waiting:
             entries = decode_awareness(message.payload, max_entries=limits.max_awareness_entries)
             announce = next((entry for entry in entries if not entry.removed), None)
             if announce is not None:
@@ -178,6 +183,41 @@ class Room:
         announce, newcomer.claim = newcomer.claim.announce, None
         return self._admit(claimant, newcomer, announce, now_ms, holder_alive=alive)
 
+    def reserved(
+        self, connection: ConnectionId, decision: Decision | None, now_ms: int
+    ) -> list[Action]:
+        """The outcome of a `Reserve`: the cluster's decision, None when Redis did not answer.
+
+        Returns no action at all exactly when the newcomer is gone (it closed while the
+        cluster decided): an `Admission` then registered a session nobody holds, which the
+        driver must release itself. Any decision for a newcomer still here returns actions.
+        """
+        newcomer = self._newcomers.get(connection)
+        if newcomer is None or newcomer.reserving is None:
+            return []
+        admitted, newcomer.reserving = newcomer.reserving, None
+        session_id = admitted.announce.client_id
+        if not isinstance(decision, Admission):
+            self._newcomers.pop(connection)
+        match decision:
+            case Admission(contributors=contributors, session_count=count, previous_end=end):
+                actions: list[Action] = []
+                holder = self._presence.holder(session_id)
+                if holder is not None:
+                    # Another connection here took the same session while the cluster
+                    # decided; the cluster gave it to this one (the later claim).
+                    actions.extend(self._replace(holder, now_ms))
+                local_end = self._previous_end(session_id, now_ms)
+                session, joining = self._join(
+                    connection, newcomer, admitted, now_ms, _tombstone_clock(end, local_end)
+                )
+                return [*actions, *joining, Joined(self.key, session, contributors, count, end)]
+            case Refusal():
+                return self._blocked(connection, admitted, decision)
+            case Conflict():
+                return [Note("session-conflict"), _conflict_close(connection)]
+        return [Close(connection, CloseCode.SERVER_BUSY, "cluster-unavailable")]
+
     def is_echo(self, connection: ConnectionId, data: bytes) -> bool:
         """Whether an admitted connection's raw message is an awareness update of one state
         that is not its own: a y-websocket client re-sending what it applied. Such a message
@@ -185,14 +225,21 @@ class Room:
         it without decoding it; `receive` would come to the same answer, at a higher cost.
         """
         session = self._sessions.get(connection)
-        return session is not None and _is_echo(session, awareness_sender(data))
+        return session is not None and is_echo(session, awareness_sender(data))
 
     def take_held(self, connection: ConnectionId) -> list[Message]:
         """What an admitted connection sent before it named its session, to replay in order."""
         return self._replay.pop(connection, [])
 
-    def close(self, connection: ConnectionId, now_ms: int, *, clean: bool) -> list[Action]:
-        """A connection ended (for any reason). Its presence is removed and broadcast at once."""
+    def close(
+        self, connection: ConnectionId, now_ms: int, *, clean: bool, keep_presence: bool = False
+    ) -> list[Action]:
+        """A connection ended (for any reason). Its presence is removed and broadcast at once.
+
+        Args:
+            keep_presence: cluster mode: the session was taken over on another node, which
+                now speaks for its presence: nothing is removed, broadcast or shared.
+        """
         self._replay.pop(connection, None)
         if self._newcomers.pop(connection) is not None:
             return []
@@ -200,19 +247,19 @@ class Room:
         if session is None:
             return []
         actions: list[Action] = []
-        removal = None
-        if self._by_session_id.get(session.session_id) == connection:
-            del self._by_session_id[session.session_id]
-            removal = self._awareness.remove(session.session_id)
-            if removal is not None and self._sessions:
-                actions.append(Broadcast(_awareness_message((removal,)), tuple(self._sessions)))
+        removal = self._presence.leave(session, keep=keep_presence)
+        if removal is not None:
+            actions.extend(self._to_sessions(awareness_message((removal,))))
+            if self.shared:
+                actions.append(Share("awareness", encode_awareness((removal,))))
+        clock = removal.clock if removal is not None else None
         self._history.note_end(
             (self.key.blog_id, self.key.post_id, session.session_id),
             now_ms,
             abnormal=not clean,
-            awareness_clock=removal.clock if removal is not None else None,
+            awareness_clock=clock,
         )
-        actions.append(Left(self.key, session, now_ms, clean))
+        actions.append(Left(self.key, session, now_ms, clean, clock))
         return actions
 
     # --- internals ---------------------------------------------------------------------
@@ -226,91 +273,99 @@ class Room:
         *,
         holder_alive: bool | None = None,
     ) -> list[Action]:
-        session_id = announce.client_id
-        identity = newcomer.identity
-        announce, state = own_entry(announce, identity, max_state=self.limits.max_awareness_state)
-        announced_user, announced_name = user_of(state)
-        actions: list[Action] = []
-        if identity is not None:
-            user_id, name = identity.user_id, identity.name or announced_name
-            if announced_user is not None and announced_user != user_id:
-                actions.append(Note("awareness-user-mismatch"))
-        else:
-            user_id, name = announced_user, announced_name
+        admitted, mismatch = candidate(
+            newcomer, announce, max_state=self.limits.max_awareness_state
+        )
+        session_id, user_id = announce.client_id, admitted.user_id
+        actions: list[Action] = [Note("awareness-user-mismatch")] if mismatch else []
 
         # A session id is read from the roster by anyone, so a claim on a live one takes it
         # over only when its holder fails a liveness check (the same Y.Doc reconnecting
         # before its old socket was noticed dead); another user's claim is refused at once.
-        holder = self._by_session_id.get(session_id)
+        holder = self._presence.holder(session_id)
         if holder is not None:
             if self._sessions[holder].user_id != user_id or holder_alive:
                 self._newcomers.pop(connection)
-                return [
-                    *actions,
-                    Note("session-conflict"),
-                    Close(connection, CloseCode.SESSION_CONFLICT, "session-conflict"),
-                ]
+                return [*actions, Note("session-conflict"), _conflict_close(connection)]
             if holder_alive is None:
-                newcomer.claim = Claim(announce, holder)
+                newcomer.claim = Claim(admitted.announce, holder)
                 return [*actions, CheckLiveness(holder, connection)]
-            actions.append(Note("session-replaced"))
-            actions.append(Close(holder, CloseCode.SESSION_CONFLICT, "session-replaced"))
-            actions.extend(self.close(holder, now_ms, clean=False))
+            actions.extend(self._replace(holder, now_ms))
 
-        refusal = self._refusal(connection, session_id, user_id, now_ms)
-        if refusal is not None:
-            self._newcomers.pop(connection)
+        if self.shared:
+            # The limits are the cluster's: its roster decides, and `reserved` finishes.
+            newcomer.reserving = admitted
             return [
                 *actions,
-                refusal,
-                Close(connection, CloseCode.LIMIT_EXCEEDED, "connection-limit-exceeded"),
+                Reserve(
+                    connection, session_id, user_id, admitted.name,
+                    newcomer.connected_at_ms, now_ms,
+                ),
             ]
-
-        self._newcomers.pop(connection)
-        session = Session(
-            connection=connection,
-            session_id=session_id,
-            user_id=user_id,
-            name=name,
-            connected_at_ms=newcomer.connected_at_ms,
-            joined_at_ms=now_ms,
-            identity=identity,
+        refusal = self._refusal(session_id, user_id, now_ms)
+        if refusal is not None:
+            self._newcomers.pop(connection)
+            return [*actions, *self._blocked(connection, admitted, refusal)]
+        previous_end = self._previous_end(session_id, now_ms)
+        session, joining = self._join(
+            connection, newcomer, admitted, now_ms, _tombstone_clock(previous_end)
         )
+        return [
+            *actions,
+            *joining,
+            Joined(self.key, session, self.contributor_ids(), len(self._sessions), previous_end),
+        ]
+
+    def _join(
+        self,
+        connection: ConnectionId,
+        newcomer: Newcomer,
+        admitted: Candidate,
+        now_ms: int,
+        tombstone_clock: int | None,
+    ) -> tuple[Session, list[Action]]:
+        """Admit a newcomer: its session, and the handshake actions (all but `Joined`)."""
+        announce = admitted.announce
+        self._newcomers.pop(connection)
+        session = newcomer.session(connection, admitted, now_ms)
         others = tuple(self._sessions)
         self._sessions[connection] = session
-        self._by_session_id[session_id] = connection
-        self._awareness.apply(announce)
+        self._presence.join(connection, announce)
 
         # y-protocols handshake from the server side: our state vector (so the client sends
         # what we miss), then everyone's presence, then the announce to the others.
-        actions.append(Send(connection, encode(SyncStep1(self.doc.get_state()))))
-        actions.append(Send(connection, _awareness_message(tuple(self._awareness.present()))))
+        actions: list[Action] = [
+            Send(connection, encode(SyncStep1(self.doc.get_state()))),
+            Send(connection, awareness_message(self._presence.present())),
+        ]
         if others:
-            actions.append(Broadcast(_awareness_message((announce,)), others))
-        previous_end = self._history.previous_end(
-            (self.key.blog_id, self.key.post_id, session_id), now_ms
-        )
-        if (
-            previous_end is not None
-            and previous_end.awareness_clock is not None
-            and announce.clock <= previous_end.awareness_clock
-        ):
+            actions.append(Broadcast(awareness_message((announce,)), others))
+        if self.shared:
+            actions.append(Share("awareness", encode_awareness((announce,))))
+        if tombstone_clock is not None and announce.clock <= tombstone_clock:
             # A reconnecting Y.Doc re-announces at its old clock, which every peer ignores
             # after our removal. Telling it "you are gone" at the removal clock makes
             # y-protocols bump its clock and re-send, so its presence reappears at once.
-            tombstone = AwarenessEntry(session_id, previous_end.awareness_clock, "null")
-            actions.append(Send(connection, _awareness_message((tombstone,))))
-        actions.append(
-            Joined(self.key, session, self.contributor_ids(), len(self._sessions), previous_end)
-        )
+            tombstone = AwarenessEntry(announce.client_id, tombstone_clock, "null")
+            actions.append(Send(connection, awareness_message((tombstone,))))
         # What it sent before naming itself is replayed by the driver through `receive`, one
         # message at a time, so an invalid one fails only that message's step.
         self._replay[connection] = newcomer.held
-        return actions
+        return session, actions
 
-    def _refusal(
-        self, connection: ConnectionId, session_id: int, user_id: int | None, now_ms: int
-    ) -> Blocked | None:
+    def _replace(self, holder: ConnectionId, now_ms: int) -> list[Action]:
+        """A newcomer takes over the session a dead (or superseded) connection here holds."""
+        return [
+            Note("session-replaced"),
+            Close(holder, CloseCode.SESSION_CONFLICT, "session-replaced"),
+            *self.close(holder, now_ms, clean=False),
+        ]
+
+    def _previous_end(self, session_id: int, now_ms: int) -> RecentEnd | None:
+        return self._history.previous_end((self.key.blog_id, self.key.post_id, session_id), now_ms)
+
+    def _refusal(self, session_id: int, user_id: int | None, now_ms: int) -> Refusal | None:
+        """This node's decision on one node (the cluster's roster decides in cluster mode)."""
         reached = self.limits.reached(
             {session.contributor for session in self._sessions.values()},
             len(self._sessions),
@@ -318,29 +373,29 @@ class Room:
         )
         if reached is None:
             return None
-        limit, kind = reached
         first = self._history.note_blocked((self.key.blog_id, self.key.post_id, session_id), now_ms)
-        return Blocked(
+        return Refusal(*reached, self.contributor_ids(), len(self._sessions), first)
+
+    def _blocked(
+        self, connection: ConnectionId, refused: Candidate, refusal: Refusal
+    ) -> list[Action]:
+        blocked = Blocked(
             room=self.key,
             connection=connection,
-            session_id=session_id,
-            user_id=user_id,
-            contributors=self.contributor_ids(),
-            session_count=len(self._sessions),
-            limit=limit,
-            limit_kind=kind,
-            first=first,
+            session_id=refused.announce.client_id,
+            user_id=refused.user_id,
+            contributors=refusal.contributors,
+            session_count=refusal.session_count,
+            limit=refusal.limit,
+            limit_kind=refusal.limit_kind,
+            first=refusal.first,
         )
+        return [blocked, Close(connection, CloseCode.LIMIT_EXCEEDED, "connection-limit-exceeded")]
 
     def _handle(self, session: Session, message: Message) -> list[Action]:
         match message:
             case SyncStep1(state_vector=state_vector):
-                check_state_vector(state_vector)  # before yrs sizes anything by its counts
-                try:
-                    update = self.doc.get_update(state_vector)
-                except ValueError as error:
-                    raise ProtocolError("invalid state vector") from error
-                return [Send(session.connection, encode(SyncStep2(update)))]
+                return [Send(session.connection, encode(SyncStep2(self.diff(state_vector))))]
             case SyncStep2(update=update) | SyncUpdate(update=update):
                 if update == EMPTY_UPDATE:
                     return []
@@ -352,67 +407,40 @@ class Room:
                     return [UNCHANGED]
                 others = tuple(c for c in self._sessions if c != session.connection)
                 actions: list[Action] = [Persist(change)]
+                if self.shared:
+                    actions.append(Share("update", change))
                 if others:
                     actions.append(Broadcast(encode(SyncUpdate(change)), others))
                 return actions
             case AwarenessMessage(payload=payload):
-                return self._handle_awareness(session, payload)
+                relay = self._presence.update(session, payload)
+                if relay.payload is None:
+                    return [ECHO] if relay.echo else []
+                # Sent back to the sender too, as the reference server does: for a lone
+                # client this traffic is what keeps y-websocket's 30 s "no message received"
+                # watchdog quiet.
+                sent = encode(AwarenessMessage(relay.payload))
+                actions = [Broadcast(sent, tuple(self._sessions))]
+                if self.shared:
+                    actions.append(Share("awareness", relay.payload))
+                return actions
             case QueryAwareness():
-                present = tuple(self._awareness.present())
-                return [Send(session.connection, _awareness_message(present))]
+                present = self._presence.present()
+                return [Send(session.connection, awareness_message(present))]
             case AuthMessage():
                 return []
         raise TypeError(f"unexpected message {message!r}")
 
-    def _handle_awareness(self, session: Session, payload: bytes) -> list[Action]:
-        count, first = first_client(payload)
-        if _is_echo(session, first if count == 1 else None):
-            # The common case by far: dropped unread (the rest of it cannot affect anyone).
-            return [ECHO]
-        max_state = self.limits.max_awareness_state
-        entries = decode_awareness(payload, max_entries=self.limits.max_awareness_entries)
-        changed = []
-        foreign = 0
-        for entry in entries:
-            # A connection controls only the clientID it announced. Other ids are y-websocket
-            # echoes (old by clock) or claims on someone else's presence: both are ignored.
-            if entry.client_id != session.session_id:
-                foreign += 1
-                continue
-            entry, state = own_entry(entry, session.identity, max_state=max_state)
-            if self._awareness.apply(entry):
-                changed.append(entry)
-                _, name = user_of(state)
-                if name is not None and (session.identity is None or not session.identity.name):
-                    session.name = name  # a token's name is the roster's, whatever is shown
-        actions: list[Action] = []
-        if foreign and not changed:
-            actions.append(ECHO)
-        if changed:
-            data = (
-                encode(AwarenessMessage(payload))
-                if tuple(changed) == entries  # relayed as sent unless something was rewritten
-                else _awareness_message(tuple(changed))
-            )
-            # Sent back to the sender too, as the reference server does: for a lone client this
-            # traffic is what keeps y-websocket's 30 s "no message received" watchdog quiet.
-            actions.append(Broadcast(data, tuple(self._sessions)))
-        return actions
+
+def _tombstone_clock(*ends: RecentEnd | None) -> int | None:
+    """The highest removal clock a reconnecting session's announce must outbid, if any."""
+    clocks = [end.awareness_clock for end in ends if end is not None]
+    return max((clock for clock in clocks if clock is not None), default=None)
 
 
-def _is_echo(session: Session, sender: int | None) -> bool:
-    """Whether an awareness update of one entry, by `sender` (None: not one entry), is an echo.
-
-    A y-websocket client re-sends every remote state it applies; a connection controls only
-    the clientID it announced, so one entry of another id can change nothing.
-    """
-    return sender is not None and sender != session.session_id
-
-
-def _awareness_message(entries: Iterable[AwarenessEntry]) -> bytes:
-    return encode(AwarenessMessage(encode_awareness(entries)))
+def _conflict_close(connection: ConnectionId) -> Close:
+    return Close(connection, CloseCode.SESSION_CONFLICT, "session-conflict")
 
 
 def _user_ids(sessions: Iterable[Session]) -> tuple[int, ...]:
     return tuple(sorted({s.user_id for s in sessions if s.user_id is not None}))
-

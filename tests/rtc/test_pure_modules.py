@@ -30,8 +30,10 @@ PURE = {
     "rtc.integrations.roster",
     "rtc.limits",
     "rtc.newcomers",
+    "rtc.presence",
     "rtc.protocol",
     "rtc.ratelimit",
+    "rtc.replica",
     "rtc.room",
     "rtc.yupdate",
 }
