@@ -18,7 +18,7 @@ test: setup setup-test
 
 setup: $(VENV)/.installed tests/js/node_modules/.installed demo/dist/app.js
 
-setup-test: /usr/bin/chromium /usr/bin/redis-server
+setup-test: /usr/bin/chromium /usr/bin/redis-server /usr/sbin/haproxy
 
 lint: setup
 	$(BIN)/ruff check rtc tracks tests bench
@@ -51,6 +51,11 @@ demo/dist/app.js: demo/node_modules/.installed $(wildcard demo/src/*)
 /usr/bin/redis-server:
 	$$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -qq redis-server
+
+# Debian's HAProxy: the cluster tests run nodes behind a real load balancer.
+/usr/sbin/haproxy:
+	$$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -qq haproxy
 
 clean:
 	rm -rf $(VENV) tests/js/node_modules demo/node_modules demo/dist bench/node_modules

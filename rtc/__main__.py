@@ -227,6 +227,29 @@ def _parser() -> argparse.ArgumentParser:
         d.max_stats_days, type=int,
     )
     option(
+        "--cluster",
+        "redis://HOST:PORT/DB: run as one node of a cluster sharing rooms through that Redis "
+        "(needs --documents postgresql://… and a PostgreSQL or HTTP --recorder)",
+        "none: one node, no Redis",
+    )
+    option("--node-id", "this node's name in the cluster", "a unique id per process")
+    option(
+        "--node-timeout",
+        "seconds without a heartbeat after which a node's sessions are reaped by another node",
+        d.node_timeout, type=float,
+    )
+    option(
+        "--workers",
+        "worker processes sharing the port, each a cluster node (above 1 needs --cluster)",
+        d.workers, type=int,
+    )
+    option(
+        "--forwarded-allow-ips",
+        "proxies trusted to name the client in X-Forwarded-For/Forwarded: addresses or "
+        "CIDRs, comma-separated",
+        "none trusted", type=lambda text: tuple(p.strip() for p in text.split(",") if p.strip()),
+    )
+    option(
         "--retention-days",
         "prune raw events older than this after each rollup (rollups stay), 0 = keep forever",
         d.retention_days, type=int,
@@ -288,7 +311,7 @@ def _config(args: argparse.Namespace, environ: dict[str, str]) -> ServerConfig:
     """Flags given on the command line win over RTC_* variables, which win over defaults."""
     values = ServerConfig.from_env(environ)
     given = {name: value for name, value in vars(args).items() if name != "command"}
-    for name in ("recorders", "allowed_origins"):
+    for name in ("recorders", "allowed_origins", "forwarded_allow_ips"):
         if name in given:
             given[name] = tuple(given[name])
     secret_file = given.pop("secret_file", None) or environ.get("RTC_SECRET_FILE") or None
@@ -323,6 +346,9 @@ async def _serve(config: ServerConfig) -> None:
               f"http://{base}/metrics", flush=True)
         for recorder in server.recorders:
             print(f"  Events:    {recorder.description}", flush=True)
+        if server.node_id is not None:
+            print(f"  Cluster:   node {server.node_id} on {server.cluster_description}",
+                  flush=True)
         if config.secret is None:
             print(
                 "  WARNING: no --secret: the server runs OPEN. Anyone who can reach it can join "
@@ -362,6 +388,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    refusal = config.cluster_refusal()
+    if refusal is not None:
+        print(f"rtc: {refusal}", file=sys.stderr)
+        return 2
     if config.streams is not None:
         try:
             load_streams(config.streams)  # fail fast, before anything listens

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 import anyio
 from websockets.asyncio.server import Server, serve
@@ -38,6 +38,9 @@ from tracks.presence.reading import locate
 from tracks.streams import StreamConfig, load_streams
 from tracks.urls import can_spool, recorder_kind
 
+if TYPE_CHECKING:
+    from rtc.cluster.node import ClusterNode
+
 __all__ = ["RtcServer"]
 
 logger = logging.getLogger(__name__)
@@ -53,6 +56,7 @@ class _Parts:
     driver: RoomServer
     stats: StatsApi
     listener: Server
+    cluster: ClusterNode | None
 
 
 class RtcServer:
@@ -101,7 +105,10 @@ class RtcServer:
             parts.listener.close(close_connections=True)
             with anyio.move_on_after(self.config.ping_timeout + 5):
                 await parts.listener.wait_closed()
+            await parts.driver.settle(within=5)
             await parts.rooms.unload_all()
+            if parts.cluster is not None:
+                await parts.cluster.leave_cluster()
         await self._stack.aclose()  # background tasks, then documents, then recorders
         logger.info("rtc stopped")
 
@@ -123,19 +130,6 @@ class RtcServer:
         )
         task_group = await stack.enter_async_context(anyio.create_task_group())
         stack.callback(task_group.cancel_scope.cancel)  # runs first on the way out
-        rooms = RoomRegistry(
-            documents,
-            limits=RoomLimits(
-                max_contributors=config.max_contributors,
-                max_connections=config.max_connections_per_room,
-                max_held_bytes=config.max_held_bytes,
-                max_held_total=config.max_held_total,
-                max_document_size=config.max_document_size,
-            ),
-            history=SessionHistory(),
-            grace=config.room_grace,
-            task_group=task_group,
-        )
         every_recorder = (*recorders, *named.values())
         metrics = Metrics(
             lambda: live_figures(rooms.loaded()),
@@ -153,6 +147,21 @@ class RtcServer:
             streams=streams,
             named_recorders=named,
         )
+        cluster = await _open_cluster(config, stack, tracking=tracking, metrics=metrics)
+        rooms = RoomRegistry(
+            documents,
+            limits=RoomLimits(
+                max_contributors=config.max_contributors,
+                max_connections=config.max_connections_per_room,
+                max_held_bytes=config.max_held_bytes,
+                max_held_total=config.max_held_total,
+                max_document_size=config.max_document_size,
+            ),
+            history=SessionHistory(),
+            grace=config.room_grace,
+            task_group=task_group,
+            shared=cluster,
+        )
         tokens = _token_check(config)
         driver = RoomServer(
             config,
@@ -163,7 +172,22 @@ class RtcServer:
             feed=feed,
             metrics=metrics,
             task_group=task_group,
+            cluster=cluster,
         )
+        reads = controls = None
+        if cluster is not None:
+            cluster.attach(driver)
+            await cluster.start(task_group)
+            from rtc.cluster.controls import SharedControls
+            from rtc.cluster.reads import ClusterReads
+
+            reads = ClusterReads(cluster)
+            controls = SharedControls(
+                config.cluster, cluster.keys, cluster.node_id, capture=capture, feed=feed,
+                revocations=tokens.revocations if tokens is not None else None,
+                registry=metrics.registry,
+            )
+            await task_group.start(controls.run)
         event_store = _event_store(config)
         stats = StatsApi(
             event_store=event_store,
@@ -181,13 +205,15 @@ class RtcServer:
             rooms=rooms,
             analytics=AnalyticsApi(
                 config, tracking=tracking, metrics=metrics, capture=capture,
-                event_store=event_store, tokens=tokens,
+                event_store=event_store, tokens=tokens, controls=controls,
             ),
             stats=stats,
             live=lambda: live_figures(rooms.loaded()),
             kick=driver.kick,
             connections=driver.connections,
             tokens=tokens,
+            cluster=reads,
+            controls=controls,
         )
         listener = await serve(
             driver.handle,
@@ -204,7 +230,9 @@ class RtcServer:
             compression=None,
             create_connection=connection_class(api.plain_request),
         )
-        return _Parts(every_recorder, documents, rooms, driver, stats, listener)
+        if cluster is not None:
+            cluster.address = f"{config.host}:{listener.sockets[0].getsockname()[1]}"
+        return _Parts(every_recorder, documents, rooms, driver, stats, listener, cluster)
 
     # --- what a running server offers --------------------------------------------------
 
@@ -222,6 +250,17 @@ class RtcServer:
     @property
     def stats(self) -> StatsApi:
         return self.parts.stats
+
+    @property
+    def node_id(self) -> str | None:
+        """This node's id in the cluster, None on one node."""
+        cluster = self.parts.cluster
+        return cluster.node_id if cluster is not None else None
+
+    @property
+    def cluster_description(self) -> str:
+        cluster = self.parts.cluster
+        return cluster.description if cluster is not None else ""
 
     @property
     def port(self) -> int:
@@ -256,6 +295,38 @@ async def _open_recorders(
             options["spool"] = config.data_dir / "spool" / f"recorder-{index}"
         opened.append(await stack.enter_async_context(open_recorder(url, **options)))
     return tuple(opened)
+
+
+async def _open_cluster(
+    config: ServerConfig,
+    stack: contextlib.AsyncExitStack,
+    *,
+    tracking: Tracking,
+    metrics: Metrics,
+) -> ClusterNode | None:
+    """This node of the cluster (`--cluster`), its Redis client closed with the server; None
+    without `--cluster`. Imported here only: one node needs no Redis client installed."""
+    if not config.cluster:
+        return None
+    from redis.asyncio import Redis
+    from redis.backoff import ExponentialBackoff
+    from redis.retry import Retry
+
+    from rtc.cluster.node import ClusterNode
+
+    # One quick retry, not redis-py's default ten: an outage must be noticed in well under
+    # a second, so that new sessions are refused (4503) rather than left waiting.
+    redis = Redis.from_url(
+        config.cluster,
+        socket_connect_timeout=2,
+        socket_timeout=5,
+        retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), 1),
+    )
+    stack.push_async_callback(redis.aclose)
+    return ClusterNode(
+        config, redis, tracking=tracking, registry_metrics=metrics.registry,
+        address=f"{config.host}:{config.port}",
+    )
 
 
 def _event_store(config: ServerConfig) -> str | None:

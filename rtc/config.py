@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tracks.presence.figures import DAY_MS
 from tracks.presence.retention import check_retention
+from tracks.urls import recorder_kind
 
 __all__ = ["ConfigError", "ServerConfig"]
 
@@ -83,6 +84,15 @@ class ServerConfig:
             archived days too. None: timelines read the event store only.
         documents: where rooms' documents are stored: ``sqlite:///path`` or
             ``postgresql://…``; empty means ``documents.sqlite`` in the data dir.
+        cluster: ``redis://HOST:PORT/DB`` turns cluster mode on (rooms shared with the other
+            nodes on that Redis); empty: one node, no Redis.
+        node_id: this node's name in the cluster; empty: a unique one per process.
+        node_timeout: seconds without a heartbeat after which a node is taken for dead and
+            its sessions are reaped by a surviving node.
+        workers: worker processes sharing the listening port, each a cluster node (more
+            than 1 needs `cluster`).
+        forwarded_allow_ips: addresses or CIDRs of proxies trusted to say, in
+            X-Forwarded-For or Forwarded, which client they forward; empty trusts none.
     """
 
     host: str = "127.0.0.1"
@@ -123,6 +133,11 @@ class ServerConfig:
     max_stats_days: int = 400
     documents: str = ""
     archive_dir: Path | None = None
+    cluster: str = ""
+    node_id: str = ""
+    node_timeout: float = 10.0
+    workers: int = 1
+    forwarded_allow_ips: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in _FLOAT_FIELDS:
@@ -146,7 +161,7 @@ class ServerConfig:
         for name in (
             "ping_interval", "ping_timeout", "announce_timeout", "store_flush_interval",
             "max_messages_per_second", "ingest_window", "ingest_rate", "max_token_ttl",
-            "bytes_per_second",
+            "bytes_per_second", "node_timeout",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0")
@@ -157,11 +172,40 @@ class ServerConfig:
                 check_retention(self.retention_days * DAY_MS, name="retention_days")
             except ValueError as error:
                 raise ConfigError(f"{error} (or 0: keep forever)") from None
+        if self.workers < 1:
+            raise ConfigError("workers must be >= 1")
+        if self.workers > 1 and not self.cluster:
+            raise ConfigError(
+                "--workers above 1 needs --cluster: each worker is a node of the cluster"
+            )
         if self.room_grace < 0:
             raise ConfigError("room_grace must be >= 0")
         if self.secret is not None and len(self.secret.encode()) < 32:
             # RFC 7518 §3.2: an HS256 key must be at least as long as the hash (32 bytes).
             raise ConfigError("secret must be at least 32 bytes (RFC 7518 §3.2)")
+
+    def cluster_refusal(self) -> str | None:
+        """Why this configuration cannot run as a cluster node (one line), or None.
+
+        A node's documents and events must be on a store every node shares: a node-local
+        SQLite file would split rooms' histories between nodes.
+        """
+        if not self.cluster:
+            return None
+        if not self.cluster.startswith(("redis://", "rediss://", "unix://")):
+            return f"--cluster must be a redis:// URL, got {self.cluster!r}"
+        if not self.documents.startswith(("postgresql://", "postgres://")):
+            return (
+                "cluster mode needs the documents on a shared store: "
+                "--documents postgresql://… (a node-local SQLite file is not shared)"
+            )
+        local = [url for url in self.recorder_urls if _recorder_is_local(url)]
+        if local:
+            return (
+                f"cluster mode needs events on a shared store (a PostgreSQL or HTTP "
+                f"recorder); {local[0]} is node-local"
+            )
+        return None
 
     @property
     def listens_beyond_loopback(self) -> bool:
@@ -224,15 +268,23 @@ class ServerConfig:
         return values
 
 
+def _recorder_is_local(url: str) -> bool:
+    try:
+        return recorder_kind(url) in ("sqlite", "jsonl", "memory")
+    except (TypeError, ValueError):
+        return False  # open_recorder names what is wrong with it at start
+
+
 _ENV_NAMES = {"recorders": "RECORDER", "allowed_origins": "ALLOWED_ORIGIN"}
+_LIST_FIELDS = ("recorders", "allowed_origins", "forwarded_allow_ips")
 
 
 def _parse(env_name: str, name: str, raw: str) -> object:
-    if name in ("recorders", "allowed_origins"):
+    if name in _LIST_FIELDS:
         return tuple(part for part in raw.replace(",", " ").split() if part)
     if name in ("data_dir", "demo_dir", "streams", "archive_dir"):
         return Path(raw)
-    if name in ("host", "event_prefix", "log_level", "secret", "documents"):
+    if name in ("host", "event_prefix", "log_level", "secret", "documents", "cluster", "node_id"):
         return raw
     kind = float if name in _FLOAT_FIELDS else int
     try:
@@ -245,6 +297,6 @@ _FLOAT_FIELDS = frozenset(
     {
         "ping_interval", "ping_timeout", "announce_timeout", "room_grace",
         "store_flush_interval", "max_messages_per_second", "ingest_window", "ingest_rate",
-        "rollup_interval", "max_token_ttl", "bytes_per_second",
+        "rollup_interval", "max_token_ttl", "bytes_per_second", "node_timeout",
     }
 )

@@ -10,6 +10,7 @@ __all__ = [
     "AnnounceTimeoutError",
     "AwarenessTooBigError",
     "CloseCode",
+    "ClusterUnavailableError",
     "DocumentTooLargeError",
     "HeldTooMuchError",
     "HeldTotalError",
@@ -91,6 +92,15 @@ class ServerBusyError(RtcError):
     close_code = CloseCode.SERVER_BUSY
     reason = "too-many-rooms"
     error_code = "server-busy"
+
+
+class ClusterUnavailableError(RtcError):
+    """Redis does not answer this cluster node: no new session can be admitted cluster-wide
+    (y-websocket retries); connected editors carry on."""
+
+    close_code = CloseCode.SERVER_BUSY
+    reason = "cluster-unavailable"
+    error_code = "cluster-unavailable"
 
 
 class RoomUnavailableError(RtcError):

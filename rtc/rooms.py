@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 from anyio.abc import TaskGroup
@@ -16,9 +16,22 @@ from rtc.ids import RoomKey
 from rtc.limits import HeldBytes, RoomLimits
 from rtc.room import Room
 
-__all__ = ["RoomRegistry"]
+__all__ = ["RoomRegistry", "SharedRooms"]
 
 logger = logging.getLogger(__name__)
+
+
+class SharedRooms(Protocol):
+    """How rooms are shared with other nodes (cluster mode)."""
+
+    async def follow(self, key: RoomKey) -> None:
+        """Before a room's document is loaded: hear what the other nodes say of it."""
+
+    def loaded(self, key: RoomKey) -> None:
+        """After: ask them for what the store did not have yet."""
+
+    def unfollow(self, key: RoomKey) -> None:
+        """The room was unloaded."""
 
 
 class RoomRegistry:
@@ -30,6 +43,7 @@ class RoomRegistry:
         history: shared session history.
         grace: seconds an empty room stays loaded.
         task_group: where unload timers run.
+        shared: the other nodes holding rooms (cluster mode), None on one node.
     """
 
     def __init__(
@@ -40,12 +54,14 @@ class RoomRegistry:
         history: SessionHistory,
         grace: float,
         task_group: TaskGroup,
+        shared: SharedRooms | None = None,
     ) -> None:
         self._store = store
         self._limits = limits
         self._history = history
         self._grace = grace
         self._task_group = task_group
+        self._shared = shared
         self._rooms: dict[RoomKey, Room] = {}
         # A key is here while its room is being loaded or compacted for unloading; whoever
         # wants it meanwhile waits, so a load never reads a half-compacted document.
@@ -99,6 +115,8 @@ class RoomRegistry:
                 continue
             busy = self._busy[key] = anyio.Event()
             try:
+                if self._shared is not None:
+                    await self._shared.follow(key)  # first, so nothing said meanwhile is lost
                 updates = await self._store.load(key)
                 doc: Doc[Any] = Doc()
                 for update in updates:
@@ -110,8 +128,11 @@ class RoomRegistry:
                     history=self._history,
                     held=self.held,
                     stored_bytes=sum(map(len, updates)),
+                    shared=self._shared is not None,
                 )
                 logger.info("room %s loaded (%d stored updates)", key, len(updates))
+                if self._shared is not None:
+                    self._shared.loaded(key)
             finally:
                 del self._busy[key]
                 busy.set()
@@ -151,6 +172,8 @@ class RoomRegistry:
         try:
             await self._store.compact(key, room.content.compacted)
             self._store.forget(key)
+            if self._shared is not None:
+                self._shared.unfollow(key)
             logger.info("room %s unloaded", key)
         finally:
             del self._busy[key]

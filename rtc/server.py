@@ -13,8 +13,9 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import anyio
 from anyio.abc import TaskGroup
@@ -33,13 +34,19 @@ from rtc.actions import (
     Left,
     Note,
     Persist,
+    Reserve,
     Send,
+    Session,
+    Share,
 )
 from rtc.analytics.feed import EventFeed
 from rtc.analytics.tracking import Tracking
 from rtc.auth import Grant
 from rtc.budget import CONTROL_COST, Budget, OverBudgetError, message_cost
 from rtc.closes import classify
+from rtc.cluster.entries import Entry
+from rtc.cluster.outcomes import Admission, Registration
+from rtc.cluster.remote import CONNECTION_KINDS, Reply, answer
 from rtc.config import ServerConfig
 from rtc.connections import ConnectionCounts, address_of
 from rtc.delivery import DeliveringConnection, encode
@@ -63,6 +70,9 @@ from rtc.room import Room
 from rtc.rooms import RoomRegistry
 from rtc.tokens import TokenChecker
 from tracks.event import now_ms
+
+if TYPE_CHECKING:
+    from rtc.cluster.node import ClusterNode
 
 __all__ = ["CLOSE_TIMEOUT", "RoomServer"]
 
@@ -88,6 +98,8 @@ class _Peer:
     close_reason: str = ""
     error: RtcError | None = None
     announce_deadline: asyncio.TimerHandle | None = None
+    replaced: bool = False  # its session was taken over on another node
+    reaped: bool = False  # the cluster took this node for dead: its end is recorded already
 
 
 class RoomServer:
@@ -102,6 +114,7 @@ class RoomServer:
         feed: the live event feed for `/events` viewers.
         metrics: counters.
         task_group: where closing handshakes run.
+        cluster: this node of a cluster (rooms shared through Redis), None on one node.
     """
 
     def __init__(
@@ -115,8 +128,10 @@ class RoomServer:
         feed: EventFeed,
         metrics: Metrics,
         task_group: TaskGroup,
+        cluster: ClusterNode | None = None,
     ) -> None:
         self._config = config
+        self._cluster = cluster
         self._tokens = tokens
         self._rooms = rooms
         self._documents = documents
@@ -124,6 +139,8 @@ class RoomServer:
         self._metrics = metrics
         self._task_group = task_group
         self._ids = itertools.count(1)
+        self._cluster_calls = 0
+        self._settled = anyio.Event()
         self._peers: dict[int, _Peer] = {}
         self.connections = ConnectionCounts()
         self.expiry = TokenExpiry(self._token_expired)
@@ -163,7 +180,71 @@ class RoomServer:
             if session.user_id == user_id and peer is not None:
                 self._close(peer, CloseCode.FORBIDDEN, "revoked")
                 closed += 1
+        if self._cluster is not None:
+            self._cluster.share(key, "kick", str(user_id).encode())
         return closed + self._viewers.kick(key, user_id)
+
+    # --- what the other nodes of a cluster say (rtc.cluster.node.ClusterDriver) ----------
+
+    def remote(self, key: RoomKey, entry: Entry) -> None:
+        """Another node said something about a room: carry out what it calls for."""
+        room = self._rooms.get(key)
+        if room is None or self._cluster is None:
+            return
+        if entry.kind in CONNECTION_KINDS:
+            self._remote_connections(room, entry)
+            return
+        for action in answer(room, entry):
+            match action:
+                case Reply(kind=kind, data=data, target=target):
+                    self._cluster.share(key, kind, data, target)
+                case Share(kind=kind, data=data):
+                    self._cluster.share(key, kind, data)
+                case Send(connection=connection, data=data):
+                    self._send([connection], data)
+                case Broadcast(data=data, to=to):
+                    self._send(to, data)
+                case Note(what=what):
+                    self._metrics.note(what)
+
+    def _remote_connections(self, room: Room, entry: Entry) -> None:
+        try:
+            value = int(entry.data)
+        except ValueError:
+            self._metrics.note("remote-invalid")
+            return
+        if entry.kind == "replaced":  # its session reconnected through another node
+            peer = self._peers.get(value)
+            if peer is not None and peer.room is room:
+                peer.replaced = True
+                self._metrics.note("session-replaced")
+                self._close(peer, CloseCode.SESSION_CONFLICT, "session-replaced")
+        else:  # "kick", asked on another node
+            for session in room.sessions():
+                peer = self._peers.get(session.connection)
+                if session.user_id == value and peer is not None:
+                    self._close(peer, CloseCode.FORBIDDEN, "revoked")
+            self._viewers.kick(room.key, value)
+
+    def state_vector(self, key: RoomKey) -> bytes | None:
+        room = self._rooms.get(key)
+        return room.state_vector() if room is not None else None
+
+    def registrations(self) -> list[tuple[RoomKey, Registration]]:
+        node = self._cluster.node_id if self._cluster is not None else ""
+        return [
+            (room.key, Registration(
+                node, s.connection, s.session_id, s.user_id, s.name, s.connected_at_ms,
+                s.joined_at_ms,
+            ))
+            for room in self._rooms.loaded()
+            for s in room.sessions()
+        ]
+
+    def close_all(self, code: int, reason: str) -> None:
+        for peer in list(self._peers.values()):
+            peer.reaped = True
+            self._close(peer, code, reason)
 
     def _token_expired(self, connection: int) -> None:
         peer = self._peers.get(connection)
@@ -311,6 +392,61 @@ class RoomServer:
         except RtcError as error:
             self._fail(claimant, error)
 
+    def _in_cluster(self, call: Callable[..., Awaitable[None]], *args: object) -> None:
+        """Run a call to the cluster in the background, counted until it is done."""
+
+        async def counted() -> None:
+            try:
+                await call(*args)
+            finally:
+                self._cluster_calls -= 1
+                if not self._cluster_calls:
+                    self._settled.set()
+
+        if not self._cluster_calls:
+            self._settled = anyio.Event()
+        self._cluster_calls += 1
+        self._task_group.start_soon(counted)
+
+    async def settle(self, *, within: float) -> None:
+        """Wait (at most `within` seconds) for calls to the cluster still under way: at
+        shutdown, so that every session is released and recorded before the node goes."""
+        with anyio.move_on_after(within):
+            if self._cluster_calls:
+                await self._settled.wait()
+
+    async def _reserve(self, reserve: Reserve, peer: _Peer) -> None:
+        """Carry out a `Reserve`: the cluster decides, then the room finishes the admission."""
+        assert self._cluster is not None
+        limits = peer.room.limits
+        decision = await self._cluster.admit(
+            peer.room.key, reserve, max_contributors=limits.max_contributors,
+            max_connections=limits.max_connections,
+        )
+        now = now_ms()
+        gone = self._peers.get(peer.id) is not peer or peer.close_code is not None
+        actions = [] if gone else peer.room.reserved(peer.id, decision, now)
+        if not actions:  # it left while the cluster decided: release what was reserved
+            if isinstance(decision, Admission):
+                session = Session(peer.id, reserve.session_id, reserve.user_id, reserve.name,
+                                  reserve.connected_at_ms, now)
+                await self._cluster.leave(Left(peer.room.key, session, now, True), clock=None)
+            return
+        try:
+            self._carry_out(peer, actions)
+            if peer.room.session_of(peer.id) is not None:
+                self._admitted(peer, now)
+        except RtcError as error:
+            self._fail(peer, error)
+
+    async def _left_cluster(self, left: Left) -> None:
+        """A session ended on this node: release it cluster-wide, then record it unless the
+        cluster says another node did (it was reaped while this node was cut off)."""
+        assert self._cluster is not None
+        outcome = await self._cluster.leave(left, clock=left.awareness_clock)
+        if outcome != "gone":
+            self._tracking.left(left)
+
     def _carry_out(self, peer: _Peer, actions: list[Action]) -> None:
         for action in actions:
             match action:
@@ -339,10 +475,16 @@ class RoomServer:
                         action.limit,
                     )
                     self._tracking.blocked(action)
+                case Left() if self._cluster is not None:
+                    self._in_cluster(self._left_cluster, action)
                 case Left():
                     self._tracking.left(action)
                 case CheckLiveness():
                     self._task_group.start_soon(self._check_liveness, action, peer.room)
+                case Reserve():
+                    self._in_cluster(self._reserve, action, peer)
+                case Share(kind=kind, data=data) if self._cluster is not None:
+                    self._cluster.share(peer.room.key, kind, data)
                 case Close(connection=connection, code=code, reason=reason):
                     target = self._peers.get(connection)
                     if target is not None:
@@ -393,8 +535,10 @@ class RoomServer:
         error_code, close_code = ending.error_code, ending.close_code
         self._metrics.closes.labels(str(close_code)).inc()
         now = now_ms()
-        self._carry_out(peer, room.close(peer.id, now, clean=ending.clean))
-        if error_code is not None:
+        self._carry_out(
+            peer, room.close(peer.id, now, clean=ending.clean, keep_presence=peer.replaced)
+        )
+        if error_code is not None and not peer.reaped:
             self._tracking.connection_error(
                 room.key,
                 connection=peer.id,

@@ -7,15 +7,16 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 from redis.asyncio import Redis
 
-from tests.redis_fixtures import ThrowawayRedis, redis_server  # noqa: F401
+from tests.postgresql_fixtures import postgres_url
+from tests.redis_fixtures import ThrowawayRedis, redis_server
 
-__all__ = ["RedisFactory"]
+__all__ = ["RedisFactory", "postgres_url", "redis_server"]
 
 RedisFactory = Callable[[], Redis]
 
 
 @pytest.fixture
-async def redis_clients(redis_server: ThrowawayRedis) -> AsyncIterator[RedisFactory]:  # noqa: F811
+async def redis_clients(redis_server: ThrowawayRedis) -> AsyncIterator[RedisFactory]:
     """Make separate clients (each its own connection pool) to the test's Redis; all are
     closed at the end."""
     made: list[Redis] = []

@@ -122,10 +122,10 @@ async def test_the_live_feed_needs_a_token_for_its_room(tmp_path: Path) -> None:
 
 async def test_a_feed_viewer_is_closed_when_its_token_expires(tmp_path: Path) -> None:
     async with closed_server_with_ada(tmp_path) as (rtc, _http):
-        short = issue(SECRET, blog_id=7, post_id=42, user_id=102, ttl_seconds=1)
+        short = issue(SECRET, blog_id=7, post_id=42, user_id=102, ttl_seconds=2)
         with anyio.fail_after(TIMEOUT):
             async with connect(feed_url(rtc, f"&token={short}")) as feed:
-                await feed.wait_closed()  # the token lives one second
+                await feed.wait_closed()  # the token lives two seconds (whole seconds: one could be gone already)
     assert (feed.close_code, feed.close_reason) == (4401, "token-expired")
 
 

@@ -1,0 +1,195 @@
+"""Three real `rtc serve --cluster` nodes on one throwaway Redis and one fresh PostgreSQL
+database, driven by real y-websocket clients in Node: one room, whichever node serves it."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+
+from tests.cluster.harness import (
+    NODE_TIMEOUT,
+    balancer,
+    cluster_nodes,
+    events,
+    node_args,
+    room_json,
+)
+from tests.jsclient import NodeClients
+from tests.redis_fixtures import ThrowawayRedis
+from tests.rtc.clients import TIMEOUT
+from tests.rtc.processes import rtc_process
+
+pytestmark = [pytest.mark.slow, pytest.mark.node]
+
+ROOM = "7/42"
+
+
+def _user(user_id: int) -> dict[str, object]:
+    return {"id": user_id, "name": f"User {user_id}"}
+
+
+async def test_edits_and_presence_cross_nodes_once_and_not_back_to_the_sender(
+    tmp_path: Path, redis_server: ThrowawayRedis, postgres_url: str
+) -> None:
+    async with (
+        cluster_nodes(tmp_path, redis_server.url, postgres_url) as nodes,
+        NodeClients() as node,
+    ):
+        ada = await node.open(nodes[0].ws_url + "/rooms", ROOM, user=_user(1))
+        bob = await node.open(nodes[1].ws_url + "/rooms", ROOM, user=_user(2))
+        cy = await node.open(nodes[2].ws_url + "/rooms", ROOM, user=_user(3))
+        for client in (ada, bob, cy):
+            await client.wait_synced()
+        await ada.insert(0, "hello ")
+        await bob.wait_text("hello ")
+        await cy.wait_text("hello ")
+        await cy.insert(6, "world")
+        for client in (ada, bob, cy):
+            await client.wait_text("hello world")
+        everyone = {ada.client_id, bob.client_id, cy.client_id}
+        for client in (ada, bob, cy):
+            await client.wait_awareness(lambda states: everyone <= set(states))
+        # Once: the text is not doubled anywhere (an echoed update would be a no-op in Yjs,
+        # so the roster and the stored document are what show duplication).
+        rosters = [await room_json(server) for server in nodes]
+        assert all(r["session_count"] == 3 for r in rosters), rosters
+        assert all(r["contributors"] == rosters[0]["contributors"] for r in rosters)
+        assert [c["id"] for c in rosters[0]["contributors"]] == [1, 2, 3]
+
+
+async def test_ten_users_race_for_two_places_through_three_nodes(
+    tmp_path: Path, redis_server: ThrowawayRedis, postgres_url: str
+) -> None:
+    async with (
+        cluster_nodes(tmp_path, redis_server.url, postgres_url, "--max-contributors", "2")
+        as nodes,
+        NodeClients() as node,
+    ):
+        # The document has content before the race: a blocked client must never see it.
+        writer = await node.open(nodes[0].ws_url + "/rooms", "7/43", user=_user(99))
+        await writer.wait_synced()
+        await writer.insert(0, "secret")
+        await writer.close()
+
+        clients = []
+        async with anyio.create_task_group() as tg:
+            async def join(index: int) -> None:
+                server = nodes[index % 3]
+                clients.append(
+                    await node.open(server.ws_url + "/rooms", "7/43", user=_user(index + 1))
+                )
+
+            for index in range(10):
+                tg.start_soon(join, index)
+
+        for client in clients:  # each one is let in or turned away
+            await client.wait_for(
+                lambda s: s.synced or any(e.code == 4429 for e in s.closes)
+            )
+        admitted = [c for c in clients if c.state.synced]
+        blocked = [c for c in clients if any(e.code == 4429 for e in c.state.closes)]
+        assert len(admitted) == 2
+        assert len(blocked) == 8
+        assert all(c.state.text == "" for c in blocked)
+        for client in admitted:
+            await client.wait_text("secret")
+        rosters = [await room_json(server, 7, 43) for server in nodes]
+        assert all(r["contributor_count"] == 2 for r in rosters), rosters
+        for server in nodes:  # every event reaches the shared store before it stops
+            await server.terminate()
+
+    blocked_events = events(postgres_url, "jetpack_rtc_blocked")
+    assert len(blocked_events) == 8
+    assert len({e["session_id"] for e in blocked_events}) == 8
+
+
+async def test_a_killed_node_leaves_no_ghosts_and_its_clients_come_back_elsewhere(
+    tmp_path: Path, redis_server: ThrowawayRedis, postgres_url: str
+) -> None:
+    async with (
+        cluster_nodes(tmp_path, redis_server.url, postgres_url) as nodes,
+        NodeClients() as node,
+    ):
+        watcher = await node.open(nodes[1].ws_url + "/rooms", ROOM, user=_user(2))
+        await watcher.wait_synced()
+        async with balancer(nodes[:1] + nodes[2:]) as proxy:
+            # Through the balancer, the first client lands on node1 (round robin starts
+            # there); node1 dies with it.
+            lost = await node.open(nodes[0].ws_url + "/rooms", ROOM, user=_user(1))
+            await lost.wait_synced()
+            await lost.insert(0, "kept ")
+            await watcher.wait_text("kept ")
+            await watcher.wait_awareness(lambda states: lost.client_id in states)
+            # What was received more than 1 s before the kill must survive it.
+            await anyio.sleep(1.2)  # noqa: sleep-ok
+            await nodes[0].kill()
+            with anyio.fail_after(NODE_TIMEOUT + 2):
+                await watcher.wait_awareness(lambda states: lost.client_id not in states)
+            # Its client comes back through the balancer to a surviving node.
+            again = await node.open(proxy.ws_url + "/rooms", ROOM, user=_user(1))
+            await again.wait_text("kept ")
+        await watcher.close()
+        for server in nodes[1:]:
+            await server.terminate()
+
+    leaves = [e for e in events(postgres_url, "jetpack_rtc_leave")
+              if e["session_id"] == lost.client_id]
+    lost_errors = [e for e in events(postgres_url, "jetpack_rtc_connection_error")
+                   if e.get("error_code") == "node-lost"]
+    assert len(leaves) == 1
+    assert leaves[0]["clean"] is False
+    assert len(lost_errors) == 1
+    assert lost_errors[0]["session_id"] == lost.client_id
+
+
+async def test_a_node_with_another_limit_refuses_to_start(
+    tmp_path: Path, redis_server: ThrowawayRedis, postgres_url: str
+) -> None:
+    async with cluster_nodes(tmp_path, redis_server.url, postgres_url, "--max-contributors",
+                             "2", count=1):
+        with anyio.fail_after(TIMEOUT):
+            result = await anyio.run_process(
+                [sys.executable, "-m", "rtc", "serve", "--port", "0", "--data-dir",
+                 str(tmp_path / "other"),
+                 *node_args(redis_server.url, postgres_url, "other", "--max-contributors", "3")],
+                check=False,
+            )
+    assert result.returncode == 2
+    assert "--max-contributors differs" in result.stderr.decode()
+
+
+async def test_redis_stopped_and_restarted_editing_goes_on_and_everything_converges(
+    tmp_path: Path, redis_server: ThrowawayRedis, postgres_url: str
+) -> None:
+    async with (
+        cluster_nodes(tmp_path, redis_server.url, postgres_url, count=2) as nodes,
+        NodeClients() as node,
+    ):
+        ada = await node.open(nodes[0].ws_url + "/rooms", ROOM, user=_user(1))
+        ann = await node.open(nodes[0].ws_url + "/rooms", ROOM, user=_user(3))
+        bob = await node.open(nodes[1].ws_url + "/rooms", ROOM, user=_user(2))
+        for client in (ada, ann, bob):
+            await client.wait_synced()
+        redis_server.stop()
+        await nodes[0].wait_log("Redis .* stopped answering")
+        await ada.insert(0, "during ")
+        await ann.wait_text("during ")  # same node: carries on
+        late = await node.open(nodes[1].ws_url + "/rooms", ROOM, user=_user(4))
+        await late.wait_for(lambda s: any(e.code == 4503 for e in s.closes))
+        assert any(e.reason == "cluster-unavailable" for e in late.state.closes)
+        redis_server.start()
+        for server in nodes:  # each node re-registers its sessions
+            await server.wait_log(r"rtc\.cluster\.node: .* answers again")
+        await bob.wait_text("during ")  # resynchronised across nodes
+        await late.wait_synced()  # y-websocket retried and got in
+        await late.wait_text("during ")
+        rosters = [await room_json(server) for server in nodes]
+        assert all(r["session_count"] == 4 for r in rosters), rosters
+
+
+async def test_without_cluster_nothing_needs_redis(tmp_path: Path) -> None:
+    async with rtc_process(tmp_path, "--log-level", "WARNING") as server:
+        assert server.port
