@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -67,10 +68,19 @@ class RtcServer:
         recorders: where events go; by default opened from `config.recorder_urls`, entered
             and closed with the server. Recorders passed in are the caller's: enter them
             (`async with`) before the server and close them after it.
+        listening: a listening socket to serve on instead of binding `config.host` and
+            `config.port` (a worker of `rtc serve --workers`, on its supervisor's socket).
     """
 
-    def __init__(self, config: ServerConfig, *, recorders: Sequence[Recorder] | None = None):
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        recorders: Sequence[Recorder] | None = None,
+        listening: socket.socket | None = None,
+    ):
         self.config = config
+        self._listening = listening
         self._given_recorders = None if recorders is None else tuple(recorders)
         self._stack = contextlib.AsyncExitStack()
         self._parts: _Parts | None = None
@@ -176,7 +186,6 @@ class RtcServer:
         )
         reads = controls = None
         if cluster is not None:
-            cluster.attach(driver)
             await cluster.start(task_group)
             from rtc.cluster.controls import SharedControls
             from rtc.cluster.reads import ClusterReads
@@ -217,8 +226,9 @@ class RtcServer:
         )
         listener = await serve(
             driver.handle,
-            config.host,
-            config.port,
+            config.host if self._listening is None else None,
+            config.port if self._listening is None else None,
+            sock=self._listening,
             process_request=api.process_request,
             # Until a connection names its session, a frame may be no larger than what is
             # held for it; the driver lifts this to max_message_size on admission.

@@ -13,8 +13,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import anyio
@@ -44,12 +43,11 @@ from rtc.analytics.tracking import Tracking
 from rtc.auth import Grant
 from rtc.budget import CONTROL_COST, Budget, OverBudgetError, message_cost
 from rtc.closes import classify
-from rtc.cluster.entries import Entry
-from rtc.cluster.outcomes import Admission, Registration
-from rtc.cluster.remote import CONNECTION_KINDS, Reply, answer
+from rtc.cluster.outcomes import Admission
+from rtc.cluster.side import ClusterSide
 from rtc.config import ServerConfig
 from rtc.connections import ConnectionCounts, address_of
-from rtc.delivery import DeliveringConnection, encode
+from rtc.delivery import DeliveringConnection
 from rtc.documents import Documents
 from rtc.errors import (
     AnnounceTimeoutError,
@@ -65,6 +63,7 @@ from rtc.http.errors import HttpError
 from rtc.http.routes import FeedRoute, RoomRoute, route
 from rtc.ids import RoomKey
 from rtc.metrics import Metrics
+from rtc.peers import Peer, Peers
 from rtc.protocol import decode
 from rtc.room import Room
 from rtc.rooms import RoomRegistry
@@ -83,23 +82,6 @@ LIVENESS_TIMEOUT = 2.0  # seconds a session's holder has to answer a ping when i
 
 # The limit a refusal before the room is counted under (rtc_limit_refusals_total{limit}).
 _LIMIT_OF: dict[type[RtcError], str] = {HeldTotalError: "held", ServerBusyError: "rooms"}
-
-
-@dataclass(slots=True)
-class _Peer:
-    id: int
-    ws: DeliveringConnection
-    route: RoomRoute
-    room: Room
-    connected_at_ms: int
-    budget: Budget
-    grant: Grant | None = None
-    close_code: int | None = None
-    close_reason: str = ""
-    error: RtcError | None = None
-    announce_deadline: asyncio.TimerHandle | None = None
-    replaced: bool = False  # its session was taken over on another node
-    reaped: bool = False  # the cluster took this node for dead: its end is recorded already
 
 
 class RoomServer:
@@ -141,7 +123,10 @@ class RoomServer:
         self._ids = itertools.count(1)
         self._cluster_calls = 0
         self._settled = anyio.Event()
-        self._peers: dict[int, _Peer] = {}
+        self._peers = Peers(
+            metrics=metrics, outbox_limit=config.outbox_limit, task_group=task_group,
+            close_timeout=CLOSE_TIMEOUT,
+        )
         self.connections = ConnectionCounts()
         self.expiry = TokenExpiry(self._token_expired)
         self._viewers = FeedViewers(
@@ -152,6 +137,11 @@ class RoomServer:
             task_group=task_group,
             close_timeout=CLOSE_TIMEOUT,
         )
+        if cluster is not None:
+            cluster.attach(
+                ClusterSide(cluster, rooms=rooms, peers=self._peers,
+                            kick_viewers=self._viewers.kick, metrics=metrics)
+            )
 
     async def handle(self, ws: ServerConnection) -> None:
         """websockets' handler: serve an admitted upgrade until the connection ends."""
@@ -178,73 +168,11 @@ class RoomServer:
         for session in room.sessions() if room is not None else ():
             peer = self._peers.get(session.connection)
             if session.user_id == user_id and peer is not None:
-                self._close(peer, CloseCode.FORBIDDEN, "revoked")
+                self._peers.close(peer, CloseCode.FORBIDDEN, "revoked")
                 closed += 1
         if self._cluster is not None:
             self._cluster.share(key, "kick", str(user_id).encode())
         return closed + self._viewers.kick(key, user_id)
-
-    # --- what the other nodes of a cluster say (rtc.cluster.node.ClusterDriver) ----------
-
-    def remote(self, key: RoomKey, entry: Entry) -> None:
-        """Another node said something about a room: carry out what it calls for."""
-        room = self._rooms.get(key)
-        if room is None or self._cluster is None:
-            return
-        if entry.kind in CONNECTION_KINDS:
-            self._remote_connections(room, entry)
-            return
-        for action in answer(room, entry):
-            match action:
-                case Reply(kind=kind, data=data, target=target):
-                    self._cluster.share(key, kind, data, target)
-                case Share(kind=kind, data=data):
-                    self._cluster.share(key, kind, data)
-                case Send(connection=connection, data=data):
-                    self._send([connection], data)
-                case Broadcast(data=data, to=to):
-                    self._send(to, data)
-                case Note(what=what):
-                    self._metrics.note(what)
-
-    def _remote_connections(self, room: Room, entry: Entry) -> None:
-        try:
-            value = int(entry.data)
-        except ValueError:
-            self._metrics.note("remote-invalid")
-            return
-        if entry.kind == "replaced":  # its session reconnected through another node
-            peer = self._peers.get(value)
-            if peer is not None and peer.room is room:
-                peer.replaced = True
-                self._metrics.note("session-replaced")
-                self._close(peer, CloseCode.SESSION_CONFLICT, "session-replaced")
-        else:  # "kick", asked on another node
-            for session in room.sessions():
-                peer = self._peers.get(session.connection)
-                if session.user_id == value and peer is not None:
-                    self._close(peer, CloseCode.FORBIDDEN, "revoked")
-            self._viewers.kick(room.key, value)
-
-    def state_vector(self, key: RoomKey) -> bytes | None:
-        room = self._rooms.get(key)
-        return room.state_vector() if room is not None else None
-
-    def registrations(self) -> list[tuple[RoomKey, Registration]]:
-        node = self._cluster.node_id if self._cluster is not None else ""
-        return [
-            (room.key, Registration(
-                node, s.connection, s.session_id, s.user_id, s.name, s.connected_at_ms,
-                s.joined_at_ms,
-            ))
-            for room in self._rooms.loaded()
-            for s in room.sessions()
-        ]
-
-    def close_all(self, code: int, reason: str) -> None:
-        for peer in list(self._peers.values()):
-            peer.reaped = True
-            self._close(peer, code, reason)
 
     def _token_expired(self, connection: int) -> None:
         peer = self._peers.get(connection)
@@ -252,7 +180,7 @@ class RoomServer:
             self._viewers.expired(connection)
         else:
             logger.info("connection %d: token expired", connection)
-            self._close(peer, CloseCode.AUTHENTICATION_FAILED, "token-expired")
+            self._peers.close(peer, CloseCode.AUTHENTICATION_FAILED, "token-expired")
 
     def _verify(self, target: RoomRoute) -> Grant | None:
         """The token's grant when tokens are on (raises AuthenticationError, ForbiddenError)."""
@@ -295,10 +223,10 @@ class RoomServer:
             outbox_limit=config.outbox_limit,
             now=time.monotonic(),
         )
-        peer = _Peer(connection_id, ws, target, room, connected_at_ms, budget, grant)
+        peer = Peer(connection_id, ws, target, room, connected_at_ms, budget, grant)
         identity = Identity(grant.user_id, grant.name) if grant is not None else None
         room.open(peer.id, peer.connected_at_ms, identity=identity)
-        self._peers[peer.id] = peer
+        self._peers.add(peer)
         if grant is not None:
             self.expiry.watch(peer.id, grant.expires_at)
         logger.info("connection %d opened to room %s", peer.id, target.key)
@@ -315,11 +243,11 @@ class RoomServer:
             peer.announce_deadline.cancel()
             self._end(peer)
 
-    def _announce_overdue(self, peer: _Peer) -> None:
+    def _announce_overdue(self, peer: Peer) -> None:
         if peer.room.session_of(peer.id) is None:
-            self._fail(peer, AnnounceTimeoutError())
+            self._peers.fail(peer, AnnounceTimeoutError())
 
-    def _receive(self, peer: _Peer, data: bytes, text: bool) -> None:
+    def _receive(self, peer: Peer, data: bytes, text: bool) -> None:
         if peer.close_code is not None:
             return
         try:
@@ -344,12 +272,12 @@ class RoomServer:
             if not admitted and room.session_of(peer.id) is not None:
                 self._admitted(peer, now)
         except RtcError as error:
-            self._fail(peer, error)
+            self._peers.fail(peer, error)
         except Exception:
             logger.exception("connection %d: message handling failed", peer.id)
-            self._fail(peer, RtcError("message handling failed"))
+            self._peers.fail(peer, RtcError("message handling failed"))
 
-    def _admitted(self, peer: _Peer, now: int) -> None:
+    def _admitted(self, peer: Peer, now: int) -> None:
         """A connection named its session: lift what bounds a newcomer, replay what it held."""
         if peer.announce_deadline is not None:
             peer.announce_deadline.cancel()
@@ -357,15 +285,15 @@ class RoomServer:
         for held in peer.room.take_held(peer.id):
             self._carry_out(peer, peer.room.receive(peer.id, held, now))
 
-    def _control(self, peer: _Peer, size: int) -> None:
+    def _control(self, peer: Peer, size: int) -> None:
         """A ping or pong arrived (websockets answers pings itself): it costs like a message."""
         if peer.close_code is None:
             try:
                 self._charge(peer, CONTROL_COST, size)
             except RtcError as error:
-                self._fail(peer, error)
+                self._peers.fail(peer, error)
 
-    def _charge(self, peer: _Peer, cost: float, size: int = 0) -> None:
+    def _charge(self, peer: Peer, cost: float, size: int = 0) -> None:
         """Take a message's cost and size from the connection's budget (raises
         OverBudgetError)."""
         try:
@@ -390,7 +318,7 @@ class RoomServer:
             if room.session_of(claimant.id) is not None:
                 self._admitted(claimant, now)
         except RtcError as error:
-            self._fail(claimant, error)
+            self._peers.fail(claimant, error)
 
     def _in_cluster(self, call: Callable[..., Awaitable[None]], *args: object) -> None:
         """Run a call to the cluster in the background, counted until it is done."""
@@ -415,7 +343,7 @@ class RoomServer:
             if self._cluster_calls:
                 await self._settled.wait()
 
-    async def _reserve(self, reserve: Reserve, peer: _Peer) -> None:
+    async def _reserve(self, reserve: Reserve, peer: Peer) -> None:
         """Carry out a `Reserve`: the cluster decides, then the room finishes the admission."""
         assert self._cluster is not None
         limits = peer.room.limits
@@ -437,7 +365,7 @@ class RoomServer:
             if peer.room.session_of(peer.id) is not None:
                 self._admitted(peer, now)
         except RtcError as error:
-            self._fail(peer, error)
+            self._peers.fail(peer, error)
 
     async def _left_cluster(self, left: Left) -> None:
         """A session ended on this node: release it cluster-wide, then record it unless the
@@ -447,13 +375,13 @@ class RoomServer:
         if outcome != "gone":
             self._tracking.left(left)
 
-    def _carry_out(self, peer: _Peer, actions: list[Action]) -> None:
+    def _carry_out(self, peer: Peer, actions: list[Action]) -> None:
         for action in actions:
             match action:
                 case Send(connection=connection, data=data):
-                    self._send([connection], data)
+                    self._peers.send([connection], data)
                 case Broadcast(data=data, to=to):
-                    self._send(to, data)
+                    self._peers.send(to, data)
                 case Persist(update=update):
                     self._documents.append(peer.room.key, update)
                     self._rooms.persisted(peer.room)
@@ -464,7 +392,7 @@ class RoomServer:
                         action.room,
                         action.session.session_id,
                     )
-                    joiner = self._peers.get(action.session.connection, peer)
+                    joiner = self._peers.get(action.session.connection) or peer
                     self._tracking.joined(action, post_type=joiner.route.post_type)
                 case Blocked():
                     logger.info(
@@ -488,41 +416,13 @@ class RoomServer:
                 case Close(connection=connection, code=code, reason=reason):
                     target = self._peers.get(connection)
                     if target is not None:
-                        self._close(target, code, reason)
+                        self._peers.close(target, code, reason)
                 case Note(what=what):
                     self._metrics.note(what)
 
-    def _send(self, connections: Sequence[int], data: bytes) -> None:
-        frame = encode(data)
-        sent = 0
-        limit = self._config.outbox_limit
-        peers = self._peers
-        for connection in connections:
-            target = peers.get(connection)
-            if target is None or target.close_code is not None:
-                continue
-            if target.ws.queue(frame, limit):
-                sent += 1
-            else:
-                self._close(target, CloseCode.TRY_AGAIN_LATER, "outbox-full")
-        if sent:
-            self._metrics.sent(data, sent)
-
-    def _fail(self, peer: _Peer, error: RtcError) -> None:
-        if peer.error is None and peer.close_code is None:
-            peer.error = error
-            logger.info("connection %d closed: %s (%s)", peer.id, error.error_code, error.detail)
-        self._close(peer, error.close_code, error.reason)
-
-    def _close(self, peer: _Peer, code: int, reason: str) -> None:
-        if peer.close_code is not None:
-            return
-        peer.close_code, peer.close_reason = code, reason
-        self._task_group.start_soon(peer.ws.close_within, code, reason, CLOSE_TIMEOUT)
-
-    def _end(self, peer: _Peer) -> None:
+    def _end(self, peer: Peer) -> None:
         """The connection is over: classify how, remove its presence, record what happened."""
-        self._peers.pop(peer.id, None)
+        self._peers.pop(peer.id)
         room = peer.room
         session = room.session_of(peer.id)
         protocol = peer.ws.protocol
