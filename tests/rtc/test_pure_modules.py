@@ -22,6 +22,7 @@ PURE = {
     "rtc.content",
     "rtc.closes",
     "rtc.errors",
+    "rtc.forwarded",
     "rtc.history",
     "rtc.http.errors",
     "rtc.http.request",
