@@ -17,7 +17,8 @@ from redis.backoff import ExponentialBackoff
 
 from rtc.cluster.entries import Entry
 from rtc.cluster.keys import Keys
-from rtc.cluster.streams import RoomStreams, _judge, _Room, _Stream, parse_stream_id
+from rtc.cluster.positions import RoomPosition, StreamInfo, judge, parse_stream_id
+from rtc.cluster.streams import RoomStreams
 from rtc.ids import RoomKey
 from tests.redis_fixtures import ThrowawayRedis, redis_server
 
@@ -328,47 +329,47 @@ def test_bad_settings_are_refused() -> None:
         RoomStreams(client, KEYS, "", deliver=lambda k, e: None, resync=print)
 
 
-def room_at(position: bytes | None, consumed: int) -> _Room:
-    return _Room("log", position, consumed, live_at=0.0)
+def room_at(position: bytes | None, consumed: int) -> RoomPosition:
+    return RoomPosition("log", position, consumed, live_at=0.0)
 
 
 @pytest.mark.parametrize(
     ("position", "consumed", "stream", "gap", "after"),
     [
         # Nothing removed past what was read, or exactly up to it: no gap.
-        (b"5-0", 5, _Stream(b"9-0", 9, 4, b"6-0"), False, (b"5-0", 5)),
-        (b"5-0", 5, _Stream(b"9-0", 9, 6, b"4-0"), False, (b"5-0", 5)),
-        (b"5-0", 5, _Stream(b"5-0", 5, 0, None), False, (b"5-0", 5)),
+        (b"5-0", 5, StreamInfo(b"9-0", 9, 4, b"6-0"), False, (b"5-0", 5)),
+        (b"5-0", 5, StreamInfo(b"9-0", 9, 6, b"4-0"), False, (b"5-0", 5)),
+        (b"5-0", 5, StreamInfo(b"5-0", 5, 0, None), False, (b"5-0", 5)),
         # Trimmed past the position: read on from the first entry left.
-        (b"5-0", 5, _Stream(b"9-0", 9, 2, b"8-0"), True, (b"7-18446744073709551615", 7)),
-        (b"5-0", 5, _Stream(b"9-3", 9, 2, b"9-2"), True, (b"9-1", 7)),
-        (b"5-0", 5, _Stream(b"9-0", 9, 0, None), True, (b"9-0", 9)),
+        (b"5-0", 5, StreamInfo(b"9-0", 9, 2, b"8-0"), True, (b"7-18446744073709551615", 7)),
+        (b"5-0", 5, StreamInfo(b"9-3", 9, 2, b"9-2"), True, (b"9-1", 7)),
+        (b"5-0", 5, StreamInfo(b"9-0", 9, 0, None), True, (b"9-0", 9)),
         # Reset (recreated, restarted): read on from its end.
-        (b"5-0", 5, _Stream(b"3-0", 3, 3, b"1-0"), True, (b"3-0", 3)),
-        (b"5-0", 5, _Stream(b"9-0", 2, 2, b"8-0"), True, (b"9-0", 2)),
+        (b"5-0", 5, StreamInfo(b"3-0", 3, 3, b"1-0"), True, (b"3-0", 3)),
+        (b"5-0", 5, StreamInfo(b"9-0", 2, 2, b"8-0"), True, (b"9-0", 2)),
         # Vanished: read the next one from its start; a stream never written is no gap.
         (b"5-0", 5, None, True, (b"0-0", 0)),
         (b"0-0", 0, None, False, (b"0-0", 0)),
         # Not known yet (Redis was down at follow): from its end, resynchronised.
-        (None, 0, _Stream(b"9-0", 9, 9, b"1-0"), True, (b"9-0", 9)),
+        (None, 0, StreamInfo(b"9-0", 9, 9, b"1-0"), True, (b"9-0", 9)),
         # Before Redis 7.0 (no entries-added): the position against the first entry.
-        (b"5-0", 0, _Stream(b"9-0", None, 3, b"7-0"), True, (b"6-18446744073709551615", 0)),
-        (b"5-0", 0, _Stream(b"9-0", None, 5, b"5-0"), False, (b"5-0", 0)),
+        (b"5-0", 0, StreamInfo(b"9-0", None, 3, b"7-0"), True, (b"6-18446744073709551615", 0)),
+        (b"5-0", 0, StreamInfo(b"9-0", None, 5, b"5-0"), False, (b"5-0", 0)),
     ],
 )
 def test_judging_a_position(
     position: bytes | None,
     consumed: int,
-    stream: _Stream | None,
+    stream: StreamInfo | None,
     gap: bool,
     after: tuple[bytes, int],
 ) -> None:
     room = room_at(position, consumed)
-    assert _judge(room, stream, restarted=False) is gap
+    assert judge(room, stream, restarted=False) is gap
     assert (room.position, room.consumed) == after
 
 
 def test_a_restart_moves_every_position_to_the_new_end() -> None:
     room = room_at(b"5-0", 5)
-    assert _judge(room, _Stream(b"9-0", 9, 9, b"1-0"), restarted=True)
+    assert judge(room, StreamInfo(b"9-0", 9, 9, b"1-0"), restarted=True)
     assert (room.position, room.consumed) == (b"9-0", 9)
