@@ -1,6 +1,8 @@
 """Open WebSocket connections, counted in total and by client address, for the caps.
 
 The driver counts what it serves; the HTTP API reads the counts to refuse a handshake early.
+Both ask `address_of` who the client is, so that a count and its cap agree (behind trusted
+proxies: who they forward for, rtc.forwarded).
 """
 
 from __future__ import annotations
@@ -9,12 +11,24 @@ from collections import Counter
 
 from websockets.asyncio.server import ServerConnection
 
+from rtc.forwarded import NO_PROXIES, TrustedProxies, client_address
+
 __all__ = ["ConnectionCounts", "address_of"]
 
 
-def address_of(connection: ServerConnection) -> str:
+def address_of(connection: ServerConnection, proxies: TrustedProxies = NO_PROXIES) -> str:
+    """A connection's client address: its peer's, or, when the peer is a trusted proxy, the
+    client it forwards for (`X-Forwarded-For` or `Forwarded` of the handshake request).
+
+    Args:
+        connection: a connection whose handshake request has been read.
+        proxies: the trusted proxies (`--forwarded-allow-ips`); by default none.
+    """
     address = connection.remote_address
-    return str(address[0]) if address else "unknown"
+    peer = str(address[0]) if address else "unknown"
+    request = connection.request
+    headers = request.headers.raw_items() if request is not None else ()
+    return client_address(peer, headers, proxies)
 
 
 class ConnectionCounts:

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import anyio
@@ -22,6 +23,7 @@ from rtc.auth import Scope
 from rtc.config import ServerConfig
 from rtc.connections import ConnectionCounts, address_of
 from rtc.errors import ClusterUnavailableError
+from rtc.forwarded import TrustedProxies, client_address
 from rtc.http.access import Access
 from rtc.http.analytics import AnalyticsApi
 from rtc.http.errors import HttpError
@@ -126,6 +128,7 @@ class HttpApi:
         self._live = live
         self._kick_user = kick
         self._connections = connections
+        self._proxies = TrustedProxies.parse(config.forwarded_allow_ips)
         self._tokens = tokens
         self._access = Access(tokens)
         self._started = time.monotonic()
@@ -138,7 +141,8 @@ class HttpApi:
         """websockets' hook for every GET: admit an upgrade (None) or answer the request."""
         headers = {name.lower(): value for name, value in request.headers.raw_items()}
         plain = HttpRequest(
-            method="GET", target=request.path, headers=headers, client=address_of(connection)
+            method="GET", target=request.path, headers=headers,
+            client=address_of(connection, self._proxies),
         )
         try:
             target = route(plain.target)
@@ -159,6 +163,10 @@ class HttpApi:
     async def plain_request(self, request: HttpRequest) -> Response:
         """Requests websockets does not parse: other methods (ingest, capture control, the
         admin API), and GETs with a body."""
+        # The connection class knows the peer only; behind a trusted proxy, the client is
+        # who it forwards for (what the ingest rate limit and the logs count).
+        forwarded = client_address(request.client, request.headers.items(), self._proxies)
+        request = replace(request, client=forwarded)
         try:
             target = route(request.target)
         except HttpError as error:
@@ -195,8 +203,8 @@ class HttpApi:
 
     def _refused(self, request: HttpRequest, error: HttpError) -> Response:
         self._metrics.http_errors.labels(str(error.status)).inc()
-        logger.info("HTTP %d for %s %s: %s", error.status, request.method, request.path,
-                    error.message)
+        logger.info("HTTP %d for %s %s from %s: %s", error.status, request.method,
+                    request.path, request.client, error.message)
         return error_response(error.status, error.message, error.headers)
 
     # --- the routes ----------------------------------------------------------------------

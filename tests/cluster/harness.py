@@ -26,7 +26,16 @@ import pytest
 from tests.rtc.clients import TIMEOUT
 from tests.rtc.processes import ServerProcess, rtc_process
 
-__all__ = ["Balancer", "balancer", "cluster_nodes", "events", "node_args", "start_node"]
+__all__ = [
+    "HAPROXY_CFG",
+    "Balancer",
+    "balancer",
+    "cluster_nodes",
+    "events",
+    "node_args",
+    "render_haproxy",
+    "start_node",
+]
 
 NODE_TIMEOUT = 2.0  # seconds: short, so that a lost node is reaped within a test
 
@@ -96,6 +105,28 @@ def events(postgres_url: str, name: str | None = None) -> list[dict[str, Any]]:
 # --- HAProxy ---------------------------------------------------------------------------
 
 
+HAPROXY_CFG = Path(__file__).resolve().parents[2] / "deploy" / "haproxy.cfg"
+
+
+def render_haproxy(template: str, port: int, backends: Sequence[int]) -> str:
+    """deploy/haproxy.cfg listening on 127.0.0.1:`port`, over nodes on these ports."""
+    lines: list[str] = []
+    servers = [f"    server node{index} 127.0.0.1:{backend}"
+               for index, backend in enumerate(backends, start=1)]
+    for line in template.splitlines():
+        words = line.split()
+        if words[:1] == ["bind"]:
+            lines.append(f"    bind 127.0.0.1:{port}")
+        elif words[:1] == ["server"]:
+            lines.extend(servers)
+            servers = []  # in place of the first one; the others go
+        else:
+            lines.append(line)
+    if servers:
+        raise ValueError("deploy/haproxy.cfg has no server line to replace")
+    return "\n".join(lines) + "\n"
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -103,7 +134,8 @@ def _free_port() -> int:
 
 
 class Balancer:
-    """A real HAProxy round-robin over some nodes (config written from a template)."""
+    """A real HAProxy round-robin over some nodes: deploy/haproxy.cfg, the operators' own file,
+    with only its `bind` port and its `server` lines replaced by the test's."""
 
     def __init__(self, directory: Path, backends: Sequence[int]) -> None:
         self.port = _free_port()
@@ -115,31 +147,15 @@ class Balancer:
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
 
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
     def room_url(self, blog_id: int = 7, post_id: int = 42) -> str:
         return f"ws://127.0.0.1:{self.port}/rooms/{blog_id}/{post_id}"
 
     def config(self) -> str:
-        servers = "\n".join(
-            f"    server n{index} 127.0.0.1:{port} check inter 200ms fall 1 rise 2"
-            for index, port in enumerate(self.backends, start=1)
-        )
-        return f"""global
-    maxconn 4096
-defaults
-    mode http
-    timeout connect 2s
-    timeout client 60s
-    timeout server 60s
-    timeout tunnel 1h
-    option forwardfor
-frontend rtc
-    bind 127.0.0.1:{self.port}
-    default_backend nodes
-backend nodes
-    balance roundrobin
-    option httpchk GET /healthz
-{servers}
-"""
+        return render_haproxy(HAPROXY_CFG.read_text(), self.port, self.backends)
 
     def start(self) -> None:
         binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
@@ -147,11 +163,10 @@ backend nodes
             pytest.fail("haproxy is not installed (make setup-test installs it)")
         config = self.directory / "haproxy.cfg"
         config.write_text(self.config())
-        self._process = subprocess.Popen(
-            [binary, "-f", str(config), "-db"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        with (self.directory / "haproxy.log").open("wb") as log:  # its log, for a failure
+            self._process = subprocess.Popen(
+                [binary, "-f", str(config), "-db"], stdout=log, stderr=subprocess.STDOUT,
+            )
 
     async def wait_ready(self) -> None:
         with anyio.fail_after(TIMEOUT):
