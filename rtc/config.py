@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from rtc.forwarded import TrustedProxies
 from tracks.presence.figures import DAY_MS
 from tracks.presence.retention import check_retention
 from tracks.urls import recorder_kind
@@ -172,6 +173,10 @@ class ServerConfig:
                 check_retention(self.retention_days * DAY_MS, name="retention_days")
             except ValueError as error:
                 raise ConfigError(f"{error} (or 0: keep forever)") from None
+        try:
+            TrustedProxies.parse(self.forwarded_allow_ips)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
         if self.workers < 1:
             raise ConfigError("workers must be >= 1")
         if self.workers > 1 and not self.cluster:

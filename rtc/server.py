@@ -59,6 +59,7 @@ from rtc.errors import (
 )
 from rtc.expiry import TokenExpiry
 from rtc.feeds import FeedViewers
+from rtc.forwarded import TrustedProxies
 from rtc.http.errors import HttpError
 from rtc.http.routes import FeedRoute, RoomRoute, route
 from rtc.ids import RoomKey
@@ -128,6 +129,7 @@ class RoomServer:
             close_timeout=CLOSE_TIMEOUT,
         )
         self.connections = ConnectionCounts()
+        self._proxies = TrustedProxies.parse(config.forwarded_allow_ips)
         self.expiry = TokenExpiry(self._token_expired)
         self._viewers = FeedViewers(
             feed,
@@ -147,7 +149,7 @@ class RoomServer:
         """websockets' handler: serve an admitted upgrade until the connection ends."""
         if not isinstance(ws, DeliveringConnection) or ws.request is None:
             raise TypeError("serve(create_connection=...) must make DeliveringConnections")
-        address = address_of(ws)
+        address = address_of(ws, self._proxies)
         self.connections.opened(address)
         try:
             target = route(ws.request.path)  # admitted by process_request: routes again
