@@ -18,6 +18,7 @@ from rtc.app import RtcServer
 from rtc.auth import Scope, issue, issue_scoped
 from rtc.config import ConfigError, ServerConfig
 from rtc.ids import id_from_text
+from rtc.workers import WorkerLink, supervise, wait_for_stop
 from tracks import __version__
 from tracks.presence.retention import parse_duration
 from tracks.streams import StreamConfigError, load_streams
@@ -335,37 +336,45 @@ def read_secret(path: Path) -> str:
     return secret
 
 
-async def _serve(config: ServerConfig) -> None:
-    async with RtcServer(config) as server:
-        port = server.port
-        base = f"{config.host}:{port}"
-        print(f"rtc listening on http://{base}", flush=True)
-        print(f"  WebSocket: ws://{base}/rooms/{{blog_id}}/{{post_id}}", flush=True)
-        print(f"  Demo:      http://{base}/", flush=True)
-        print(f"  Stats:     http://{base}/stats  http://{base}/api/stats  "
-              f"http://{base}/metrics", flush=True)
-        for recorder in server.recorders:
-            print(f"  Events:    {recorder.description}", flush=True)
-        if server.node_id is not None:
-            print(f"  Cluster:   node {server.node_id} on {server.cluster_description}",
-                  flush=True)
-        if config.secret is None:
-            print(
-                "  WARNING: no --secret: the server runs OPEN. Anyone who can reach it can join "
-                "any room as any user. Set RTC_SECRET for production.",
-                flush=True,
-            )
-        exposures = config.exposures() if config.listens_beyond_loopback else []
-        if exposures:
-            print(f"  WARNING: listening on {config.host}, reachable from other machines, with:",
-                  flush=True)
-            for exposure in exposures:
-                print(f"    - {exposure}", flush=True)
-            print("    See the README's production profile.", flush=True)
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for signum in signals:
-                print(f"rtc: {signal.Signals(signum).name}, shutting down", flush=True)
-                break
+async def _serve(config: ServerConfig, link: WorkerLink | None = None) -> None:
+    # The signals are taken for the server's whole life, so that a second one (a terminal
+    # or systemd signals every process of a `--workers` group, and the supervisor forwards
+    # it too) cannot cut the drain short.
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        listening = link.listening_socket() if link is not None else None
+        async with RtcServer(config, listening=listening) as server:
+            banner: list[str] = []
+            port = server.port
+            base = f"{config.host}:{port}"
+            banner.append(f"rtc listening on http://{base}")
+            banner.append(f"  WebSocket: ws://{base}/rooms/{{blog_id}}/{{post_id}}")
+            banner.append(f"  Demo:      http://{base}/")
+            banner.append(f"  Stats:     http://{base}/stats  http://{base}/api/stats  "
+                          f"http://{base}/metrics")
+            for recorder in server.recorders:
+                banner.append(f"  Events:    {recorder.description}")
+            if server.node_id is not None:
+                banner.append(
+                    f"  Cluster:   node {server.node_id} on {server.cluster_description}"
+                )
+            if config.secret is None:
+                banner.append(
+                    "  WARNING: no --secret: the server runs OPEN. Anyone who can reach it can "
+                    "join any room as any user. Set RTC_SECRET for production."
+                )
+            exposures = config.exposures() if config.listens_beyond_loopback else []
+            if exposures:
+                banner.append(
+                    f"  WARNING: listening on {config.host}, reachable from other machines, with:"
+                )
+                banner.extend(f"    - {exposure}" for exposure in exposures)
+                banner.append("    See the README's production profile.")
+            if link is None:
+                print("\n".join(banner), flush=True)
+            else:  # the supervisor prints one banner for the group
+                link.ready(banner, node_id=server.node_id)
+            reason = await wait_for_stop(signals, link)
+            print(f"rtc: {reason}, shutting down", flush=True)
 
 
 def _has_uvloop() -> bool:
@@ -398,10 +407,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (StreamConfigError, OSError) as error:
             print(f"rtc: {error}", file=sys.stderr)
             return 2
+    try:
+        link = WorkerLink.from_environ(os.environ)
+    except ConfigError as error:
+        print(f"rtc: {error}", file=sys.stderr)
+        return 2
+    if config.workers > 1:
+        given = list(argv) if argv is not None else sys.argv[1:]
+        return supervise(config, given, environ=dict(os.environ))
     # uvloop's libuv I/O cuts the server's CPU by about a fifth under fan-out load
     # (bench/bench_servers.py, room50); asyncio's own loop is the fallback.
     try:
-        anyio.run(_serve, config, backend_options={"use_uvloop": _has_uvloop()})
+        anyio.run(_serve, config, link, backend_options={"use_uvloop": _has_uvloop()})
     except ValueError as error:  # e.g. a malformed --recorder URL, found as it is opened
         print(f"rtc: {error}", file=sys.stderr)
         return 2
