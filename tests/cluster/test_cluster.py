@@ -60,6 +60,32 @@ async def test_edits_and_presence_cross_nodes_once_and_not_back_to_the_sender(
         assert [c["id"] for c in rosters[0]["contributors"]] == [1, 2, 3]
 
 
+async def test_a_room_loaded_on_another_node_mid_edit_converges_with_nothing_lost(
+    tmp_path: Path, redis_server: ThrowawayRedis, postgres_url: str
+) -> None:
+    async with (
+        cluster_nodes(tmp_path, redis_server.url, postgres_url, count=2) as nodes,
+        NodeClients() as node,
+    ):
+        ada = await node.open(nodes[0].ws_url + "/rooms", ROOM, user=_user(1))
+        await ada.wait_synced()
+        typed = ""
+        async with anyio.create_task_group() as tg:
+            async def type_on() -> None:
+                nonlocal typed
+                for index in range(60):  # typing goes on while node2 loads the room
+                    character = chr(ord("a") + index % 26)
+                    await ada.insert(len(typed), character)
+                    typed += character
+
+            tg.start_soon(type_on)
+            bob = await node.open(nodes[1].ws_url + "/rooms", ROOM, user=_user(2))
+            await bob.wait_synced()
+        await bob.wait_text(typed)
+        await bob.insert(0, ">")
+        await ada.wait_text(">" + typed)
+
+
 async def test_ten_users_race_for_two_places_through_three_nodes(
     tmp_path: Path, redis_server: ThrowawayRedis, postgres_url: str
 ) -> None:
