@@ -18,8 +18,9 @@ nodes dropping its entries.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from rtc.errors import ProtocolError
 from rtc.protocol import Reader, write_var_bytes
@@ -39,6 +40,7 @@ __all__ = [
     "decode_reply",
     "encode_entry",
     "encode_reply",
+    "fields_of",
 ]
 
 UPDATE = "update"  # a document update a local client made
@@ -95,6 +97,20 @@ def _text(fields: Mapping[bytes, bytes], name: bytes) -> str:
     if not text:
         raise ValueError(f"field {name!r} is empty")
     return text
+
+
+def fields_of(flat: Sequence[Any]) -> dict[bytes, bytes]:
+    """An entry's fields from the flat ``[field, value, ...]`` list Redis replies with.
+
+    Raises:
+        ValueError: an odd number of items, or a field name that is not bytes.
+    """
+    if len(flat) % 2:
+        raise ValueError("an odd number of field items")
+    fields = dict(zip(flat[::2], flat[1::2], strict=True))
+    if not all(isinstance(name, bytes) for name in fields):
+        raise ValueError("a field name is not bytes")
+    return fields
 
 
 def decode_entry(fields: Mapping[bytes, bytes]) -> Entry:

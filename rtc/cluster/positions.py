@@ -129,14 +129,18 @@ def id_before(entry: StreamId) -> bytes:
 
 
 def read_batches(reply: Any) -> Iterator[tuple[bytes, list[Any]]]:
-    """``(stream name, [(id, fields), ...])`` from an XREAD reply, RESP2 or RESP3 shaped."""
+    """``(stream name, [(id, fields), ...])`` from an XREAD reply: RESP2 as Redis sends it
+    (``[[name, [[id, [field, value, ...]], ...]], ...]``, fields a flat list) or as redis-py
+    parses it, RESP2 or RESP3 shaped (fields a dict)."""
     if not reply:
         return
     items = reply.items() if isinstance(reply, dict) else ((item[0], item[1]) for item in reply)
     for name, value in items:
         entries = value
-        # redis-py wraps a RESP3 stream's entries in one more list.
-        if entries and isinstance(entries[0], list):
+        # redis-py wraps a RESP3 stream's entries in one more list (an entry is an id first).
+        if entries and isinstance(entries[0], list) and (
+            not entries[0] or not isinstance(entries[0][0], bytes | str)
+        ):
             entries = entries[0]
         yield (name if isinstance(name, bytes) else str(name).encode()), list(entries or [])
 

@@ -1,5 +1,6 @@
 """The writing half of the rooms' logs: a bounded queue of entries, written to the rooms'
-Redis streams by one task, one pipeline (no transaction) per batch. Not the reading: that is
+Redis streams by one task, one pipeline (no transaction) per batch, on a lean connection of
+its own (`rtc.cluster.wire.Wire`). Not the reading: that is
 `rtc.cluster.streams`, which owns this publisher and tells it when Redis is lost or back.
 
 - **Publishing.** `Publisher.publish` never awaits and never raises: it appends to a bounded
@@ -9,8 +10,9 @@ Redis streams by one task, one pipeline (no transaction) per batch. Not the read
   bounded by time, and no entry younger than the retention is trimmed, so a reader that
   keeps up never finds a gap. Redis takes one trim argument per ``XADD``, so the length cap
   (``max_len``) is a backstop applied by an ``XTRIM MAXLEN ~`` every `trim_every` entries a
-  node writes to a followed room. Streams also expire `expire_ms` after their last write, so
-  an abandoned room leaves nothing behind.
+  node writes to a followed room. Streams also expire about `expire_ms` after their last
+  write, so an abandoned room leaves nothing behind: the expiry is renewed with the first
+  write of a room after `renew_s` (a quarter of it), not with every batch.
 - **Losing Redis.** A failed batch is dropped and reported (`lost`); while paused (Redis
   unavailable), what is queued or published is dropped, and its rooms are marked: a marked
   room that is followed is resynchronised after the next batch that lands, unless the
@@ -20,6 +22,7 @@ Redis streams by one task, one pipeline (no transaction) per batch. Not the read
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 
@@ -30,6 +33,7 @@ from redis.exceptions import RedisError
 from rtc.cluster.entries import Entry, encode_entry
 from rtc.cluster.keys import Keys
 from rtc.cluster.positions import trim_floor
+from rtc.cluster.wire import Wire, pack
 from rtc.ids import RoomKey
 
 __all__ = ["REDIS_ERRORS", "Publisher"]
@@ -41,6 +45,7 @@ logger = logging.getLogger(__name__)
 REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 
 _Queued = tuple[RoomKey, dict[bytes, bytes]]
+RENEWED_LIMIT = 4096  # streams whose expiry renewal is remembered, before the stale go
 
 
 class Publisher:
@@ -84,6 +89,7 @@ class Publisher:
         self.timeout_s = timeout_s
         self.trim_every = max(1, min(1_000, max_len // 10))
         self.expire_ms = max(2 * retention_ms, 60_000)
+        self.renew_s = self.expire_ms / 4000
         self._redis_now_ms = redis_now_ms
         self._followed = followed
         self._resync = resync
@@ -96,6 +102,8 @@ class Publisher:
         self._queue: deque[_Queued] = deque()
         self._marked: set[RoomKey] = set()  # rooms whose entries were dropped
         self._since_trim: dict[RoomKey, int] = {}
+        self._renewed: dict[str, float] = {}  # stream -> monotonic time its expiry was set
+        self._wire: Wire | None = None
         self._in_flight: list[_Queued] | None = None
         self._write_scope: anyio.CancelScope | None = None
         self._paused = False
@@ -120,6 +128,7 @@ class Publisher:
     def forget(self, key: RoomKey) -> None:
         """`key` is no longer followed (what is still queued for it is still written)."""
         self._since_trim.pop(key, None)
+        self._renewed.pop(self._keys.log(key), None)
         self._marked.discard(key)
 
     def clear_marks(self) -> None:
@@ -148,6 +157,17 @@ class Publisher:
         """Write the queue until cancelled."""
         if not self._paused:
             self._back.set()
+        try:
+            await self._run()
+        finally:
+            self._close_wire()
+
+    def _close_wire(self) -> None:
+        if self._wire is not None:
+            self._wire.close()
+            self._wire = None
+
+    async def _run(self) -> None:
         while True:  # until cancelled
             if not self._queue:
                 self._wake = anyio.Event()
@@ -162,16 +182,14 @@ class Publisher:
 
     async def _write(self, batch: list[_Queued]) -> None:
         minid = trim_floor(self._redis_now_ms(), self.retention_ms)
-        pipe = self._redis.pipeline(transaction=False)
+        trimming = ("MINID", "~", minid) if minid is not None else ()
+        commands: list[bytes] = []
         names: dict[str, None] = {}
         trims: list[str] = []
         for key, fields in batch:
             name = self._keys.log(key)
             names[name] = None
-            if minid is None:
-                pipe.xadd(name, fields)  # type: ignore[arg-type]
-            else:
-                pipe.xadd(name, fields, minid=minid, approximate=True)  # type: ignore[arg-type]
+            commands.append(pack("XADD", name, *trimming, "*", *_flat(fields)))
             if self._followed(key):  # (a room only written to, a kick, is seldom written)
                 since = self._since_trim.get(key, 0) + 1
                 if since >= self.trim_every:
@@ -179,14 +197,27 @@ class Publisher:
                     since = 0
                 self._since_trim[key] = since
         for name in trims:
-            pipe.xtrim(name, maxlen=self.max_len, approximate=True)
+            commands.append(pack("XTRIM", name, "MAXLEN", "~", self.max_len))
+        now = time.monotonic()
+        renewed = self._renewed
+        if len(renewed) > RENEWED_LIMIT:  # rooms written but never followed (kicks)
+            self._renewed = renewed = {
+                name: at for name, at in renewed.items() if now - at < self.renew_s
+            }
         for name in names:
-            pipe.pexpire(name, self.expire_ms)
+            if now - renewed.get(name, -self.renew_s) >= self.renew_s:
+                commands.append(pack("PEXPIRE", name, self.expire_ms))
+                renewed[name] = now
         self._in_flight = batch
         try:
             with anyio.CancelScope() as self._write_scope, anyio.fail_after(self.timeout_s):
-                results = await pipe.execute(raise_on_error=False)
+                wire = self._wire
+                if wire is None or wire.closed:
+                    wire = self._wire = await Wire.open(self._redis, self.timeout_s)
+                results = await wire.send(commands)
         except REDIS_ERRORS as error:
+            self._close_wire()
+            self._renewed.clear()  # Redis may have restarted empty: renew every expiry
             if self._in_flight is batch:
                 self._in_flight = None
                 self._drop(batch)
@@ -194,6 +225,9 @@ class Publisher:
             return
         finally:
             self._write_scope = None
+            if self._wire is not None and self._wire.closed:
+                self._wire = None  # cancelled by `pause`
+                self._renewed.clear()
         if self._in_flight is not batch:
             return  # dropped by `pause` while under way: nothing from before a loss lands later
         self._in_flight = None
@@ -223,3 +257,8 @@ class Publisher:
         for key, _ in batch:
             self.entries_dropped += 1
             self._marked.add(key)
+
+
+def _flat(fields: dict[bytes, bytes]) -> list[bytes]:
+    """An entry's fields as XADD takes them: name, value, name, value..."""
+    return [item for pair in fields.items() for item in pair]

@@ -3,10 +3,12 @@ checking its position for gaps and Redis for restarts. Not the writing: that is
 `rtc.cluster.publisher`; `rtc.cluster.streams` puts the two together.
 
 - **Reading.** One blocking ``XREAD`` over every followed room's stream, on a connection of
-  its own, ``block_ms`` at a time, so that a newly followed room joins the read within
-  ``block_ms``. Entries written by this node, and entries aimed (``t``) at another node, are
-  skipped; malformed ones are counted and skipped; ``deliver(key, entry)`` gets the rest, in
-  stream order.
+  its own (a lean `rtc.cluster.wire.Wire`: this loop runs once per batch of entries, so
+  hundreds of times a second on a busy node), ``block_ms`` at a time, so that a newly
+  followed room joins the read within ``block_ms``. Entries written by this node, and
+  entries aimed (``t``) at another node, are skipped (this node's own before decoding);
+  malformed ones are counted and skipped; ``deliver(key, entry)`` gets the rest, in stream
+  order.
 - **Gaps.** A room's position is checked (``XINFO STREAM``, judged by
   `rtc.cluster.positions.judge`) when it may have fallen behind the trimming: before reading
   a room that was not read for half the retention (the reader was paused), and before
@@ -29,12 +31,12 @@ from typing import Any
 import anyio
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
-from redis.typing import KeyT, StreamIdT
 
-from rtc.cluster.entries import Entry, decode_entry
+from rtc.cluster.entries import NODE, Entry, decode_entry, fields_of
 from rtc.cluster.keys import Keys
 from rtc.cluster.positions import RoomPosition, StreamInfo, judge, parse_stream_id, read_batches
 from rtc.cluster.publisher import REDIS_ERRORS
+from rtc.cluster.wire import Wire, pack
 from rtc.ids import RoomKey
 
 __all__ = ["BACKOFF_FIRST_S", "BACKOFF_MAX_S", "RoomReader"]
@@ -77,6 +79,7 @@ class RoomReader:
         self._redis = redis
         self._keys = keys
         self._node_id = node_id
+        self._node = node_id.encode()
         self._deliver = deliver
         self._resync = resync
         self._resync_all = resync_all
@@ -103,6 +106,7 @@ class RoomReader:
         self._clock_offset_ms: int | None = None  # Redis clock minus ours, once known
         self._next_check = 0.0
         self._wake = anyio.Event()
+        self._wire: Wire | None = None
 
     # --- the rooms -----------------------------------------------------------------------
 
@@ -172,20 +176,24 @@ class RoomReader:
 
     async def run(self) -> None:
         """Read until cancelled."""
-        reader = self._redis.client()  # one connection of its own: it blocks in XREAD
         try:
             while True:  # until cancelled
                 if not self._available():
                     await self._recover()
                 try:
-                    await self._read_round(reader)
+                    await self._read_round()
                 except REDIS_ERRORS as error:
+                    self._close_wire()
                     self._lost(error)
         finally:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(self.timeout_s):
-                await reader.aclose()
+            self._close_wire()
 
-    async def _read_round(self, reader: Redis) -> None:
+    def _close_wire(self) -> None:
+        if self._wire is not None:
+            self._wire.close()
+            self._wire = None
+
+    async def _read_round(self) -> None:
         now = time.monotonic()
         if now >= self._next_check:
             await self._check_server()
@@ -198,22 +206,26 @@ class RoomReader:
         if due:
             for key in await self._check_rooms(due, restarted=False):
                 self._resync(key)
-        streams: dict[KeyT, StreamIdT] = {
-            room.name: room.position for room in self._rooms.values() if room.position is not None
-        }
-        if not streams:
+        reading = [room for room in self._rooms.values() if room.position is not None]
+        if not reading:
             self._wake = anyio.Event()
             with anyio.move_on_after(self.check_interval_s):
                 await self._wake.wait()
             return
+        command = pack(
+            "XREAD", "COUNT", self.read_count, "BLOCK", self.block_ms, "STREAMS",
+            *[room.name for room in reading], *[room.position or b"" for room in reading],
+        )
+        wire = self._wire
+        if wire is None or wire.closed:
+            wire = self._wire = await Wire.open(self._redis, self.timeout_s)
         started = time.monotonic()
         with anyio.fail_after(self.block_ms / 1000 + self.timeout_s):
-            reply = await reader.xread(streams, count=self.read_count, block=self.block_ms)
-        for name in streams:
-            read = self._names.get(name.encode() if isinstance(name, str) else bytes(name))
-            room = self._rooms.get(read) if read is not None else None
-            if room is not None:
-                room.live_at = started
+            (reply,) = await wire.send([command])
+        if isinstance(reply, ResponseError):
+            raise reply
+        for room in reading:
+            room.live_at = started
         await self._take(reply)
 
     async def _take(self, reply: Any) -> None:
@@ -231,10 +243,7 @@ class RoomReader:
         for key, room, entries in batches:
             if key in gaps:
                 continue  # read again from the first entry left, after the resync below
-            for entry_id, fields in entries:
-                if self._rooms.get(key) is not room:
-                    break  # unfollowed by a callback
-                self._take_one(key, room, entry_id, fields)
+            self._take_batch(key, room, entries)
         if self.malformed != malformed:
             logger.warning(
                 "cluster streams: skipped %d malformed entries", self.malformed - malformed
@@ -242,21 +251,35 @@ class RoomReader:
         for key in gaps:
             self._resync(key)
 
-    def _take_one(self, key: RoomKey, room: RoomPosition, entry_id: Any, fields: Any) -> None:
-        try:
-            position = parse_stream_id(entry_id)
-        except (ValueError, TypeError, AttributeError):
-            self.malformed += 1
-            return
-        if position <= room.position_id:
-            return  # read before (the room was followed again while a read was under way)
-        room.position = entry_id if isinstance(entry_id, bytes) else str(entry_id).encode()
-        room.consumed += 1
-        self.entries_read += 1
+    def _take_batch(self, key: RoomKey, room: RoomPosition, entries: list[Any]) -> None:
+        """Deliver one room's entries of a read, in order."""
+        last = room.position_id
+        for item in entries:
+            if self._rooms.get(key) is not room:
+                break  # unfollowed by a callback
+            try:
+                entry_id, fields = item
+                position = parse_stream_id(entry_id)
+            except (ValueError, TypeError, AttributeError):
+                self.malformed += 1
+                continue
+            if position <= last:
+                continue  # read before (the room was followed again while a read was under way)
+            last = position
+            room.position = entry_id if isinstance(entry_id, bytes) else str(entry_id).encode()
+            room.consumed += 1
+            self.entries_read += 1
+            self._take_one(key, fields)
         now_ms = self.redis_now_ms()
-        if now_ms is not None:
-            room.lag_ms = max(0, now_ms - position[0])
+        if now_ms is not None and room.position is not None:
+            room.lag_ms = max(0, now_ms - last[0])
+
+    def _take_one(self, key: RoomKey, fields: Any) -> None:
         try:
+            if not isinstance(fields, dict):
+                fields = fields_of(fields)
+            if fields.get(NODE) == self._node:
+                return  # this node's own
             entry = decode_entry(fields)
         except (ValueError, TypeError, AttributeError):
             self.malformed += 1
@@ -350,6 +373,8 @@ class RoomReader:
                 restarted = await self._ask_server()
                 await self._check_rooms(list(self._rooms), restarted=restarted)
                 self._restart_pending = False
+                self._close_wire()
+                self._wire = await Wire.open(self._redis, self.timeout_s)
                 break
             except REDIS_ERRORS as error:
                 logger.debug("cluster streams: Redis still unavailable: %s", error)
