@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from rtc.errors import ProtocolError, RateLimitedError
-from rtc.protocol import MESSAGE_AWARENESS, Reader
+from rtc.errors import RateLimitedError
+from rtc.protocol import awareness_header
 from rtc.ratelimit import TokenBucket
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "Exhausted",
     "OverBudgetError",
     "awareness_entries",
+    "entries_cost",
     "message_cost",
 ]
 
@@ -43,8 +44,11 @@ def message_cost(data: bytes, *, max_entries: int) -> float:
     """What a message costs before it is read: 1, or an awareness message's entries at
     `ENTRY_COST` each (counted up to one past `max_entries`, which the room refuses)."""
     entries = awareness_entries(data)
-    if entries is None:
-        return 1.0
+    return 1.0 if entries is None else entries_cost(entries, max_entries=max_entries)
+
+
+def entries_cost(entries: int, *, max_entries: int) -> float:
+    """What an awareness message of `entries` entries costs (see `message_cost`)."""
     return ENTRY_COST * min(max(entries, 1), max_entries + 1)
 
 
@@ -55,15 +59,8 @@ def awareness_entries(data: bytes) -> int | None:
     before any of them is parsed. A malformed header counts as one entry: the full decode
     refuses it.
     """
-    if not data or data[0] != MESSAGE_AWARENESS:
-        return None
-    reader = Reader(data)
-    try:
-        reader.read_var_uint()  # the message type
-        reader.read_var_uint()  # the payload's length
-        return reader.read_var_uint()  # the entry count
-    except ProtocolError:
-        return 1
+    header = awareness_header(data)
+    return None if header is None else header[0]
 
 
 class Budget:

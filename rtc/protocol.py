@@ -26,6 +26,7 @@ __all__ = [
     "SyncStep1",
     "SyncStep2",
     "SyncUpdate",
+    "awareness_header",
     "awareness_sender",
     "decode",
     "encode",
@@ -178,24 +179,55 @@ def decode(data: bytes) -> Message:
     return message
 
 
+def _var_uint_at(data: bytes, position: int) -> tuple[int, int]:
+    """A varuint at `position`: (value, position after it). Raises IndexError past the end,
+    ProtocolError beyond `MAX_VAR_UINT`: `Reader`'s rule, without its method calls."""
+    byte = data[position]
+    if byte < 0x80:
+        return byte, position + 1
+    value, shift = byte & 0x7F, 7
+    while True:  # bounded by the data: each turn reads one more byte
+        position += 1
+        byte = data[position]
+        value |= (byte & 0x7F) << shift
+        if value > MAX_VAR_UINT:
+            raise ProtocolError("varuint out of range")
+        if byte < 0x80:
+            return value, position + 1
+        shift += 7
+
+
+def awareness_header(data: bytes) -> tuple[int, int | None] | None:
+    """What an awareness message's header says, the entries unread: (the entry count it
+    declares, the clientID of its one entry). None for any other message.
+
+    The count is 1 when the header is malformed (the full decode refuses the message). The
+    clientID is None unless the message carries exactly one entry and its declared length
+    adds up (the others take the full `decode`). This is how the y-websocket echoes of a
+    room, most of its traffic, are priced, recognised and dropped cheaply: one read of the
+    header for both.
+    """
+    if not data or data[0] != MESSAGE_AWARENESS:
+        return None
+    try:
+        length, position = _var_uint_at(data, 1)
+        adds_up = length >= 1 and len(data) - position == length
+        count, position = _var_uint_at(data, position)
+        if count != 1 or not adds_up or len(data) < 4:
+            return count, None
+        return 1, _var_uint_at(data, position)[0]
+    except (IndexError, ProtocolError):
+        return 1, None
+
+
 def awareness_sender(data: bytes) -> int | None:
     """The clientID of an awareness message that carries exactly one entry, from its header.
 
     None for anything else: other messages, several entries, or a header that does not add
-    up (those take the full `decode`). The entry itself is not read: this is how the
-    y-websocket echoes of a room, most of its traffic, are recognised and dropped cheaply.
+    up (those take the full `decode`). See `awareness_header`.
     """
-    if len(data) < 4 or data[0] != MESSAGE_AWARENESS:
-        return None
-    reader = Reader(data)
-    try:
-        reader.read_var_uint()
-        length = reader.read_var_uint()
-        if length < 1 or reader.remaining() != length or reader.read_var_uint() != 1:
-            return None
-        return reader.read_var_uint()
-    except ProtocolError:
-        return None
+    header = awareness_header(data)
+    return None if header is None else header[1]
 
 
 def write_var_uint(value: int) -> bytes:

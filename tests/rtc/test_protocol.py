@@ -15,6 +15,7 @@ from rtc.protocol import (
     SyncStep1,
     SyncStep2,
     SyncUpdate,
+    awareness_header,
     awareness_sender,
     decode,
     encode,
@@ -103,6 +104,35 @@ def test_awareness_sender_agrees_with_the_full_decode(data: bytes) -> None:
     message = decode(data)
     assert isinstance(message, AwarenessMessage)
     assert first_client(message.payload) == (1, sender)
+
+
+@given(
+    st.one_of(
+        st.binary(max_size=40),
+        st.binary(max_size=12).map(lambda tail: b"\x01" + tail),
+        st.lists(st.integers(0, 2**53 - 1), max_size=3).map(lambda ids: _awareness(*ids)),
+        st.integers(0, 2**32).map(lambda client: _awareness(client)[:-1]),
+    )
+)
+def test_awareness_header_agrees_with_the_full_decode(data: bytes) -> None:
+    """One read of the header: the count the full decode finds, the sender it names."""
+    header = awareness_header(data)
+    try:
+        message = decode(data)
+    except ProtocolError:
+        message = None
+    if header is None:
+        assert not isinstance(message, AwarenessMessage)
+        return
+    count, sender = header
+    assert sender == awareness_sender(data)
+    if isinstance(message, AwarenessMessage):
+        try:
+            assert first_client(message.payload)[0] == count
+        except ProtocolError:
+            assert count == 1  # a header that breaks off counts as one entry
+        if sender is not None:
+            assert first_client(message.payload) == (1, sender)
 
 
 def test_awareness_sender_reads_one_entry_updates_only() -> None:
