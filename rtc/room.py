@@ -224,8 +224,13 @@ class Room(Replica):
         can change nothing (a connection controls only its own clientID), so the driver drops
         it without decoding it; `receive` would come to the same answer, at a higher cost.
         """
+        return self.sent_by_other(connection, awareness_sender(data))
+
+    def sent_by_other(self, connection: ConnectionId, sender: int | None) -> bool:
+        """`is_echo` from the header already read: `sender` is the clientID of an awareness
+        message of one entry (`awareness_header`), None for anything else."""
         session = self._sessions.get(connection)
-        return session is not None and is_echo(session, awareness_sender(data))
+        return session is not None and is_echo(session, sender)
 
     def take_held(self, connection: ConnectionId) -> list[Message]:
         """What an admitted connection sent before it named its session, to replay in order."""

@@ -41,7 +41,7 @@ from rtc.actions import (
 from rtc.analytics.feed import EventFeed
 from rtc.analytics.tracking import Tracking
 from rtc.auth import Grant
-from rtc.budget import CONTROL_COST, Budget, OverBudgetError, message_cost
+from rtc.budget import CONTROL_COST, Budget, OverBudgetError, entries_cost
 from rtc.closes import classify
 from rtc.cluster.outcomes import Admission
 from rtc.cluster.side import ClusterSide
@@ -65,7 +65,7 @@ from rtc.http.routes import FeedRoute, RoomRoute, route
 from rtc.ids import RoomKey
 from rtc.metrics import Metrics
 from rtc.peers import Peer, Peers
-from rtc.protocol import decode
+from rtc.protocol import awareness_header, decode
 from rtc.room import Room
 from rtc.rooms import RoomRegistry
 from rtc.tokens import TokenChecker
@@ -258,12 +258,17 @@ class RoomServer:
                 raise UnsupportedDataError("text frame")
             room = peer.room
             # Charged before any work, by what its header says it will cost.
-            awareness = data[:1] == b"\x01"
-            cost = message_cost(data, max_entries=room.limits.max_awareness_entries)
-            self._charge(peer, cost, len(data))
-            if room.is_echo(peer.id, data):  # most of a busy room's traffic: drop it cheaply
-                self._metrics.received_echo(len(data), ECHO.what)
-                return
+            header = awareness_header(data)  # None: not awareness
+            awareness = header is not None
+            if header is None:
+                self._charge(peer, 1.0, len(data))
+            else:
+                entries, sender = header
+                limit = room.limits.max_awareness_entries
+                self._charge(peer, entries_cost(entries, max_entries=limit), len(data))
+                if room.sent_by_other(peer.id, sender):  # most of a busy room's traffic
+                    self._metrics.received_echo(len(data), ECHO.what)
+                    return
             self._metrics.received(data)
             admitted = room.session_of(peer.id) is not None
             now = now_ms()
