@@ -38,3 +38,16 @@ def test_each_name_is_the_object_its_module_defines(name: str, module: str) -> N
 
 def test_package_is_typed() -> None:
     assert (Path(rtc.__file__).parent / "py.typed").is_file()
+
+
+def test_one_node_imports_no_redis_client() -> None:
+    """Without --cluster nothing needs Redis: the server's modules load no redis-py (the
+    `cluster` extra may be missing)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, rtc.app, rtc.server, rtc.__main__\n"
+        "sys.exit(any(m == 'redis' or m.startswith('redis.') for m in sys.modules))"
+    )
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
