@@ -1,13 +1,17 @@
 """The cluster's numbers: the y-websocket load generator against one node, three cluster
 nodes behind HAProxy, and `--workers 2`, side by side. A script, not a test.
 
-    .venv/bin/python bench/bench_cluster.py --setups one,three,workers2 --duration 10
+    .venv/bin/python bench/bench_cluster.py --setups one,three,three-hashed,workers2 --duration 10
 
 Each setup gets fresh processes: its own `redis-server` on a free port (never the shared
 one), a fresh PostgreSQL database (`tracks_bench_*`, dropped afterwards) for documents and
 events in cluster setups, and for `three` a real HAProxy (deploy/haproxy.cfg) spreading
-each room's clients over the nodes round robin. The `one` node is a plain `rtc serve`
-(embedded SQLite, no Redis): the single-node baseline.
+each room's clients over the nodes round robin; `three-hashed` is the same behind
+`balance uri` (the room's path hashed: a room's clients meet on one node, which still
+publishes to its stream; deploy/haproxy.cfg keeps round robin). Health checks run as in
+deploy/haproxy.cfg (every second). The `one` node is a plain `rtc serve` (embedded SQLite,
+no Redis): the single-node baseline; `one-cluster` is one cluster node (Redis, PostgreSQL,
+no proxy): what cluster mode costs by itself, apart from spreading rooms over nodes.
 
 Figures, between the load generator's measure-start and measure-end markers:
 - fan-out latency p50/p99 (the load generator's, stamped on its common clock);
@@ -41,7 +45,7 @@ from typing import Any
 
 from bench_servers import BENCH, PYTHON, ROOT, START_TIMEOUT, cpu_seconds
 
-SETUPS = ("one", "three", "workers2")
+SETUPS = ("one", "one-cluster", "three", "three-hashed", "workers2")
 SCENARIOS = ("rooms20x5", "room50")
 POSTGRES = os.environ.get("BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
 RAMP_RATES = (20, 40, 80, 160, 320)  # updates/s per room, 20 rooms
@@ -172,15 +176,21 @@ def start(setup: str, workdir: Path) -> Iterator[Setup]:
             yield Setup(setup, f"ws://127.0.0.1:{port}/rooms", children(node.pid),
                         redis_port, redis.pid)
             return
-        ports = [free_port() for _ in range(3)]
+        ports = [free_port() for _ in range(1 if setup == "one-cluster" else 3)]
         nodes = [
             stack.enter_context(process(
                 rtc_command(port, workdir / f"n{index}", *cluster, "--node-id", f"n{index}"),
                 workdir / f"n{index}.log", ready="Events:"))
             for index, port in enumerate(ports, start=1)
         ]
+        if setup == "one-cluster":  # no proxy: what cluster mode costs a node by itself
+            yield Setup(setup, f"ws://127.0.0.1:{ports[0]}/rooms", [nodes[0].pid],
+                        redis_port, redis.pid)
+            return
         proxy_port = free_port()
-        config = render_haproxy(proxy_port, ports)
+        config = render_haproxy(
+            proxy_port, ports, balance="uri" if setup == "three-hashed" else None
+        )
         (workdir / "haproxy.cfg").write_text(config)
         haproxy = stack.enter_context(process(
             [shutil.which("haproxy") or "/usr/sbin/haproxy", "-f",
@@ -191,7 +201,8 @@ def start(setup: str, workdir: Path) -> Iterator[Setup]:
                     redis_port, redis.pid, haproxy.pid)
 
 
-def render_haproxy(port: int, backends: list[int]) -> str:
+def render_haproxy(port: int, backends: list[int], balance: str | None = None) -> str:
+    """deploy/haproxy.cfg with this bind port and these servers (and another `balance`)."""
     template = (ROOT / "deploy" / "haproxy.cfg").read_text()
     lines = []
     for line in template.splitlines():
@@ -200,11 +211,14 @@ def render_haproxy(port: int, backends: list[int]) -> str:
             lines.append(f"    bind 127.0.0.1:{port}")
         elif stripped.startswith("server "):
             continue
+        elif stripped.startswith("balance ") and balance is not None:
+            lines.append(f"    balance {balance}")
         else:
             lines.append(line)
     out = "\n".join(lines) + "\n"
+    # Checks as deployed (every second), quicker only while a node changes state.
     servers = "".join(
-        f"    server n{index} 127.0.0.1:{p} check inter 200ms fall 2 rise 2\n"
+        f"    server n{index} 127.0.0.1:{p} check inter 1s fastinter 200ms fall 2 rise 2\n"
         for index, p in enumerate(backends, start=1)
     )
     return out + servers
@@ -272,19 +286,45 @@ def measure(setup: Setup, scenario: str, duration: float, rate: int | None) -> d
     return result
 
 
+SPREAD = ("cpu_us_per_delivery", "p50_ms", "p99_ms", "redis_commands_per_update",
+          "redis_bytes_per_update", "node_cpu_percent", "redis_cpu_percent")
+
+
+def print_spread(results: dict[str, dict[str, Any]]) -> None:
+    """Median [min-max] of the repeated runs of each setup and scenario."""
+    print(f"\n{'setup':<12} {'scenario':<10} " + " ".join(f"{f:>22}" for f in SPREAD))
+    for setup_name, by_run in results.items():
+        scenarios: dict[str, list[dict[str, Any]]] = {}
+        for label, result in by_run.items():
+            scenarios.setdefault(label.partition("#")[0], []).append(result)
+        for scenario, found in scenarios.items():
+            cells = []
+            for figure in SPREAD:
+                values = sorted(r[figure] for r in found if r.get(figure) is not None)
+                cells.append(
+                    f"{values[len(values) // 2]:g} [{values[0]:g}-{values[-1]:g}]"
+                    if values else "-"
+                )
+            print(f"{setup_name:<12} {scenario:<10} " + " ".join(f"{c:>22}" for c in cells))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--setups", default=",".join(SETUPS))
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--ramp", action="store_true", help="also the saturation ramp")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run each scenario this many times (fresh processes each)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="rtc-cluster-bench-") as tmp:
         for setup_name in [s for s in args.setups.split(",") if s]:
             runs: list[tuple[str, str, int | None]] = [
-                (s, s, None) for s in args.scenarios.split(",") if s
+                (s if args.repeat == 1 else f"{s}#{n}", s, None)
+                for s in args.scenarios.split(",") if s
+                for n in range(1, args.repeat + 1)
             ]
             if args.ramp:
                 runs += [(f"ramp{rate}", "rooms20x5", rate) for rate in RAMP_RATES]
@@ -303,10 +343,12 @@ def main(argv: list[str] | None = None) -> int:
                     "error" in result or (result.get("p99_ms") or 0) > 100 or result.get("loss")
                 ):
                     break
-    print(f"\n{'setup':<9} {'run':<10} result")
+    print(f"\n{'setup':<12} {'run':<12} result")
     for setup_name, by_run in results.items():
         for label, result in by_run.items():
-            print(f"{setup_name:<9} {label:<10} {json.dumps(result)}")
+            print(f"{setup_name:<12} {label:<12} {json.dumps(result)}")
+    if args.repeat > 1:
+        print_spread(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0

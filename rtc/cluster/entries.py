@@ -30,6 +30,7 @@ __all__ = [
     "GONE",
     "KICK",
     "KINDS",
+    "LEFT",
     "REPLACED",
     "REPLY",
     "SYNC",
@@ -50,8 +51,9 @@ SYNC = "sync"  # data: the origin's state vector; every holder answers with a re
 REPLY = "reply"  # target: the asker; data: encode_reply(update, awareness, state_vector)
 REPLACED = "replaced"  # target: a node; data: its connection id (ASCII) taken over
 KICK = "kick"  # data: a user id (ASCII decimal) whose sessions in the room are closed
+LEFT = "left"  # data: empty: the origin node no longer holds the room (it unloaded it)
 
-KINDS = frozenset({UPDATE, AWARENESS, GONE, SYNC, REPLY, REPLACED, KICK})
+KINDS = frozenset({UPDATE, AWARENESS, GONE, SYNC, REPLY, REPLACED, KICK, LEFT})
 # Kinds that mean something only to one node: without a target they are malformed.
 TARGETED = frozenset({REPLY, REPLACED})
 

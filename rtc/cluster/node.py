@@ -76,6 +76,9 @@ class ClusterDriver(Protocol):
     def state_vector(self, key: RoomKey) -> bytes | None:
         """A loaded room's state vector (None: not loaded)."""
 
+    def presence(self, key: RoomKey) -> bytes | None:
+        """A loaded room's local presence, an awareness update (None: no local session)."""
+
     def registrations(self) -> list[tuple[RoomKey, Registration]]:
         """This node's admitted sessions, as the cluster should know them."""
 
@@ -104,8 +107,11 @@ class ClusterNode:
         self._tracking = tracking
         self.address = address
         self.registry = Registry(redis, self.keys, self.node_id)
+        # A room held by this node alone (the balancer hashed its clients here) costs Redis
+        # nothing per edit: see RoomStreams' "Alone".
         self.streams = RoomStreams(
-            redis, self.keys, self.node_id, deliver=self._deliver, resync=self.resync
+            redis, self.keys, self.node_id, deliver=self._deliver, resync=self.resync,
+            share_alone=False, joined=self._joined,
         )
         self.metrics = ClusterMetrics(registry_metrics, self._figures)
         self.available = False
@@ -240,6 +246,12 @@ class ClusterNode:
     def _deliver(self, key: RoomKey, entry: Entry) -> None:
         if self._driver is not None:
             self._driver.remote(key, entry)
+
+    def _joined(self, key: RoomKey) -> None:
+        """Another node holds the room too: it may not know this node's clients yet."""
+        presence = self._driver.presence(key) if self._driver is not None else None
+        if presence is not None:
+            self.streams.publish(key, "awareness", presence, None)
 
     def _figures(self) -> ClusterFigures:
         s = self.streams

@@ -9,6 +9,10 @@ checking its position for gaps and Redis for restarts. Not the writing: that is
   entries aimed (``t``) at another node, are skipped (this node's own before decoding);
   malformed ones are counted and skipped; ``deliver(key, entry)`` gets the rest, in stream
   order.
+- **Holders.** Every node that wrote an entry to a followed room's stream since this node
+  followed it is taken to hold the room, until it writes a ``left`` entry (which is not
+  delivered). `shared(key)` says whether another node holds the room; `joined(key)` is
+  called when one is first heard of (unless by its ``sync``, which this node answers).
 - **Gaps.** A room's position is checked (``XINFO STREAM``, judged by
   `rtc.cluster.positions.judge`) when it may have fallen behind the trimming: before reading
   a room that was not read for half the retention (the reader was paused), and before
@@ -32,7 +36,7 @@ import anyio
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from rtc.cluster.entries import NODE, Entry, decode_entry, fields_of
+from rtc.cluster.entries import LEFT, NODE, SYNC, Entry, decode_entry, fields_of
 from rtc.cluster.keys import Keys
 from rtc.cluster.positions import RoomPosition, StreamInfo, judge, parse_stream_id, read_batches
 from rtc.cluster.publisher import REDIS_ERRORS
@@ -69,6 +73,7 @@ class RoomReader:
         lost: Callable[[BaseException], None],
         back: Callable[[bool], None],
         available: Callable[[], bool],
+        joined: Callable[[RoomKey], None] | None = None,
         retention_ms: int,
         block_ms: int,
         batch_size: int,
@@ -86,6 +91,7 @@ class RoomReader:
         self._lost = lost
         self._back = back
         self._available = available
+        self._joined = joined
         self.retention_ms = retention_ms
         self.block_ms = block_ms
         self.batch_size = batch_size
@@ -100,6 +106,7 @@ class RoomReader:
 
         self._rooms: dict[RoomKey, RoomPosition] = {}
         self._names: dict[bytes, RoomKey] = {}
+        self._holders: dict[RoomKey, set[str]] = {}  # other nodes heard of, per room
         self._pending: dict[RoomKey, anyio.Event] = {}  # follows waiting for their position
         self._run_id: str | None = None
         self._restart_pending = False
@@ -145,14 +152,21 @@ class RoomReader:
         del self._pending[key]
         self._rooms[key] = room
         self._names[room.name.encode()] = key
+        self._holders[key] = set()
         self._wake.set()
 
     def unfollow(self, key: RoomKey) -> None:
         """Stop reading `key`'s stream."""
         self._pending.pop(key, None)
         room = self._rooms.pop(key, None)
+        self._holders.pop(key, None)
         if room is not None:
             self._names.pop(room.name.encode(), None)
+
+    def shared(self, key: RoomKey) -> bool:
+        """Whether another node is known to hold `key` (it wrote to its stream since this
+        node followed it, and has not left)."""
+        return bool(self._holders.get(key))
 
     def lag_ms(self, key: RoomKey | None = None) -> int:
         """How old the last entry read was when it was read (Redis clock), for `key` or the
@@ -286,6 +300,15 @@ class RoomReader:
             return
         if entry.node == self._node_id:
             return
+        holders = self._holders.get(key)
+        if entry.kind == LEFT:
+            if holders is not None:
+                holders.discard(entry.node)
+            return
+        if holders is not None and entry.node not in holders:
+            holders.add(entry.node)
+            if entry.kind != SYNC and self._joined is not None:
+                self._call_joined(key)
         if entry.target is not None and entry.target != self._node_id:
             return
         self.entries_delivered += 1
@@ -296,6 +319,14 @@ class RoomReader:
             logger.exception(
                 "cluster streams: delivering a %s entry of room %s failed", entry.kind, key
             )
+
+    def _call_joined(self, key: RoomKey) -> None:
+        assert self._joined is not None
+        try:
+            self._joined(key)
+        except Exception:
+            self.callback_errors += 1
+            logger.exception("cluster streams: greeting a new holder of room %s failed", key)
 
     # --- checking ------------------------------------------------------------------------
 

@@ -98,6 +98,12 @@ class ClusterSide:
         room = self._rooms.get(key)
         return room.state_vector() if room is not None else None
 
+    def presence(self, key: RoomKey) -> bytes | None:
+        room = self._rooms.get(key)
+        if room is None or room.is_empty:
+            return None
+        return room.local_presence()
+
     def registrations(self) -> list[tuple[RoomKey, Registration]]:
         node = self._cluster.node_id
         return [

@@ -15,6 +15,13 @@ entries) that recovers the difference from the documents themselves.
 - **Publishing** (`Publisher`): `publish` never awaits and never raises; a bounded queue is
   written in order by pipelined ``XADD`` that trims by age (``MINID ~``), with an
   ``XTRIM MAXLEN ~`` backstop, and streams expire once abandoned.
+- **Alone.** With ``share_alone=False``, a room's ``update`` and ``awareness`` entries are
+  not written while no other node is known to hold the room (see `RoomReader`): a node
+  that holds a room alone (rooms hashed to nodes by the balancer) then costs Redis nothing
+  per edit. Nothing is lost: a node that loads the room follows its stream first and then
+  publishes a ``sync``, which every holder answers with what the newcomer lacks and its
+  presence, and from then on writes to the stream; the newcomer, hearing of a holder,
+  publishes its own presence (`joined`). A node that unfollows a room writes ``left``.
 - **Availability.** After any Redis error (reader or publisher) the node is unavailable:
   publishing drops (rooms marked), the reader retries with backoff, and once Redis answers
   again every followed room is checked and resynchronised. Loss and recovery are each
@@ -31,7 +38,7 @@ import anyio
 import anyio.abc
 from redis.asyncio import Redis
 
-from rtc.cluster.entries import Entry
+from rtc.cluster.entries import AWARENESS, LEFT, UPDATE, Entry
 from rtc.cluster.keys import Keys
 from rtc.cluster.positions import StreamId, parse_stream_id
 from rtc.cluster.publisher import Publisher
@@ -64,6 +71,10 @@ class RoomStreams:
         timeout_s: how long one Redis command may take beyond its blocking time.
         check_interval_s: how often Redis is asked whether it restarted.
         on_availability: called with False when Redis is lost and True when it is back.
+        share_alone: whether updates and awareness are written while no other node is
+            known to hold the room (see "Alone" above).
+        joined: called with a room when another node is first heard to hold it (a plain
+            callback, like `deliver`), so that this node can tell it its presence.
     """
 
     def __init__(
@@ -83,6 +94,8 @@ class RoomStreams:
         timeout_s: float = 5.0,
         check_interval_s: float = 1.0,
         on_availability: Callable[[bool], None] | None = None,
+        share_alone: bool = True,
+        joined: Callable[[RoomKey], None] | None = None,
     ) -> None:
         for name, value in (
             ("retention_ms", retention_ms),
@@ -101,6 +114,8 @@ class RoomStreams:
         self._node_id = node_id
         self._resync = resync
         self._on_availability = on_availability
+        self.share_alone = share_alone
+        self.entries_unshared = 0  # updates and awareness not written: no other holder
         self.retention_ms = retention_ms
         self.max_len = max_len
         self.block_ms = block_ms
@@ -129,6 +144,7 @@ class RoomStreams:
             lost=self._lost,
             back=self._back,
             available=lambda: self.available,
+            joined=joined,
             retention_ms=retention_ms,
             block_ms=block_ms,
             batch_size=batch_size,
@@ -169,6 +185,8 @@ class RoomStreams:
 
     def unfollow(self, key: RoomKey) -> None:
         """Stop reading `key`'s stream (what is still queued for it is still published)."""
+        if not self.share_alone and self._reader.follows(key):
+            self.publish(key, LEFT, b"")
         self._reader.unfollow(key)
         self._publisher.forget(key)
 
@@ -176,9 +194,21 @@ class RoomStreams:
         """Queue an entry for `key`'s stream. Never awaits, never raises.
 
         Dropped (counted, and the room resynchronised later) when the queue is full or Redis
-        is known to be unavailable.
+        is known to be unavailable. Not written (counted) when it is an update or awareness
+        of a room no other node is known to hold, unless `share_alone`.
         """
+        if (
+            not self.share_alone
+            and kind in (UPDATE, AWARENESS)
+            and not self._reader.shared(key)
+        ):
+            self.entries_unshared += 1
+            return
         self._publisher.publish(key, Entry(self._node_id, kind, data, target))
+
+    def shared(self, key: RoomKey) -> bool:
+        """Whether another node is known to hold `key`."""
+        return self._reader.shared(key)
 
     def lag_ms(self, key: RoomKey | None = None) -> int:
         """How old the last entry read was when it was read (Redis clock), for `key` or the
@@ -233,6 +263,7 @@ class RoomStreams:
             "entries_delivered": self.entries_delivered,
             "entries_published": self.entries_published,
             "entries_dropped": self.entries_dropped,
+            "entries_unshared": self.entries_unshared,
             "malformed": self.malformed,
             "resyncs": self.resyncs,
             "errors": self.errors,

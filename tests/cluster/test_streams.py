@@ -133,6 +133,44 @@ async def test_two_nodes_exchange_a_room_in_order_without_echo(
         assert 0 <= b.streams.lag_ms() < TIMEOUT * 1000
 
 
+async def test_a_room_held_alone_writes_no_update_until_another_node_holds_it(
+    redis_server: ThrowawayRedis,
+) -> None:
+    async with client_of(redis_server) as client:
+        joined: dict[str, list[RoomKey]] = {"a": [], "b": []}
+        a, b = (
+            Node(client, name, share_alone=False, joined=joined[name].append)
+            for name in ("a", "b")
+        )
+        async with running(a, b):
+            await a.streams.follow(ROOM)
+            await b.streams.follow(ROOM)
+            a.streams.publish(ROOM, "update", b"alone")  # nobody else holds the room
+            a.streams.publish(ROOM, "awareness", b"alone")
+            assert a.streams.entries_unshared == 2
+            assert not a.streams.shared(ROOM)
+            b.streams.publish(ROOM, "sync", b"vector")  # b loaded the room: a answers it
+            await a.wait_for(lambda: a.data() == [b"vector"])
+            assert a.streams.shared(ROOM)
+            assert joined["a"] == []  # the answer to the sync carries a's presence
+            a.streams.publish(ROOM, "update", b"shared")
+            await b.wait_for(lambda: b.data() == [b"shared"])
+            assert joined["b"] == [ROOM]  # b heard of a: it tells a its presence
+            b.streams.unfollow(ROOM)  # writes `left`
+            with anyio.fail_after(TIMEOUT):
+                # (`left` reaches no callback: a's reader is polled until it read it)
+                while a.streams.entries_read < 3:  # noqa: ASYNC110 - bounded by the deadline
+                    await anyio.sleep(0.01)  # sleep-ok: polls a's reader for the `left`
+            assert not a.streams.shared(ROOM)
+            a.streams.publish(ROOM, "update", b"alone again")
+            assert a.streams.entries_unshared == 3
+        assert a.data() == [b"vector"]  # `left` is not delivered
+        written: Any = await client.xrange(KEYS.log(ROOM))
+        assert [(fields[b"n"], fields[b"k"]) for _, fields in written] == [
+            (b"b", b"sync"), (b"a", b"update"), (b"b", b"left"),
+        ]
+
+
 async def test_a_target_entry_reaches_only_its_target(redis_server: ThrowawayRedis) -> None:
     async with client_of(redis_server) as client:
         a, b, c = Node(client, "a"), Node(client, "b"), Node(client, "c")
