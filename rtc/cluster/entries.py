@@ -38,6 +38,7 @@ __all__ = [
     "UPDATE",
     "Entry",
     "decode_entry",
+    "decode_flat",
     "decode_reply",
     "encode_entry",
     "encode_reply",
@@ -113,6 +114,26 @@ def fields_of(flat: Sequence[Any]) -> dict[bytes, bytes]:
     if not all(isinstance(name, bytes) for name in fields):
         raise ValueError("a field name is not bytes")
     return fields
+
+
+_PLAIN = {kind.encode(): kind for kind in KINDS - TARGETED}
+
+
+def decode_flat(flat: Sequence[Any]) -> Entry:
+    """The entry of the flat ``[field, value, ...]`` list Redis replies with: the usual
+    ``n, k, d`` without a target is decoded at once, anything else as `decode_entry` does.
+
+    Raises:
+        ValueError: as `decode_entry` and `fields_of`.
+    """
+    if len(flat) == 6 and flat[0] == NODE and flat[2] == KIND and flat[4] == DATA:
+        node, kind, data = flat[1], _PLAIN.get(flat[3]), flat[5]
+        if kind is not None and isinstance(node, bytes) and node and isinstance(data, bytes):
+            try:
+                return Entry(node.decode("utf-8"), kind, data)
+            except UnicodeDecodeError as error:
+                raise ValueError("field b'n' is not UTF-8") from error
+    return decode_entry(fields_of(flat))
 
 
 def decode_entry(fields: Mapping[bytes, bytes]) -> Entry:

@@ -36,7 +36,7 @@ import anyio
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from rtc.cluster.entries import LEFT, NODE, SYNC, Entry, decode_entry, fields_of
+from rtc.cluster.entries import LEFT, NODE, SYNC, Entry, decode_entry, decode_flat
 from rtc.cluster.keys import Keys
 from rtc.cluster.positions import RoomPosition, StreamInfo, judge, parse_stream_id, read_batches
 from rtc.cluster.publisher import REDIS_ERRORS
@@ -114,6 +114,8 @@ class RoomReader:
         self._next_check = 0.0
         self._wake = anyio.Event()
         self._wire: Wire | None = None
+        self._bulk_names: dict[str, bytes] = {}
+        self._xread_head = (0, 0, b"")
 
     # --- the rooms -----------------------------------------------------------------------
 
@@ -226,10 +228,12 @@ class RoomReader:
             with anyio.move_on_after(self.check_interval_s):
                 await self._wake.wait()
             return
-        command = pack(
-            "XREAD", "COUNT", self.read_count, "BLOCK", self.block_ms, "STREAMS",
-            *[room.name for room in reading], *[room.position or b"" for room in reading],
-        )
+        command = b"".join([
+            b"*%d\r\n" % (6 + 2 * len(reading)),
+            self._xread_prefix(),
+            *[self._bulk_name(room.name) for room in reading],
+            *[b"$%d\r\n%b\r\n" % (len(p), p) for p in [r.position or b"" for r in reading]],
+        ])
         wire = self._wire
         if wire is None or wire.closed:
             wire = self._wire = await Wire.open(self._redis, self.timeout_s)
@@ -265,6 +269,24 @@ class RoomReader:
         for key in gaps:
             self._resync(key)
 
+    def _xread_prefix(self) -> bytes:
+        """``XREAD COUNT c BLOCK b STREAMS``, packed once (without the array's length)."""
+        count, block, packed = self._xread_head
+        if (count, block) != (self.read_count, self.block_ms):
+            count, block = self.read_count, self.block_ms
+            packed = pack("XREAD", "COUNT", count, "BLOCK", block, "STREAMS")[len(b"*6\r\n") :]
+            self._xread_head = (count, block, packed)
+        return packed
+
+    def _bulk_name(self, name: str) -> bytes:
+        """A stream's name as a RESP bulk string (kept: every XREAD names every room)."""
+        bulk = self._bulk_names.get(name)
+        if bulk is None:
+            if len(self._bulk_names) > len(self._rooms) + 1024:
+                self._bulk_names.clear()  # rooms long unfollowed
+            bulk = self._bulk_names[name] = pack(name)[len(b"*1\r\n") :]
+        return bulk
+
     def _take_batch(self, key: RoomKey, room: RoomPosition, entries: list[Any]) -> None:
         """Deliver one room's entries of a read, in order."""
         last = room.position_id
@@ -290,11 +312,14 @@ class RoomReader:
 
     def _take_one(self, key: RoomKey, fields: Any) -> None:
         try:
-            if not isinstance(fields, dict):
-                fields = fields_of(fields)
-            if fields.get(NODE) == self._node:
+            if isinstance(fields, dict):
+                if fields.get(NODE) == self._node:
+                    return  # this node's own
+                entry = decode_entry(fields)
+            elif len(fields) > 1 and fields[0] == NODE and fields[1] == self._node:
                 return  # this node's own
-            entry = decode_entry(fields)
+            else:
+                entry = decode_flat(fields)
         except (ValueError, TypeError, AttributeError):
             self.malformed += 1
             return

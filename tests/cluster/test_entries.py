@@ -11,6 +11,7 @@ from rtc.cluster.entries import (
     TARGETED,
     Entry,
     decode_entry,
+    decode_flat,
     decode_reply,
     encode_entry,
     encode_reply,
@@ -30,6 +31,21 @@ def entries(draw: st.DrawFn) -> Entry:
 @given(entries())
 def test_an_entry_survives_its_fields(entry: Entry) -> None:
     assert decode_entry(encode_entry(entry)) == entry
+
+
+@given(entries())
+def test_an_entry_survives_the_flat_list_redis_replies_with(entry: Entry) -> None:
+    flat = [item for pair in encode_entry(entry).items() for item in pair]
+    assert decode_flat(flat) == entry
+
+
+@given(st.lists(st.sampled_from([b"n", b"k", b"d", b"t", b"update", b"reply", b"\xff"])))
+def test_any_flat_list_decodes_as_its_fields_or_raises_value_error(flat: list[bytes]) -> None:
+    try:
+        entry = decode_flat(flat)
+    except ValueError:
+        return
+    assert entry == decode_entry(dict(zip(flat[::2], flat[1::2], strict=True)))
 
 
 @given(st.binary(max_size=200), st.binary(max_size=200), st.binary(max_size=200))
