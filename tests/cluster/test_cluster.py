@@ -114,14 +114,22 @@ async def test_a_room_loaded_on_another_node_mid_edit_converges_with_nothing_los
         await ada.wait_text(">" + typed)
 
 
+@pytest.mark.parametrize("through", ["nodes", "haproxy"])
 async def test_ten_users_race_for_two_places_through_three_nodes(
-    tmp_path: Path, redis_server: ThrowawayRedis, postgres_url: str
+    tmp_path: Path, redis_server: ThrowawayRedis, postgres_url: str, through: str
 ) -> None:
     async with (
         cluster_nodes(tmp_path, redis_server.url, postgres_url, "--max-contributors", "2")
         as nodes,
+        balancer(nodes) as proxy,
         NodeClients() as node,
     ):
+        # Each newcomer through a node of its own, or through the balancer's round robin.
+        urls = (
+            [server.ws_url + "/rooms" for server in nodes]
+            if through == "nodes"
+            else [proxy.ws_url + "/rooms"] * 3
+        )
         # The document has content before the race: a blocked client must never see it.
         writer = await node.open(nodes[0].ws_url + "/rooms", "7/43", user=_user(99))
         await writer.wait_synced()
@@ -131,9 +139,8 @@ async def test_ten_users_race_for_two_places_through_three_nodes(
         clients = []
         async with anyio.create_task_group() as tg:
             async def join(index: int) -> None:
-                server = nodes[index % 3]
                 clients.append(
-                    await node.open(server.ws_url + "/rooms", "7/43", user=_user(index + 1))
+                    await node.open(urls[index % 3], "7/43", user=_user(index + 1))
                 )
 
             for index in range(10):
