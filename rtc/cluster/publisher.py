@@ -210,11 +210,11 @@ class Publisher:
                 renewed[name] = now
         self._in_flight = batch
         try:
-            with anyio.CancelScope() as self._write_scope, anyio.fail_after(self.timeout_s):
+            with anyio.CancelScope() as self._write_scope:
                 wire = self._wire
                 if wire is None or wire.closed:
                     wire = self._wire = await Wire.open(self._redis, self.timeout_s)
-                results = await wire.send(commands)
+                results = await wire.send(commands, self.timeout_s)
         except REDIS_ERRORS as error:
             self._close_wire()
             self._renewed.clear()  # Redis may have restarted empty: renew every expiry

@@ -238,8 +238,7 @@ class RoomReader:
         if wire is None or wire.closed:
             wire = self._wire = await Wire.open(self._redis, self.timeout_s)
         started = time.monotonic()
-        with anyio.fail_after(self.block_ms / 1000 + self.timeout_s):
-            (reply,) = await wire.send([command])
+        (reply,) = await wire.send([command], self.block_ms / 1000 + self.timeout_s)
         if isinstance(reply, ResponseError):
             raise reply
         for room in reading:

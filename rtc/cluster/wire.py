@@ -44,6 +44,11 @@ def pack(*args: Arg) -> bytes:
     return b"".join(parts)
 
 
+def _expire(future: asyncio.Future[list[Any]]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError("Redis did not answer in time"))
+
+
 class _Pending:
     """Replies awaited by one `Wire.send`."""
 
@@ -116,23 +121,35 @@ class Wire(asyncio.Protocol):
         """Whether it can no longer be used (open another)."""
         return self._closed
 
-    async def send(self, commands: list[bytes]) -> list[Any]:
+    async def send(self, commands: list[bytes], timeout_s: float | None = None) -> list[Any]:
         """Write `commands` (packed) in one go; their replies, in order.
 
         Raises:
             redis.exceptions.ConnectionError: the connection is (or got) closed.
+            TimeoutError: no whole answer within `timeout_s` (the connection is closed).
         """
         if self._closed or self._transport is None:
             raise RedisConnectionError("the streams' connection to Redis is closed")
-        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[Any]] = loop.create_future()
         self._pending.append(_Pending(future, len(commands)))
-        self._transport.write(b"".join(commands) if len(commands) != 1 else commands[0])
+        try:
+            self._transport.write(b"".join(commands) if len(commands) != 1 else commands[0])
+        except Exception as error:  # (a transport closing under us)
+            self.close()
+            future.exception()  # retrieved: `close` failed it
+            raise RedisConnectionError(f"writing to Redis failed: {error}") from error
+        # A timer rather than a cancel scope: this runs hundreds of times a second.
+        deadline = loop.call_later(timeout_s, _expire, future) if timeout_s is not None else None
         try:
             return await future
         except BaseException:
-            # Cancelled (a deadline) or failed: replies would now go to the wrong caller.
+            # Cancelled, timed out or failed: replies would now go to the wrong caller.
             self.close()
             raise
+        finally:
+            if deadline is not None:
+                deadline.cancel()
 
     def close(self) -> None:
         """Close it; pending calls fail."""

@@ -56,13 +56,17 @@ def test_on_uvloop(redis_server: ThrowawayRedis) -> None:
     uvloop.run(_exchange(redis_server.url))
 
 
-async def test_a_cancelled_call_closes_it(redis_server: ThrowawayRedis) -> None:
+async def test_a_cancelled_or_late_call_closes_it(redis_server: ThrowawayRedis) -> None:
     client = redis.asyncio.Redis.from_url(redis_server.url)
     try:
         wire = await Wire.open(client, TIMEOUT)
         with anyio.move_on_after(0.05):
             await wire.send([pack("BLPOP", "nothing", 5)])
         assert wire.closed  # its reply would have gone to the next caller
+        wire = await Wire.open(client, TIMEOUT)
+        with pytest.raises(TimeoutError):
+            await wire.send([pack("BLPOP", "nothing", 5)], timeout_s=0.05)
+        assert wire.closed
     finally:
         await client.aclose()
 
