@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -72,7 +73,7 @@ async def test_an_update_reaches_the_other_node_once_and_never_comes_back(
     ):
         await sender.enter(101, user=1)
         await receiver.enter(202, user=2)
-        doc: Doc = Doc(client_id=101)
+        doc: Doc[Any] = Doc(client_id=101)
         text = doc.get("content", type=Text)
         text += "once"
         update = doc.get_update()
@@ -212,9 +213,9 @@ async def test_a_killed_node_leaves_no_ghosts_and_its_clients_come_back_elsewher
             # The reaper's events reach the shared store in the background: wait for them.
             with anyio.fail_after(TIMEOUT):
                 while True:  # bounded by the timeout: another process writes them
-                    lost = [e for e in events(postgres_url, "jetpack_rtc_connection_error")
-                            if e.get("error_code") == "node-lost"]
-                    if len(lost) >= 2:
+                    reaped = [e for e in events(postgres_url, "jetpack_rtc_connection_error")
+                              if e.get("error_code") == "node-lost"]
+                    if len(reaped) >= 2:
                         break
                     await anyio.sleep(0.1)  # noqa: sleep-ok
             everything = events(postgres_url)
