@@ -33,6 +33,13 @@ const SCENARIOS = {
   room50: { mode: 'traffic', rooms: 1, clients: 50, writers: 5, updatesPerSecond: 20, cursorMovesPerSecond: 20 },
   // The same per-room load in 20 small rooms.
   rooms20x5: { mode: 'traffic', rooms: 20, clients: 5, writers: 1, updatesPerSecond: 20, cursorMovesPerSecond: 20 },
+  // Every client writing: 10 rooms x 5 writers taking turns, 300 updates/s per room (3,000 in
+  // all; --rate sets the per-room rate). Awareness is on: every client has its presence state
+  // (renewed every 15 s); cursors stay put unless --cursor-rate says otherwise, so what is
+  // measured is the write path. A writer replaces
+  // its previous stamp (one transaction: delete it, insert the new one), so the documents stay
+  // bounded however long the run: the cost measured is the update's, not a growing document's.
+  writers10x5: { mode: 'traffic', rooms: 10, clients: 5, writers: 5, updatesPerSecond: 300, cursorMovesPerSecond: 0, replace: true },
   // Connected editors doing nothing (awareness renewals every 15 s still flow).
   idle1000: { mode: 'idle', rooms: 100, clients: 10 },
   // 10 clients connect in the same tick, to a fresh room and to a room with content.
@@ -52,6 +59,7 @@ const { values: args } = parseArgs({
     writers: { type: 'string' },
     rate: { type: 'string' },
     'cursor-rate': { type: 'string' },
+    replace: { type: 'string' }, // 'yes' | 'no': writers replace their previous stamp or only add
     procs: { type: 'string' },
     // Internal, set by the coordinating process on its workers.
     worker: { type: 'string' },
@@ -68,6 +76,7 @@ if (args.clients) scenario.clients = Number(args.clients)
 if (args.writers) scenario.writers = Number(args.writers)
 if (args.rate) scenario.updatesPerSecond = Number(args.rate)
 if (args['cursor-rate']) scenario.cursorMovesPerSecond = Number(args['cursor-rate'])
+if (args.replace) scenario.replace = args.replace === 'yes'
 const duration = Number(args.duration) * 1000
 const connectTimeout = Number(args['connect-timeout']) * 1000
 // Measured on a 2-core machine: 2-3 processes beat 1 and 4 (more only adds contention
@@ -107,6 +116,21 @@ const poke = () => { for (const waiter of [...waiters]) waiter() }
 
 const STAMP = /\|(\d+),(\d+),(\d+(?:\.\d+)?)/g
 
+// A writer's update: its stamp appended, and with `replace`, its previous stamp deleted in the
+// same transaction (one update message carrying both).
+const write = (writer, stamp) => {
+  if (!scenario.replace || writer.lastStamp === null) {
+    writer.text.insert(writer.text.length, stamp)
+  } else {
+    writer.doc.transact(() => {
+      const at = writer.text.toString().indexOf(writer.lastStamp)
+      if (at >= 0) writer.text.delete(at, writer.lastStamp.length)
+      writer.text.insert(writer.text.length, stamp)
+    }, null)
+  }
+  writer.lastStamp = stamp
+}
+
 class Client {
   constructor (url, room, index) {
     this.room = room
@@ -123,6 +147,7 @@ class Client {
     this.measureFrom = -Infinity // split runs: only stamps from the common start count
     this.received = 0
     this.syncedOnce = false
+    this.lastStamp = null
     // Count raw messages by type: y-websocket dispatches through a per-provider table.
     for (const [type, key] of [[0, 'sync'], [1, 'awareness']]) {
       const handler = this.provider.messageHandlers[type]
@@ -199,11 +224,11 @@ async function traffic () {
       const writer = members[tick % writers]
       if (tick % updateEvery < 1) {
         const live = members.filter(c => c !== writer && c.provider.wsconnected).length
-        writer.text.insert(writer.text.length, `|${writer.index},${sent},${now().toFixed(3)}`)
+        write(writer, `|${writer.index},${sent},${now().toFixed(3)}`)
         sent++
         expected += live
       }
-      if (tick % cursorEvery < 1) {
+      if (cursorMovesPerSecond > 0 && tick % cursorEvery < 1) {
         writer.awareness.setLocalStateField('cursor', { index: writer.text.length, at: Date.now() })
         cursorMoves++
       }
@@ -391,11 +416,11 @@ async function worker () {
         const writer = local[r].get(tick % writers)
         if (writer === undefined) continue
         if (tick % updateEvery < 1) {
-          writer.text.insert(writer.text.length, `|${writer.index},${sentByRoom[r]},${now().toFixed(3)}`)
+          write(writer, `|${writer.index},${sentByRoom[r]},${now().toFixed(3)}`)
           sentByRoom[r]++
           sentBy.set(writer, (sentBy.get(writer) ?? 0) + 1)
         }
-        if (tick % cursorEvery < 1) {
+        if (cursorMovesPerSecond > 0 && tick % cursorEvery < 1) {
           writer.awareness.setLocalStateField('cursor', { index: writer.text.length, at: Date.now() })
           cursorMoves++
         }
