@@ -4,14 +4,17 @@ A script, not a test.
     .venv/bin/python bench/soak.py                       # 1,000 connections, 100 rooms, 10 min
     .venv/bin/python bench/soak.py --duration 150        # shorter
     .venv/bin/python bench/soak.py --duration 150 --debug   # + tracemalloc/gc/task snapshots
+    .venv/bin/python bench/soak.py --duration 1800 --bounded  # documents stay bounded
 
 The server is `python -m rtc serve` (its defaults: events to SQLite, documents persisted) on
 127.0.0.1 with a port it picked. The load runs in a second process (`--load`, started by this
 one) so that it does not share an interpreter with the server's measurements: pycrdt clients
 over websockets, each in one room, each editing its own document and moving its cursor every
 `--interval` seconds on average, and leaving (a new session takes its place) every `--churn`
-seconds on average. Nothing is unbounded: the number of connections is fixed, every wait has
-a timeout.
+seconds on average. With `--bounded` an edit replaces the session's previous insert and a
+leaving session deletes its last one, so the documents stay bounded (what grows then is the
+server's, not the content's). Nothing is unbounded: the number of connections is fixed,
+every wait has a timeout.
 
 Server RSS and open descriptors come from /proc/<pid>, rooms and sessions from /healthz,
 sampled every `--sample` seconds; the table marks start (load warm), middle and end, and a
@@ -143,7 +146,7 @@ def run(args: argparse.Namespace) -> None:
              "--connections", str(args.connections), "--rooms", str(args.rooms),
              "--duration", str(args.duration), "--interval", str(args.interval),
              "--churn", str(args.churn), "--seed", str(args.seed),
-             "--edit-share", str(args.edit_share)],
+             "--edit-share", str(args.edit_share), *(["--bounded"] if args.bounded else [])],
             stdout=subprocess.PIPE, text=True,
         )
         assert load.stdout is not None
@@ -253,6 +256,24 @@ async def load(args: argparse.Namespace) -> None:
             entry = AwarenessEntry(client_id, clock, json.dumps(state))
             return encode(AwarenessMessage(encode_awareness([entry])))
 
+        mine: list[str] = []  # with --bounded: what this session inserted and not deleted
+
+        def edit(insert: str | None) -> bytes:
+            """An update: `insert` at the start; with --bounded, the previous insert deleted
+            in the same transaction (as an editor replacing a word), so the document stays
+            bounded. The client's document holds only its own inserts: it reads nothing."""
+            before = doc.get_state()
+            with doc.transaction():
+                if args.bounded and mine:
+                    previous = mine.pop()
+                    at = str(text).find(previous)
+                    if at >= 0:
+                        del text[at : at + len(previous)]
+                if insert is not None:
+                    text.insert(0, insert)
+                    mine.append(insert)
+            return encode(SyncUpdate(doc.get_update(before)))
+
         url = f"ws://127.0.0.1:{args.port}/rooms/1/{room}"
         async with asyncio.timeout(30):
             ws = await connect(url, compression=None, open_timeout=30, max_queue=64)
@@ -281,14 +302,14 @@ async def load(args: argparse.Namespace) -> None:
                 if reading.done():
                     break
                 if rng.random() < args.edit_share:
-                    before = doc.get_state()
-                    text.insert(0, f"{client_id}:{rng.randrange(1000)} ")
-                    await ws.send(encode(SyncUpdate(doc.get_update(before))))
+                    await ws.send(edit(f"{client_id}:{rng.randrange(1000)} "))
                     counts["edits"] += 1
                 else:
                     clock += 1
                     await ws.send(presence())
                     counts["awareness"] += 1
+            if args.bounded and mine:
+                await ws.send(edit(None))  # leave nothing behind: the room stays bounded
         except ConnectionClosed:
             counts["unexpected_close"] += 1
         finally:
@@ -333,6 +354,9 @@ def main() -> None:
     parser.add_argument("--room-grace", type=float, default=5.0,
                         help="the server's --room-grace, in seconds")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--bounded", action="store_true",
+                        help="edits replace the session's previous insert, and a leaving "
+                        "session deletes its last one: documents stay bounded")
     parser.add_argument("--data-dir", help="default: a fresh temporary directory")
     parser.add_argument("--debug", action="store_true",
                         help="tracemalloc/gc/task snapshots at start, middle, end, drained")
