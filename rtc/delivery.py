@@ -29,7 +29,7 @@ from collections.abc import Callable
 import anyio
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
-from websockets.frames import CONT, DATA_OPCODES, PING, PONG, TEXT, CloseCode, Frame
+from websockets.frames import BINARY, CONT, DATA_OPCODES, PING, PONG, TEXT, CloseCode, Frame
 from websockets.protocol import Event, State
 from websockets.streams import StreamReader
 
@@ -57,17 +57,8 @@ _BETWEEN_FRAMES = StreamReader.at_eof.__code__  # where parse() waits for the ne
 
 
 def encode(data: bytes, *, text: bool = False) -> bytes:
-    """One unmasked server frame carrying `data`, ready for `queue` (the same for every peer).
-
-    The bytes `Frame(...).serialize(mask=False)` writes (FIN, no RSV bits, the shortest
-    length form), built directly: it runs once per message sent, four times faster."""
-    first = 0x81 if text else 0x82
-    size = len(data)
-    if size < 126:
-        return bytes((first, size)) + data
-    if size < 65536:
-        return bytes((first, 126)) + size.to_bytes(2) + data
-    return bytes((first, 127)) + size.to_bytes(8) + data
+    """One unmasked server frame carrying `data`, ready for `queue` (the same for every peer)."""
+    return Frame(TEXT if text else BINARY, data).serialize(mask=False)
 
 
 class DeliveringConnection(ServerConnection):

@@ -102,14 +102,6 @@ async def test_a_message_in_too_many_fragments_is_refused_with_1009() -> None:
     assert h.received == []
 
 
-@pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536, 70000])
-@pytest.mark.parametrize("text", [False, True])
-def test_encode_writes_what_websockets_writes(size: int, text: bool) -> None:
-    data = bytes(range(256)) * (size // 256 + 1)
-    frame = Frame(Opcode.TEXT if text else Opcode.BINARY, data[:size])
-    assert encode(data[:size], text=text) == frame.serialize(mask=False)
-
-
 def client_frame(opcode: int, data: bytes, *, fin: bool = True) -> bytes:
     """A frame as a client writes it: masked, with a random mask."""
     return Frame(Opcode(opcode), data, fin=fin).serialize(mask=True)
