@@ -9,12 +9,7 @@ after reading two varints, and one update goes out as 49 frames of the same byte
   protocol callback that parsed it (fragments joined here). Frames that arrive before the
   sink is attached wait, in order, with reading paused once they pass a bound. Ping and pong
   frames, which websockets answers on its own, are reported to `on_control` so that they
-  can be charged like any message. The common frame (whole, binary, masked, within the size
-  limit) is read here when websockets' parser stands between two frames with nothing
-  buffered, which is the usual state: websockets' generator-based parser costs ~3 µs a
-  frame, as much as the rest of an echo's handling. Anything else (a control frame, a
-  fragment, a partial frame, an oversized one) and everything after it in the same read
-  goes to websockets, which then holds the parser's state as before;
+  can be charged like any message;
 - outbound: `queue(frame)` takes a frame encoded once for all its recipients (`encode`) and
   writes everything queued to a peer in one call at the end of the loop tick. Frames queued
   to a connection that is no longer open are dropped.
@@ -31,12 +26,6 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import BINARY, CONT, DATA_OPCODES, PING, PONG, TEXT, CloseCode, Frame
 from websockets.protocol import Event, State
-from websockets.streams import StreamReader
-
-try:
-    from websockets.speedups import apply_mask
-except ImportError:  # pragma: no cover - websockets built without its C extension
-    from websockets.utils import apply_mask
 
 __all__ = ["ControlSink", "DeliveringConnection", "Sink", "encode"]
 
@@ -52,8 +41,6 @@ EARLY_BYTES = 256 * 1024  # bytes likewise
 
 
 _CONTROL = (PING, PONG)
-_BINARY_WHOLE = 0x82  # first header byte of a binary frame: FIN, no RSV bits, opcode 2
-_BETWEEN_FRAMES = StreamReader.at_eof.__code__  # where parse() waits for the next frame
 
 
 def encode(data: bytes, *, text: bool = False) -> bytes:
@@ -88,62 +75,6 @@ class DeliveringConnection(ServerConnection):
         if self._early_paused and self.transport is not None:
             self._early_paused = False
             self.transport.resume_reading()
-
-    def data_received(self, data: bytes) -> None:
-        if self._sink is not None and self._between_frames():
-            taken = self._take_frames(data)
-            if taken == len(data):
-                return
-            data = data[taken:]
-        super().data_received(data)
-
-    def _between_frames(self) -> bool:
-        """Whether websockets' parser waits for the start of a frame with nothing buffered:
-        then whole frames may be read here without it knowing (it never sees a part)."""
-        protocol = self.protocol
-        if (
-            protocol.state is not State.OPEN
-            or protocol.reader.buffer
-            or protocol.current_size is not None
-            or self._fragments is not None
-        ):
-            return False
-        # The innermost generator of parse()'s `yield from` chain (the server's handshake
-        # parser wraps the frame parser): at_eof only while waiting for a next frame.
-        waiting = protocol.parser
-        for _ in range(4):
-            inner = getattr(waiting, "gi_yieldfrom", None)
-            if inner is None:
-                break
-            waiting = inner
-        return getattr(waiting, "gi_code", None) is _BETWEEN_FRAMES
-
-    def _take_frames(self, data: bytes) -> int:
-        """Deliver the whole, unfragmented, masked binary frames at the head of `data`, up to
-        the first that is anything else; returns how many bytes they took. What websockets'
-        `Frame.parse` checks of such a frame holds: no RSV bits, the mask, the size limit."""
-        protocol = self.protocol
-        max_size = protocol.max_message_size
-        if protocol.max_fragment_size is not None:
-            max_size = min(max_size or protocol.max_fragment_size, protocol.max_fragment_size)
-        pos, end = 0, len(data)
-        while end - pos >= 6 and data[pos] == _BINARY_WHOLE and protocol.state is State.OPEN:
-            length = data[pos + 1] ^ 0x80  # the mask bit must be set: then this clears it
-            if length > 127:
-                break  # unmasked: websockets refuses it
-            head = pos + 2
-            if length == 126:
-                length = int.from_bytes(data[head : head + 2])
-                head += 2
-            elif length == 127:
-                length = int.from_bytes(data[head : head + 8])
-                head += 8
-            stop = head + 4 + length
-            if (max_size is not None and length > max_size) or stop > end:
-                break  # too big (websockets closes with 1009) or not all here yet
-            self._deliver(apply_mask(data[head + 4 : stop], data[head : head + 4]), False)
-            pos = stop
-        return pos
 
     def process_event(self, event: Event) -> None:
         if not isinstance(event, Frame) or event.opcode not in DATA_OPCODES:

@@ -16,8 +16,6 @@ from pycrdt import Doc, Text
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
-from websockets.frames import Frame, Opcode
-from websockets.protocol import State
 
 from rtc.delivery import EARLY_LIMIT, MAX_FRAGMENTS, DeliveringConnection, encode
 from rtc.protocol import SyncUpdate
@@ -100,85 +98,6 @@ async def test_a_message_in_too_many_fragments_is_refused_with_1009() -> None:
         assert ws.protocol.close_rcvd is not None
         assert ws.protocol.close_rcvd.code == 1009
     assert h.received == []
-
-
-def client_frame(opcode: int, data: bytes, *, fin: bool = True) -> bytes:
-    """A frame as a client writes it: masked, with a random mask."""
-    return Frame(Opcode(opcode), data, fin=fin).serialize(mask=True)
-
-
-def mixed_stream() -> tuple[bytes, list[tuple[bytes, bool]]]:
-    """Frames of every shape the fast path must take or hand over, and what the sink gets."""
-    big = bytes(range(256)) * 300  # a 64-bit length
-    frames = [
-        client_frame(2, b"a"),
-        client_frame(2, b"m" * 300),  # a 16-bit length
-        client_frame(9, b"ping"),  # websockets answers it
-        client_frame(2, b""),
-        client_frame(1, "text é".encode()),
-        client_frame(2, b"first ", fin=False),  # fragments: websockets' path
-        client_frame(0, b"last", fin=True),
-        client_frame(2, big),
-        client_frame(2, b"z" * 125),
-    ]
-    expected = [
-        (b"a", False), (b"m" * 300, False), (b"", False), ("text é".encode(), True),
-        (b"first last", False), (big, False), (b"z" * 125, False),
-    ]
-    return b"".join(frames), expected
-
-
-@pytest.mark.parametrize("piece", [1, 2, 3, 5, 7, 64, 1000, 10**6])
-async def test_frames_read_in_any_pieces_arrive_whole_and_in_order(piece: int) -> None:
-    """Bytes fed to the connection as the network might cut them: whole frames are read by
-    the fast path, the rest by websockets, and neither loses its place."""
-    stream, expected = mixed_stream()
-    async with harness() as (h, url), connect(url, compression=None) as ws:
-        h.release.set()
-        await ws.send(b"hello")
-        await h.wait(1)
-        connection = h.connection
-        assert connection is not None
-        assert connection._between_frames()  # the fast path is on: what is under test
-        h.arrived = anyio.Event()
-        for start in range(0, len(stream), piece):
-            connection.data_received(stream[start : start + piece])
-        await h.wait(1 + len(expected))
-        assert h.received[1:] == expected
-        h.arrived = anyio.Event()
-        await ws.send(b"after")  # the connection still reads what comes next
-        await h.wait(2 + len(expected))
-        assert h.received[-1] == (b"after", False)
-        assert connection.protocol.state is State.OPEN
-
-
-async def test_a_whole_frame_over_the_size_limit_is_refused_with_1009() -> None:
-    async with harness() as (h, url), connect(url, compression=None) as ws:
-        h.release.set()
-        await ws.send(b"hello")
-        await h.wait(1)
-        assert h.connection is not None
-        h.connection.protocol.max_message_size = 100
-        h.connection.data_received(client_frame(2, b"x" * 101))
-        with anyio.fail_after(TIMEOUT):
-            await ws.wait_closed()
-        assert ws.protocol.close_rcvd is not None
-        assert ws.protocol.close_rcvd.code == 1009
-    assert h.received == [(b"hello", False)]
-
-
-async def test_an_unmasked_frame_is_refused_as_websockets_does() -> None:
-    async with harness() as (h, url), connect(url, compression=None) as ws:
-        h.release.set()
-        await ws.send(b"hello")
-        await h.wait(1)
-        assert h.connection is not None
-        h.connection.data_received(Frame(Opcode.BINARY, b"bare").serialize(mask=False))
-        with anyio.fail_after(TIMEOUT):
-            await ws.wait_closed()
-        assert ws.protocol.close_rcvd is not None
-        assert ws.protocol.close_rcvd.code == 1002
-    assert h.received == [(b"hello", False)]
 
 
 async def test_frames_queued_in_one_tick_arrive_in_order() -> None:
