@@ -124,8 +124,9 @@ async def test_a_feed_viewer_is_closed_when_its_token_expires(tmp_path: Path) ->
     async with closed_server_with_ada(tmp_path) as (rtc, _http):
         short = issue(SECRET, blog_id=7, post_id=42, user_id=102, ttl_seconds=2)
         with anyio.fail_after(TIMEOUT):
+            # Two seconds: `exp` counts whole seconds, so one could be spent by the handshake.
             async with connect(feed_url(rtc, f"&token={short}")) as feed:
-                await feed.wait_closed()  # the token lives two seconds (whole seconds: one could be gone already)
+                await feed.wait_closed()
     assert (feed.close_code, feed.close_reason) == (4401, "token-expired")
 
 
