@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -43,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench_servers import BENCH, PYTHON, ROOT, START_TIMEOUT, cpu_seconds
+from bench_servers import BENCH, PYTHON, ROOT, START_TIMEOUT, cpu_seconds, stop
 
 SETUPS = ("one", "one-cluster", "three", "three-hashed", "workers2")
 SCENARIOS = ("rooms20x5", "room50")
@@ -121,13 +120,7 @@ def process(command: list[str], log: Path, env: dict[str, str] | None = None,
                 raise RuntimeError(f"{command[:4]} not ready; see {log}")
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop(proc, 15)
 
 
 @contextmanager
