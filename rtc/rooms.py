@@ -133,6 +133,10 @@ class RoomRegistry:
                 logger.info("room %s loaded (%d stored updates)", key, len(updates))
                 if self._shared is not None:
                     self._shared.loaded(key)
+            except BaseException:
+                if self._shared is not None:  # not loaded after all: stop hearing of it
+                    self._shared.unfollow(key)
+                raise
             finally:
                 del self._busy[key]
                 busy.set()
