@@ -88,7 +88,7 @@ class ThrowawayRedis:
                         return
             except OSError:
                 pass
-            time.sleep(0.02)  # noqa: sleep-ok
+            time.sleep(0.02)  # noqa: sleep-ok - polls redis-server's port, another process
         raise RuntimeError(f"redis-server did not answer on port {self.port}")
 
     def stop(self) -> None:

@@ -174,7 +174,7 @@ class Balancer:
                 try:
                     stream = await anyio.connect_tcp("127.0.0.1", self.port)
                 except OSError:
-                    await anyio.sleep(0.05)  # noqa: sleep-ok
+                    await anyio.sleep(0.05)  # noqa: sleep-ok - polls HAProxy's port, another process
                     continue
                 await stream.aclose()
                 return

@@ -82,7 +82,7 @@ async def test_an_update_reaches_the_other_node_once_and_never_comes_back(
         await sender.barrier()
         await receiver.barrier()
         # Elapsed time under test: a window for a duplicate to come by another path.
-        await anyio.sleep(0.3)  # noqa: sleep-ok
+        await anyio.sleep(0.3)  # noqa: sleep-ok - elapsed time under test
         await sender.barrier()
         await receiver.barrier()
     assert [m for m in sender.received if isinstance(m, SyncUpdate)] == []
@@ -197,7 +197,7 @@ async def test_a_killed_node_leaves_no_ghosts_and_its_clients_come_back_elsewher
             await watcher.wait_text("kept ")
             await watcher.wait_awareness(lambda states: ghost.client_id in states)
             # What was received more than 1 s before the kill must survive it.
-            await anyio.sleep(1.2)  # noqa: sleep-ok
+            await anyio.sleep(1.2)  # noqa: sleep-ok - elapsed time under test
             await doomed.kill()
             with anyio.fail_after(NODE_TIMEOUT + 2):
                 await watcher.wait_awareness(lambda states: ghost.client_id not in states)
@@ -217,7 +217,7 @@ async def test_a_killed_node_leaves_no_ghosts_and_its_clients_come_back_elsewher
                               if e.get("error_code") == "node-lost"]
                     if len(reaped) >= 2:
                         break
-                    await anyio.sleep(0.1)  # noqa: sleep-ok
+                    await anyio.sleep(0.1)  # noqa: sleep-ok - polls the shared store another process writes
             everything = events(postgres_url)
         for lost in (roamer, ghost):
             leaves = [e for e in everything if e["name"] == "jetpack_rtc_leave"
