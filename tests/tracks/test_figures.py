@@ -84,11 +84,25 @@ def test_visits_pair_joins_with_leaves_and_cap_open_ones() -> None:
     leaves = [(1, 5, 300, 200)]
     got = sorted(visits(joins, leaves, now_ms=10**9), key=lambda v: (v.start, v.session))
     assert got == [
-        Visit(1, 5, 100, 300),  # paired by its start
+        Visit(1, 5, 100, 301),  # paired by its start; holds its leave's millisecond
         Visit(1, 5, 500, 500 + MAX_OPEN_MS),  # never left: open for at most a day
         Visit(2, 6, 1000, 1000 + MAX_OPEN_MS),
     ]
     assert visits([(1, 5, 100), (1, 5, 150)], [], now_ms=120) == [Visit(1, 5, 100, 120)]
+
+
+def test_sessions_present_in_the_same_millisecond_count_as_together() -> None:
+    # Both joined at 1,000; one left in the same millisecond (duration 0), the other later.
+    joins = [(1, 5, 1_000), (2, 6, 1_000)]
+    leaves = [(1, 5, 1_000, 0), (2, 6, 1_004, 4)]
+    assert peak(visits(joins, leaves, now_ms=10**9), 0, 10**9) == (2, 2)
+    assert peak(visits(joins[:1], leaves[:1], now_ms=10**9), 0, 10**9) == (1, 1)
+    # One left in the millisecond the other joined in: the clock cannot tell them apart.
+    handover = visits([(1, 5, 999), (2, 6, 1_000)], [(1, 5, 1_000, 1)], now_ms=2_000)
+    assert peak(handover, 0, 2_000) == (2, 2)
+    # A millisecond apart, they were not.
+    apart = visits([(1, 5, 998), (2, 6, 1_000)], [(1, 5, 999, 1)], now_ms=2_000)
+    assert peak(apart, 0, 2_000) == (1, 1)
 
 
 def test_a_post_is_open_while_one_of_its_joins_has_no_leave() -> None:

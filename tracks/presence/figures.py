@@ -145,13 +145,18 @@ def visits(
 
     A leave pairs with the join of its session at ``ts - duration_ms`` (the server sets both
     from the same clock reading); a leave without ``duration_ms`` counts as a zero visit.
+    Times are whole milliseconds, and a session is present in every millisecond from its
+    join's to its leave's, both included: a visit ends one millisecond after its leave's
+    ``ts``. So a visit that began and ended within one millisecond still counts, and two
+    sessions both present in some millisecond count as together (the clock cannot order
+    them within it).
     """
     result: list[Visit] = []
     started: set[tuple[object, int]] = set()
     for session, user, ts, duration in leaves:
         start = ts - duration if duration is not None and duration >= 0 else ts
         started.add((session, start))
-        result.append(Visit(session, user, start, ts))
+        result.append(Visit(session, user, start, ts + 1))
     open_joins: dict[object, list[tuple[int, int | None]]] = {}
     for session, user, ts in joins:
         open_joins.setdefault(session, []).append((ts, user))
