@@ -68,8 +68,9 @@ class Budget:
     a burst.
 
     Bytes may be overdrawn by one message: a message of up to the frame limit passes when the
-    allowance is not spent, and the connection then waits for it to refill (or is closed if
-    it does not). So `byte_burst` bounds what a flood gets through, not the largest message.
+    allowance is not spent, and the allowance then has to refill before the next one (a
+    message that comes while it is still spent closes the connection). So `byte_burst`
+    bounds what a flood gets through, not the largest message.
 
     Args:
         messages_per_second: sustained message allowance.

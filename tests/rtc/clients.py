@@ -18,6 +18,7 @@ import anyio
 from pycrdt import Doc, Text
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
 from rtc import RtcServer, ServerConfig
 from rtc.awareness import AwarenessEntry, decode_awareness, encode_awareness
@@ -235,8 +236,12 @@ class YClient:
             await self.ws.send(encode(SyncUpdate(update)))
 
     async def wait(self, condition: Callable[[], bool]) -> None:
+        """Wait until `condition` holds; fails at once if the connection closes first."""
         with anyio.fail_after(TIMEOUT):
             while not condition():  # bounded by the timeout; wakes on every message
+                if self.ws.protocol.state is State.CLOSED:
+                    close = self.ws.protocol.close_rcvd
+                    raise AssertionError(f"closed before the condition held: {close}")
                 await self._changed.wait()
 
     async def wait_text(self, expected: str) -> None:
