@@ -30,6 +30,44 @@ class RecentEnd:
     awareness_clock: int | None = None
 
 
+# Entries are packed into single ints (a tuple of three ints and a small object cost about
+# 300 bytes an entry at 50,000 entries; one int key and one int value about 180): a key whose
+# ids are all in [0, 2**64) becomes one int, its end one int (see `_pack_end`). Anything out of
+# those ranges is kept as it came, so every input is remembered exactly.
+_ID_BITS = 64
+_MS_BITS = 44  # milliseconds since 1970 up to the year 2527
+
+
+def _pack_key(key: SessionKey) -> int | SessionKey:
+    blog_id, post_id, session_id = key
+    limit = 1 << _ID_BITS
+    if 0 <= blog_id < limit and 0 <= post_id < limit and 0 <= session_id < limit:
+        return (blog_id << (2 * _ID_BITS)) | (post_id << _ID_BITS) | session_id
+    return key
+
+
+def _pack_end(end: RecentEnd) -> int | RecentEnd:
+    clock = end.awareness_clock
+    if 0 <= end.ended_at_ms < (1 << _MS_BITS) and (clock is None or clock >= 0):
+        stored_clock = 0 if clock is None else clock + 1
+        return (((stored_clock << _MS_BITS) | end.ended_at_ms) << 1) | end.abnormal
+    return end
+
+
+def _unpack_end(packed: int | RecentEnd) -> RecentEnd:
+    if isinstance(packed, RecentEnd):
+        return packed
+    abnormal, rest = bool(packed & 1), packed >> 1
+    stored_clock, ended_at_ms = rest >> _MS_BITS, rest & ((1 << _MS_BITS) - 1)
+    return RecentEnd(ended_at_ms, abnormal, None if stored_clock == 0 else stored_clock - 1)
+
+
+def _ended_at(packed: int | RecentEnd) -> int:
+    if isinstance(packed, RecentEnd):
+        return packed.ended_at_ms
+    return (packed >> 1) & ((1 << _MS_BITS) - 1)
+
+
 class SessionHistory:
     """Recent session ends (to flag reconnects) and refused sessions (to record one block each).
 
@@ -53,34 +91,37 @@ class SessionHistory:
         self._ends_memory_ms = ends_memory_ms
         self._blocked_memory_ms = blocked_memory_ms
         self._max_entries = max_entries
-        self._ends: OrderedDict[SessionKey, RecentEnd] = OrderedDict()
-        self._blocked: OrderedDict[SessionKey, int] = OrderedDict()
+        self._ends: OrderedDict[int | SessionKey, int | RecentEnd] = OrderedDict()
+        self._blocked: OrderedDict[int | SessionKey, int] = OrderedDict()
 
     def note_end(
         self, key: SessionKey, now_ms: int, *, abnormal: bool, awareness_clock: int | None = None
     ) -> None:
-        self._ends.pop(key, None)
-        self._ends[key] = RecentEnd(now_ms, abnormal, awareness_clock)
+        packed = _pack_key(key)
+        self._ends.pop(packed, None)
+        self._ends[packed] = _pack_end(RecentEnd(now_ms, abnormal, awareness_clock))
         self._expire(now_ms)
 
     def previous_end(self, key: SessionKey, now_ms: int) -> RecentEnd | None:
         """The end of this session's previous connection, if it is still remembered."""
         self._expire(now_ms)
-        return self._ends.get(key)
+        packed = self._ends.get(_pack_key(key))
+        return None if packed is None else _unpack_end(packed)
 
     def note_blocked(self, key: SessionKey, now_ms: int) -> bool:
         """Remember a refusal; returns True the first time this session is refused."""
         self._expire(now_ms)
-        if key in self._blocked:
+        packed = _pack_key(key)
+        if packed in self._blocked:
             return False
-        self._blocked[key] = now_ms
+        self._blocked[packed] = now_ms
         return True
 
     def _expire(self, now_ms: int) -> None:
         # Both tables are in time order (entries are appended as time goes on).
         while self._ends:
             key, end = next(iter(self._ends.items()))
-            if self._keep(len(self._ends), now_ms - end.ended_at_ms, self._ends_memory_ms):
+            if self._keep(len(self._ends), now_ms - _ended_at(end), self._ends_memory_ms):
                 break
             del self._ends[key]
         while self._blocked:
