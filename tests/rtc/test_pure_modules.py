@@ -36,6 +36,7 @@ PURE = {
     "rtc.presence",
     "rtc.protocol",
     "rtc.ratelimit",
+    "rtc.admission",
     "rtc.replica",
     "rtc.room",
     "rtc.yupdate",
