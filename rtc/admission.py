@@ -26,7 +26,7 @@ from rtc.actions import (
     Share,
 )
 from rtc.awareness import AwarenessEntry, encode_awareness
-from rtc.cluster.outcomes import Admission, Conflict, Decision, Refusal
+from rtc.decisions import Admission, Conflict, Decision, Refusal
 from rtc.errors import CloseCode
 from rtc.history import RecentEnd, SessionHistory
 from rtc.ids import RoomKey

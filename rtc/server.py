@@ -43,10 +43,10 @@ from rtc.analytics.tracking import Tracking
 from rtc.auth import Grant
 from rtc.budget import CONTROL_COST, Budget, OverBudgetError, entries_cost
 from rtc.closes import classify
-from rtc.cluster.outcomes import Admission
-from rtc.cluster.side import ClusterSide
+from rtc.cluster_side import ClusterSide
 from rtc.config import ServerConfig
 from rtc.connections import ConnectionCounts, address_of
+from rtc.decisions import Admission
 from rtc.delivery import DeliveringConnection
 from rtc.documents import Documents
 from rtc.errors import (

@@ -29,10 +29,11 @@ from rtc.analytics.tracking import RECONNECT_WINDOW_MS, Tracking
 from rtc.cluster.entries import Entry
 from rtc.cluster.keys import Keys
 from rtc.cluster.metrics import ClusterFigures, ClusterMetrics
-from rtc.cluster.outcomes import Decision, Heartbeat, Reaped, Registration
+from rtc.cluster.outcomes import Heartbeat, Reaped, Registration
 from rtc.cluster.registry import Registry
 from rtc.cluster.streams import RoomStreams
 from rtc.config import ConfigError, ServerConfig
+from rtc.decisions import Decision
 from rtc.errors import CloseCode
 from rtc.ids import RoomKey
 from tracks.event import now_ms

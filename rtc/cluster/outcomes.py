@@ -1,23 +1,18 @@
-"""What the cluster's shared roster answers: admission decisions and registrations.
+"""What the cluster's shared roster answers besides admission decisions (`rtc.decisions`):
+registrations, reaped nodes, heartbeats.
 
-No I/O here. `rtc.cluster.registry` builds these from its Lua scripts' replies; a room in
-shared mode (`rtc.room.Room(shared=True)`) finishes an admission from a `Decision`.
+No I/O here. `rtc.cluster.registry` builds these from its Lua scripts' replies.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rtc.history import RecentEnd
 from rtc.ids import RoomKey
 
 __all__ = [
-    "Admission",
-    "Conflict",
-    "Decision",
     "Heartbeat",
     "Reaped",
-    "Refusal",
     "Registration",
 ]
 
@@ -33,43 +28,6 @@ class Registration:
     name: str | None
     connected_at_ms: int
     joined_at_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class Admission:
-    """The session may join.
-
-    Attributes:
-        contributors: sorted distinct user ids in the room, cluster-wide, newcomer included.
-        session_count: sessions in the room, cluster-wide, newcomer included.
-        previous_end: how this session's previous connection ended, if remembered.
-        replaced: (node, connection) of the registration this admission took over (the same
-            session of the same user, reconnected through another node), if any.
-    """
-
-    contributors: tuple[int, ...]
-    session_count: int
-    previous_end: RecentEnd | None = None
-    replaced: tuple[str, int] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    """A limit is reached: the session is blocked (4429)."""
-
-    limit: int
-    limit_kind: str
-    contributors: tuple[int, ...]
-    session_count: int
-    first: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Conflict:
-    """The session id is registered to another user (4409)."""
-
-
-Decision = Admission | Refusal | Conflict
 
 
 @dataclass(frozen=True, slots=True)

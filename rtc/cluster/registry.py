@@ -3,7 +3,7 @@
 Every decision that must hold across nodes is one Lua script (`rtc.cluster.scripts`), so it
 is atomic: ten newcomers racing through three nodes for two places get exactly two
 admissions. Node liveness is judged by Redis's clock, never a node's. This module only
-talks to Redis; the result types are pure (`rtc.cluster.outcomes`). Any
+talks to Redis; the result types are pure (`rtc.cluster.outcomes`, `rtc.decisions`). Any
 `redis.exceptions.RedisError` or `OSError` propagates: the caller treats it as "cluster
 unavailable".
 """
@@ -17,16 +17,9 @@ from typing import Any
 from redis.asyncio import Redis
 
 from rtc.cluster.keys import Keys, room_member
-from rtc.cluster.outcomes import (
-    Admission,
-    Conflict,
-    Decision,
-    Heartbeat,
-    Reaped,
-    Refusal,
-    Registration,
-)
+from rtc.cluster.outcomes import Heartbeat, Reaped, Registration
 from rtc.cluster.scripts import register_scripts
+from rtc.decisions import Admission, Conflict, Decision, Refusal
 from rtc.history import RecentEnd
 from rtc.ids import RoomKey
 

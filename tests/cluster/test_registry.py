@@ -11,8 +11,9 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from rtc.cluster.keys import Keys, session_member
-from rtc.cluster.outcomes import Admission, Conflict, Decision, Reaped, Refusal
+from rtc.cluster.outcomes import Reaped
 from rtc.cluster.registry import Registry
+from rtc.decisions import Admission, Conflict, Decision, Refusal
 from rtc.history import RecentEnd
 from rtc.ids import RoomKey
 from tests.cluster.conftest import RedisFactory

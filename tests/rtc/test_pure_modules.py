@@ -14,6 +14,7 @@ PURE = {
     "rtc.actions",
     "rtc.cluster.keys",
     "rtc.cluster.outcomes",
+    "rtc.decisions",
     "rtc.cluster.positions",
     "rtc.cluster.remote",
     "rtc.cluster.entries",

@@ -25,7 +25,7 @@ from rtc.actions import (
     Share,
 )
 from rtc.awareness import AwarenessEntry, decode_awareness, encode_awareness
-from rtc.cluster.outcomes import Admission, Conflict, Decision, Refusal
+from rtc.decisions import Admission, Conflict, Decision, Refusal
 from rtc.errors import ProtocolError
 from rtc.history import RecentEnd, SessionHistory
 from rtc.ids import RoomKey
