@@ -184,6 +184,15 @@ MIGRATIONS: Sequence[Sequence[str]] = (
         "DROP INDEX IF EXISTS events_user",
         "CREATE INDEX events_ts_brin ON events USING brin (ts)",
     ),
+    # Version 4: a day's posts by their stored peak, highest first, so that a query with
+    # fresh events finds the best untouched post's peak in a few index rows instead of
+    # reading every post's row of the day (`tracks.presence.postgresql_peaks.day_peaks`).
+    (
+        "CREATE INDEX rollup_peaks_day_sessions ON rollup_peaks (day, sessions DESC)"
+        " INCLUDE (blog_id, post_id) WHERE post_id != 0",
+        "CREATE INDEX rollup_peaks_day_users ON rollup_peaks (day, users DESC)"
+        " INCLUDE (blog_id, post_id) WHERE post_id != 0",
+    ),
     # Later steps go here.
 )
 SCHEMA_VERSION = len(MIGRATIONS)
