@@ -193,3 +193,62 @@ def test_cli_errors_on_postgresql_are_one_line(capsys: pytest.CaptureFixture[str
     err = capsys.readouterr().err
     assert err.startswith("tracks: ")
     assert err.count("\n") == 1
+
+
+def test_fresh_events_move_day_peaks_as_on_sqlite(postgres_url: str, tmp_path: Any) -> None:
+    """Peaks with events not rolled up yet: the touched posts that can beat the day's best
+    are recomputed, the others not, and the answer equals SQLite's (which recomputes every
+    touched post) and the hand-counted one."""
+    from tests.tracks.test_stats import at, sqlite_backend
+
+    now = at(B, 23)
+
+    def visit(blog: int, post: int, session: int, user: int, start: int,
+              end: int | None) -> list[Event]:
+        ids = {"blog_id": blog, "post_id": post, "session_id": session, "wp_user_id": user}
+        join = Event("jetpack_rtc_join", ids, ts=start)
+        if end is None:
+            return [join]
+        return [join, Event("jetpack_rtc_leave", {**ids, "duration_ms": end - start}, ts=end)]
+
+    rolled = [
+        # Day A: post 1/1 has 3 at once, 1/2 one, 2/1 two.
+        *visit(1, 1, 1, 1, at(A, 10), at(A, 11)), *visit(1, 1, 2, 2, at(A, 10), at(A, 11)),
+        *visit(1, 1, 3, 3, at(A, 10), at(A, 11)), *visit(1, 2, 4, 4, at(A, 10), at(A, 11)),
+        *visit(2, 1, 5, 5, at(A, 10), at(A, 11)), *visit(2, 1, 6, 6, at(A, 10), at(A, 11)),
+        # Day B: post 1/1 has 3 at once, one of them still open; 2/1 has two.
+        *visit(1, 1, 7, 7, at(B, 9), at(B, 12)), *visit(1, 1, 8, 8, at(B, 9), at(B, 12)),
+        *visit(1, 1, 9, 9, at(B, 8), None),
+        *visit(2, 1, 10, 10, at(B, 9), at(B, 12)), *visit(2, 1, 11, 11, at(B, 9), at(B, 12)),
+    ]
+    fresh = [
+        # Day A: post 1/2 gains three at once (4: the new best); 2/2 one (cannot beat 3).
+        *visit(1, 2, 12, 12, at(A, 10), at(A, 11)), *visit(1, 2, 13, 13, at(A, 10), at(A, 11)),
+        *visit(1, 2, 14, 14, at(A, 10), at(A, 11)), *visit(2, 2, 15, 15, at(A, 10), at(A, 11)),
+        # Day B: the open visit of 1/1 ends before the others began: 1/1 falls to 2.
+        Event("jetpack_rtc_leave", {"blog_id": 1, "post_id": 1, "session_id": 9,
+                                    "wp_user_id": 9, "duration_ms": 5 * 60_000},
+              ts=at(B, 8, 5)),
+    ]
+    sqlite = sqlite_backend(tmp_path)
+    sqlite.write([*rolled, *fresh])
+    write_postgresql(postgres_url, rolled)
+    with PostgresStatsStore(postgres_url) as store:
+        store.aggregate(now_ms=now)
+    write_postgresql(postgres_url, fresh)
+
+    def peaks(result: dict[str, Any]) -> list[tuple[int, int]]:
+        return [(day["peak_concurrent_sessions"], day["peak_concurrent_users"])
+                for day in result["daily"]]
+
+    for scope, expected in (
+        (Scope(since_day=A, until_day=B), [(4, 4), (2, 2)]),
+        (Scope(blog_id=1, since_day=A, until_day=B), [(4, 4), (2, 2)]),
+        (Scope(blog_id=2, since_day=A, until_day=B), [(2, 2), (2, 2)]),
+        (Scope(blog_id=1, post_id=1, since_day=A, until_day=B), [(3, 3), (2, 2)]),
+    ):
+        with PostgresStatsStore(postgres_url) as store:
+            result = dict(store.stats(scope, now_ms=now))
+        with sqlite.open() as reference:
+            assert result == dict(reference.stats(scope, now_ms=now)), scope
+        assert peaks(result) == expected, scope
