@@ -183,7 +183,7 @@ class PostgresStatsStore:
             held = held_entities(self._run, joined, first, last) if rolled_up else {}
             raw_days, raw_total, new_sessions = raw_figures(raw, joined, held)
             if rolled_up:
-                unlisted = new_sessions.keys() - top.keys()
+                unlisted = _may_rank(top, new_sessions, limit=TOP_POSTS)
                 top.update(rollup_sessions(self._run, unlisted, first, last))
             top.update(new_sessions)
         with self._timer("peaks"):
@@ -251,3 +251,21 @@ class PostgresStatsStore:
             RawEvent(str(kind), int(blog), int(post), session, user, int(ts), duration, code)
             for kind, blog, post, session, user, ts, duration, code in rows
         ]
+
+
+def _may_rank(
+    top: Counter[tuple[int, int]], new_sessions: Counter[tuple[int, int]], *, limit: int
+) -> set[tuple[int, int]]:
+    """The posts with new sessions that `rollup_top_posts` did not list (``top``) and that
+    could still enter the ``limit`` best: only their rollup counts are worth reading.
+
+    An unlisted post has at most the lowest listed count when the listing is full
+    (``4 * limit`` posts), else none; the ``limit``-th listed count only grows. A post whose
+    ceiling plus its new sessions stays below it cannot rank (ties rank by id, so below).
+    """
+    unlisted = new_sessions.keys() - top.keys()
+    if len(top) < limit:
+        return set(unlisted)
+    ceiling = min(top.values()) if len(top) >= 4 * limit else 0
+    cut = sorted(top.values(), reverse=True)[limit - 1]
+    return {post for post in unlisted if ceiling + new_sessions[post] >= cut}
