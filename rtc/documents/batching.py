@@ -17,10 +17,17 @@ from typing import Self
 
 import anyio
 from anyio.abc import TaskGroup
+from pycrdt import merge_updates
 
 from rtc.ids import RoomKey
 
-__all__ = ["BatchedDocuments", "DocumentStats", "StoreUnavailableError", "retry_delay"]
+__all__ = [
+    "BatchedDocuments",
+    "DocumentStats",
+    "StoreUnavailableError",
+    "merged_by_room",
+    "retry_delay",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +39,32 @@ MAX_RETRY_DELAY = 1.0
 def retry_delay(attempt: int) -> float:
     """Seconds to wait after the `attempt`-th consecutive failed write (0-based). Pure."""
     return min(0.05 * 2.0**attempt, MAX_RETRY_DELAY)
+
+
+def merged_by_room(batch: list[Item]) -> list[Item]:
+    """The batch with each room's updates merged into one, in the order rooms first appear.
+
+    A merged update is what applying the room's updates in order gives (yrs merges them), so
+    a room loads the same document from one row as from many, while the database writes a
+    row per room and batch (a busy room's keystrokes: 20 rows in 0.1 s) and compacts far
+    less often. The updates were applied by this server already: nothing untrusted is
+    merged. Should yrs refuse, the batch is written as it came. Pure.
+    """
+    if len(batch) < 2:
+        return batch
+    rooms: dict[tuple[int, int], list[bytes]] = {}
+    for blog_id, post_id, update in batch:
+        rooms.setdefault((blog_id, post_id), []).append(update)
+    if len(rooms) == len(batch):
+        return batch
+    try:
+        return [
+            (blog_id, post_id, updates[0] if len(updates) == 1 else merge_updates(*updates))
+            for (blog_id, post_id), updates in rooms.items()
+        ]
+    except ValueError:  # pragma: no cover - yrs merges what it produced
+        logger.warning("could not merge a batch of document updates; writing them one by one")
+        return batch
 
 
 class StoreUnavailableError(Exception):
@@ -244,12 +277,21 @@ class BatchedDocuments:
         if not self._pending:
             return
         batch, self._pending = self._pending, []
+        rows = merged_by_room(batch)
         try:
-            await self._insert(batch)
+            await self._insert(rows)
         except BaseException:
             self._pending[:0] = batch
             raise
         self._written += len(batch)
+        if len(rows) < len(batch):  # a room's updates went in as one row: count its rows
+            queued: dict[tuple[int, int], int] = {}
+            for blog_id, post_id, _ in batch:
+                queued[blog_id, post_id] = queued.get((blog_id, post_id), 0) + 1
+            for (blog_id, post_id), count in queued.items():
+                key = RoomKey(blog_id, post_id)
+                if count > 1 and key in self.rows:
+                    self.rows[key] = max(1, self.rows[key] - count + 1)
         self._recovered()
 
     def _failed(self, error: BaseException) -> None:
