@@ -92,8 +92,10 @@ async def test_updates_are_loaded_back_in_order_queued_or_written(store_url: str
         for update in updates[3:]:
             store.append(ROOM, update)
         rows = await store.load(ROOM)
-        # The batch written went in as one row (merged); the queued ones follow, each once.
-        assert rows[1:] == updates[3:]
+        # The batch written went in as one row (merged); the queued ones follow, each once:
+        # as they came, or merged too when the store's own flush took them meanwhile.
+        assert 2 <= len(rows) <= 1 + len(updates[3:])
+        assert text_of(rows[:1]) == "hel"
         assert text_of(rows) == "hello"
         assert await store.load(OTHER) == []
     async with opened(store_url) as store:  # closing wrote the queue
