@@ -103,19 +103,3 @@ def test_sessions_present_in_the_same_millisecond_count_as_together() -> None:
     # A millisecond apart, they were not.
     apart = visits([(1, 5, 998), (2, 6, 1_000)], [(1, 5, 999, 1)], now_ms=2_000)
     assert peak(apart, 0, 2_000) == (1, 1)
-
-
-def test_a_post_is_open_while_one_of_its_joins_has_no_leave() -> None:
-    from tracks.presence.figures import posts_with_open_visits
-
-    rows = [
-        ("join", 7, 42, 1, 1_000, None),
-        ("leave", 7, 42, 1, 61_000, 60_000),  # closes the join at 1,000
-        ("join", 7, 42, 2, 5_000, None),  # still open
-        ("join", 7, 42, 3, 3_000, None),  # open too, and earlier
-        ("join", 7, 43, 4, 9_000, None),
-        ("leave", 7, 43, 4, 10_000, 500),  # closes a join at 9,500: not this one
-        ("join", 8, 1, 5, 2_000, None),
-        ("leave", 8, 1, 5, 4_000, 2_000),
-    ]
-    assert posts_with_open_visits(rows) == {(7, 42): 3_000, (7, 43): 9_000}

@@ -355,6 +355,36 @@ def test_open_session_counts_until_now(backend: Backend) -> None:
         assert dict(store.stats(Scope(since_day=B, until_day=B), now_ms=at(B, 2))) == figures
 
 
+def test_only_posts_with_a_join_no_leave_closed_stay_open_past_midnight(
+    backend: Backend,
+) -> None:
+    def join(post: int, session: int, ts: int) -> Event:
+        return Event("jetpack_rtc_join", {"blog_id": 7, "post_id": post, "session_id": session,
+                                          "wp_user_id": session}, ts=ts)
+
+    def leave(post: int, session: int, ts: int, duration: object) -> Event:
+        return Event("jetpack_rtc_leave", {"blog_id": 7, "post_id": post, "session_id": session,
+                                           "wp_user_id": session, "duration_ms": duration},
+                     ts=ts)
+
+    backend.write([
+        join(42, 1, at(A, 20)), leave(42, 1, at(A, 21), HOUR),  # closed: its join at 20:00
+        join(42, 2, at(A, 22)),  # never left: post 42 stays open
+        join(43, 3, at(A, 22)), leave(43, 3, at(A, 23), 30 * MIN),  # closes a join at 22:30
+        join(44, 4, at(A, 22)), leave(44, 4, at(A, 23), 60 * MIN),  # closed
+        join(45, 5, at(A, 22)), leave(45, 5, at(A, 23), "junk"),  # no duration: not this join
+    ])
+    with backend.open() as store:
+        store.aggregate(now_ms=at(A, 23, 30))
+        # Day B, with no new event: only the posts with a join still open have a peak.
+        peaks = {
+            post: dict(store.stats(Scope(since_day=B, until_day=B, blog_id=7, post_id=post),
+                                   now_ms=at(B, 1)))["peak_concurrent_sessions"]
+            for post in (42, 43, 44, 45)
+        }
+    assert peaks == {42: 1, 43: 1, 44: 0, 45: 1}
+
+
 def test_close_is_idempotent(backend: Backend) -> None:
     backend.write(story())
     store = backend.open()

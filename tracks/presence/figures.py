@@ -34,7 +34,6 @@ __all__ = [
     "peak",
     "percentile",
     "percentiles",
-    "posts_with_open_visits",
     "visits",
 ]
 
@@ -199,25 +198,3 @@ def peak(post_visits: Iterable[Visit], start: int, end: int) -> tuple[int, int]:
             most_sessions = max(most_sessions, len(sessions))
             most_users = max(most_users, len(users))
     return most_sessions, most_users
-
-
-def posts_with_open_visits(
-    rows: Sequence[tuple[str, int, int, object, int, int | None]],
-) -> dict[tuple[int, int], int]:
-    """The posts with a visit still open, each with its earliest open join's ts.
-
-    Args:
-        rows: ``(kind, blog_id, post_id, session, ts, duration_ms)`` of recent joins and
-            leaves; a leave closes the join at ``ts - duration_ms`` of the same session.
-    """
-    ended = {
-        (blog, post, session, ts - (duration or 0))
-        for kind, blog, post, session, ts, duration in rows
-        if kind == "leave"
-    }
-    open_posts: dict[tuple[int, int], int] = {}
-    for kind, blog, post, session, ts, _ in rows:
-        if kind == "join" and (blog, post, session, ts) not in ended:
-            key = (int(blog), int(post))
-            open_posts[key] = min(open_posts.get(key, ts), ts)
-    return open_posts

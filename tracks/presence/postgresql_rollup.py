@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from tracks.presence.figures import DAY_MS, MAX_OPEN_MS, day_of, posts_with_open_visits
+from tracks.presence.figures import DAY_MS, MAX_OPEN_MS, day_of
 from tracks.presence.postgresql_peaks import recompute_peaks
 from tracks.presence.postgresql_schema import import_psycopg
 from tracks.presence.stats import AGGREGATE_CHUNK
@@ -288,20 +288,42 @@ def _fold_distinct(connection: Any) -> None:
     run("DELETE FROM rollup_distinct WHERE n = 0")
 
 
+def _session(alias: str) -> str:
+    """`SESSION_SQL` of the row ``alias``."""
+    return (
+        f"CASE WHEN {alias}.props ? 'session_id' THEN {alias}.session_id"
+        f" ELSE 's' || {alias}.session_id END"
+    )
+
+
+# Joins of the last 24 h that no leave of theirs closed, earliest first per post (the SQLite
+# store's `tracks.presence.rollup` query): an anti-join in PostgreSQL, not every join and
+# leave of the day read into Python at each run.
+_OPEN_POSTS_SQL = (
+    "SELECT j.blog_id, j.post_id, MIN(j.ts) FROM events AS j"
+    " WHERE j.ts >= %(since)s AND j.blog_id IS NOT NULL AND j.post_id IS NOT NULL"
+    " AND right(j.name, 5) = '_join'"
+    " AND NOT EXISTS (SELECT 1 FROM events AS l"
+    " WHERE l.ts >= %(since)s AND l.blog_id = j.blog_id AND l.post_id = j.post_id"
+    " AND right(l.name, 6) = '_leave'"
+    f" AND ({_session('l')}) IS NOT DISTINCT FROM ({_session('j')})"
+    f" AND l.ts - COALESCE({DURATION_SQL.replace('props', 'l.props')}, 0) = j.ts)"
+    " GROUP BY j.blog_id, j.post_id"
+)
+
+
 def _open_post_days(connection: Any, now_ms: int) -> set[tuple[int, int, int]]:
     """Posts with a join of the last 24 h that no leave matched: (post, day) through today.
 
     They stay open across midnight with no new event, so today's peak needs them; the set
     is saved for queries (``rollup_open_posts``).
     """
-    rows = connection.execute(
-        f"SELECT kind, blog_id, post_id, session, ts, duration FROM (SELECT {KIND_SQL} AS kind,"
-        f" blog_id, post_id, {SESSION_SQL} AS session, ts, {DURATION_SQL} AS duration"
-        " FROM events WHERE ts >= %s AND blog_id IS NOT NULL AND post_id IS NOT NULL) AS e"
-        " WHERE kind IN ('join', 'leave')",
-        (now_ms - MAX_OPEN_MS,),
-    ).fetchall()
-    open_posts = posts_with_open_visits(rows)
+    open_posts = {
+        (int(blog), int(post)): int(first)
+        for blog, post, first in connection.execute(
+            _OPEN_POSTS_SQL, {"since": now_ms - MAX_OPEN_MS}
+        )
+    }
     connection.execute("DELETE FROM rollup_open_posts")
     with connection.cursor() as cursor:
         cursor.executemany(

@@ -28,7 +28,6 @@ from tracks.presence.figures import (
     MAX_OPEN_MS,
     day_of,
     duration_bucket,
-    posts_with_open_visits,
 )
 from tracks.presence.sqlite_peaks import recompute_peaks
 from tracks.presence.sqlite_schema import (
@@ -253,20 +252,36 @@ def _fold_distinct(connection: sqlite3.Connection) -> None:
         run(f"DROP TABLE temp.{table}")
 
 
+# Joins of the last 24 h (from ``?``) that no leave of theirs closed (a leave closes the join
+# of its session at ``ts - duration_ms``), earliest first per post. Done by SQLite: in Python
+# it read every join and leave of the last 24 h at each run, a memory peak that grew with
+# the day's traffic (and, through fragmentation, the server's resident memory with it).
+_LEAVE_START = (
+    "l.ts - CASE WHEN json_type(l.props, '$.duration_ms') IN ('integer', 'real')"
+    " THEN json_extract(l.props, '$.duration_ms') ELSE 0 END"
+)
+_OPEN_POSTS_SQL = (
+    "SELECT j.blog_id, j.post_id, MIN(j.ts) FROM events AS j"
+    " WHERE j.ts >= ?1 AND j.blog_id IS NOT NULL AND j.post_id IS NOT NULL"
+    f" AND {kind_sql('j.name')} = 'join'"
+    " AND NOT EXISTS (SELECT 1 FROM events AS l"
+    " WHERE l.blog_id = j.blog_id AND l.post_id = j.post_id"
+    " AND l.session_id IS j.session_id AND l.ts >= ?1"
+    f" AND {kind_sql('l.name')} = 'leave' AND {_LEAVE_START} = j.ts)"
+    " GROUP BY j.blog_id, j.post_id"
+)
+
+
 def _open_post_days(connection: sqlite3.Connection, now_ms: int) -> set[tuple[int, int, int]]:
     """Posts with a join of the last 24 h that no leave matched: (post, day) through today.
 
     They stay open across midnight with no new event, so today's peak needs them. The
     set of such posts is saved for queries (`rollup_open_posts`).
     """
-    since = now_ms - MAX_OPEN_MS
-    rows = connection.execute(
-        "SELECT kind, blog_id, post_id, session_id, ts, json_extract(props, '$.duration_ms')"
-        f" FROM (SELECT *, {kind_sql()} AS kind FROM events WHERE ts >= ?"
-        " AND blog_id IS NOT NULL AND post_id IS NOT NULL) WHERE kind IN ('join', 'leave')",
-        (since,),
-    ).fetchall()
-    open_posts = posts_with_open_visits(rows)
+    open_posts = {
+        (int(blog), int(post)): int(first)
+        for blog, post, first in connection.execute(_OPEN_POSTS_SQL, (now_ms - MAX_OPEN_MS,))
+    }
     connection.execute("DELETE FROM rollup_open_posts")
     connection.executemany(
         "INSERT INTO rollup_open_posts (blog_id, post_id) VALUES (?, ?)", list(open_posts)
