@@ -27,6 +27,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from rtc.cluster.outcomes import Registration
+from rtc.heap import release_free_memory
 from rtc.http.errors import HttpError
 from rtc.http.request import HttpRequest
 from rtc.http.roster import user_ids
@@ -428,6 +429,7 @@ class StatsApi:
             if self._retention_days:
                 pruned = stats.prune(before_ms=now - self._retention_days * DAY_MS)
         logger.info("stats rollup: %d events rolled up, %d raw events pruned", events, pruned)
+        release_free_memory()  # what the run read is freed; give the pages back
 
 
 def _is_store_error(error: Exception) -> bool:
