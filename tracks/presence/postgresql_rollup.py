@@ -288,27 +288,20 @@ def _fold_distinct(connection: Any) -> None:
     run("DELETE FROM rollup_distinct WHERE n = 0")
 
 
-def _session(alias: str) -> str:
-    """`SESSION_SQL` of the row ``alias``."""
-    return (
-        f"CASE WHEN {alias}.props ? 'session_id' THEN {alias}.session_id"
-        f" ELSE 's' || {alias}.session_id END"
-    )
-
-
-# Joins of the last 24 h that no leave of theirs closed, earliest first per post (the SQLite
-# store's `tracks.presence.rollup` query): an anti-join in PostgreSQL, not every join and
+# Joins of the last 24 h that no leave of theirs closed, earliest first per post: the joins
+# EXCEPT the leaves' starts, as the SQLite store's `tracks.presence.rollup` query (a set
+# difference PostgreSQL hashes or sorts once; NULLs compare equal in it), not every join and
 # leave of the day read into Python at each run.
 _OPEN_POSTS_SQL = (
-    "SELECT j.blog_id, j.post_id, MIN(j.ts) FROM events AS j"
-    " WHERE j.ts >= %(since)s AND j.blog_id IS NOT NULL AND j.post_id IS NOT NULL"
-    " AND right(j.name, 5) = '_join'"
-    " AND NOT EXISTS (SELECT 1 FROM events AS l"
-    " WHERE l.ts >= %(since)s AND l.blog_id = j.blog_id AND l.post_id = j.post_id"
-    " AND right(l.name, 6) = '_leave'"
-    f" AND ({_session('l')}) IS NOT DISTINCT FROM ({_session('j')})"
-    f" AND l.ts - COALESCE({DURATION_SQL.replace('props', 'l.props')}, 0) = j.ts)"
-    " GROUP BY j.blog_id, j.post_id"
+    "SELECT blog_id, post_id, MIN(ts) FROM ("
+    f" SELECT blog_id, post_id, {SESSION_SQL} AS session, ts::float8 AS ts FROM events"
+    " WHERE ts >= %(since)s AND blog_id IS NOT NULL AND post_id IS NOT NULL"
+    " AND right(name, 5) = '_join'"
+    " EXCEPT"
+    f" SELECT blog_id, post_id, {SESSION_SQL}, ts - COALESCE({DURATION_SQL}, 0) FROM events"
+    " WHERE ts >= %(since)s AND blog_id IS NOT NULL AND post_id IS NOT NULL"
+    " AND right(name, 6) = '_leave'"
+    ") AS open_joins GROUP BY blog_id, post_id"
 )
 
 
