@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pycrdt import Doc, TransactionEvent
+from pycrdt import Doc, Subscription, TransactionEvent
 
 from rtc.errors import DocumentTooLargeError, ProtocolError
 from rtc.yupdate import check_update
@@ -37,7 +37,7 @@ class Content:
         # yrs reports a transaction only when it changed the document: what an update really
         # added (nothing, for one already contained) is read from here.
         self._change: bytes | None = None
-        self._subscription = doc.observe(self._changed)
+        self._subscription: Subscription | None = doc.observe(self._changed)
 
     def apply(self, update: bytes, *, limited: bool = True) -> bytes | None:
         """Apply a peer's update; returns what the document gained, None if nothing.
@@ -68,6 +68,14 @@ class Content:
         if change is not None:
             self.size += len(change)
         return change
+
+    def close(self) -> None:
+        """Stop observing the document, so that it can be freed: yrs holds the observer, and
+        pycrdt's wrapper of it holds the document, out of the garbage collector's sight (a
+        document never unobserved lives as long as the process). Nothing is applied after."""
+        subscription, self._subscription = self._subscription, None
+        if subscription is not None:
+            self.doc.unobserve(subscription)
 
     def compacted(self) -> bytes:
         """The whole document as one update (for compaction); `size` becomes its size."""

@@ -43,6 +43,10 @@ EARLY_BYTES = 256 * 1024  # bytes likewise
 _CONTROL = (PING, PONG)
 
 
+def _drop(data: bytes, text: bool) -> None:
+    """The sink of a detached connection."""
+
+
 def encode(data: bytes, *, text: bool = False) -> bytes:
     """One unmasked server frame carrying `data`, ready for `queue` (the same for every peer)."""
     return Frame(TEXT if text else BINARY, data).serialize(mask=False)
@@ -75,6 +79,15 @@ class DeliveringConnection(ServerConnection):
         if self._early_paused and self.transport is not None:
             self._early_paused = False
             self.transport.resume_reading()
+
+    def detach(self) -> None:
+        """Deliver nothing more: messages that still arrive are dropped, and the sinks are
+        released. A sink is usually a closure over what holds this connection, so keeping it
+        would leave a reference cycle that only the cyclic garbage collector frees, with the
+        peer, its room and its document behind it."""
+        self._sink = _drop
+        self._on_control = None
+        self._early, self._early_bytes = None, 0
 
     def process_event(self, event: Event) -> None:
         if not isinstance(event, Frame) or event.opcode not in DATA_OPCODES:

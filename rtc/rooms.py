@@ -180,5 +180,6 @@ class RoomRegistry:
                 self._shared.unfollow(key)
             logger.info("room %s unloaded", key)
         finally:
+            room.content.close()
             del self._busy[key]
             busy.set()

@@ -242,6 +242,7 @@ class RoomServer:
             )
             await ws.wait_closed()
         finally:
+            ws.detach()
             peer.announce_deadline.cancel()
             self._end(peer)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
 from pathlib import Path
 
 import anyio
@@ -284,3 +286,40 @@ async def test_post_type_travels_with_the_join(tmp_path: Path) -> None:
             await ada.join(111, user=1)
             join = await rtc.wait_event("join", session_id=111)
             assert join.props["post_type"] == "page"
+
+
+async def test_an_unloaded_room_lets_its_document_and_connections_go(tmp_path: Path) -> None:
+    """Freed by reference counting, with the cyclic garbage collector off: a room's document
+    held through a cycle (yrs holds pycrdt's observer, which holds the document) was never
+    freed, and closed connections waited for a full collection with their rooms behind them."""
+    from rtc.peers import Peer
+    from rtc.room import Room
+
+    def alive(kind: type) -> int:
+        return sum(1 for obj in gc.get_objects() if type(obj) is kind)
+
+    gc.collect()
+    gc.disable()
+    try:
+        async with serve_rtc(tmp_path) as rtc:
+            rooms = rtc.server.parts.rooms
+            async with (
+                YClient.connect(rtc.room_url(), 111, user=1) as ada,
+                YClient.connect(rtc.room_url(), 222, user=2) as bob,
+            ):
+                await ada.insert(0, "hello")
+                await bob.wait_text("hello")
+                [room] = rooms.loaded()
+                document = weakref.ref(room.doc)
+                del room
+            with anyio.fail_after(TIMEOUT):
+                while True:  # bounded by the timeout: unloaded after its grace, then freed
+                    if document() is None:
+                        break
+                    # Freeing raises no event to await: the weak reference is the outcome.
+                    await anyio.sleep(0.01)  # noqa: sleep-ok
+            assert len(rooms) == 0
+            assert alive(Room) == 0
+            assert alive(Peer) == 0
+    finally:
+        gc.enable()
