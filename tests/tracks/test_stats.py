@@ -26,6 +26,7 @@ from tests.postgresql_fixtures import create_database, drop_database, write_post
 from tests.tracks.tracks_testing import TIMEOUT
 from tracks import Event
 from tracks.cli import main
+from tracks.presence import rollup
 from tracks.presence.figures import day_of
 from tracks.presence.postgresql import PostgresStatsStore
 from tracks.presence.sqlite import SqliteStatsStore
@@ -566,3 +567,36 @@ def test_an_interrupt_stops_a_running_statement(store_path: Path) -> None:
             thread.join(TIMEOUT)
         with pytest.raises(QueryCancelledError):
             store.stats(Scope(), now_ms=NOW)
+
+
+def test_a_rollup_reads_without_holding_the_write_lock_and_a_concurrent_run_counts_once(
+    store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a rollup reads and computes (the long part), events are written at once; a
+    second rollup run meanwhile folds the same events, and the first then writes nothing of
+    its own: every figure is counted once."""
+    write(store_path, story())
+    compute = rollup.compute_peaks
+    calls: list[int] = []
+    interleaved: list[int] = []
+
+    def meanwhile(
+        connection: sqlite3.Connection, touched: Any, *, now_ms: int
+    ) -> dict[tuple[int, int, int], tuple[int, int]]:
+        calls.append(len(calls))
+        if calls == [0]:  # the first run, in its read phase
+            writer = connect(store_path)
+            try:
+                writer.execute("PRAGMA busy_timeout=0")  # locked: fails at once
+                insert_events(writer, [Event("jetpack_rtc_join", {"session_id": 1}, ts=NOW)])
+            finally:
+                writer.close()
+            with SqliteStatsStore(store_path) as other:
+                interleaved.append(other.aggregate(now_ms=NOW))
+        return compute(connection, touched, now_ms=now_ms)
+
+    monkeypatch.setattr(rollup, "compute_peaks", meanwhile)
+    with SqliteStatsStore(store_path) as store:
+        assert store.aggregate(now_ms=NOW) == 0  # the other run folded them
+    assert interleaved == [len(story())]
+    close_to(answer(sqlite_backend(store_path.parent)), EXPECTED)

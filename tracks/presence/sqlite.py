@@ -98,7 +98,8 @@ class SqliteStatsStore:
         return schema.connect(self.path), True
 
     def aggregate(self, *, now_ms: int, chunk: int = AGGREGATE_CHUNK) -> int:
-        """Roll up new events, ``chunk`` rows per transaction (the recorder waits meanwhile)."""
+        """Roll up new events, ``chunk`` rows at a time; the recorder waits only while the
+        results are written, not while they are read and computed (`rollup.aggregate`)."""
         writer, owned = self._writer()
         try:
             return aggregate(writer, now_ms=now_ms, chunk=chunk).events

@@ -2,9 +2,9 @@
 
 A peak (most sessions and users open at once in a post) is the one figure that does not
 add up across parts, so it is recomputed from one post's joins and leaves wherever new
-events may have moved it: by `tracks.presence.rollup.aggregate` (`recompute_peaks`, stored
-in ``rollup_peaks``) and by a query over events not rolled up yet (`day_peaks`). The
-arithmetic is `tracks.presence.figures.visits` and `peak`.
+events may have moved it: by `tracks.presence.rollup.aggregate` (`compute_peaks` on a read
+snapshot, then `store_peaks` into ``rollup_peaks``) and by a query over events not rolled up
+yet (`day_peaks`). The arithmetic is `tracks.presence.figures.visits` and `peak`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from tracks.presence.figures import DAY_MS, MAX_OPEN_MS, day_of, peak, visits
 from tracks.presence.sqlite_schema import kind_sql
 from tracks.presence.stats import Scope
 
-__all__ = ["compute_peaks", "day_peaks", "load_visits", "post_day_peaks", "recompute_peaks"]
+__all__ = ["compute_peaks", "day_peaks", "load_visits", "post_day_peaks", "store_peaks"]
 
 
 def load_visits(
@@ -69,12 +69,11 @@ def compute_peaks(
     return result
 
 
-def recompute_peaks(
-    connection: sqlite3.Connection, touched: Iterable[tuple[int, int, int]], *, now_ms: int
+def store_peaks(
+    connection: sqlite3.Connection, peaks: dict[tuple[int, int, int], tuple[int, int]]
 ) -> int:
-    """Recompute and store the peaks of ``touched`` (blog, post, day), then the blog and
-    overall maxima of those days. Returns how many post-days were recomputed."""
-    peaks = compute_peaks(connection, touched, now_ms=now_ms)
+    """Store `compute_peaks`' figures, then the blog and overall maxima of those days.
+    Returns how many post-days were stored."""
     connection.executemany(
         "INSERT INTO rollup_peaks (blog_id, post_id, day, sessions, users)"
         " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET"
