@@ -53,8 +53,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Rows per rollup transaction in the server: the recorder waits for the write lock meanwhile
-# (about half a second per 10,000 events on a 2-core machine; its busy timeout is 5 s).
+# Events per rollup pass in the server (what one pass holds in a temporary table). The
+# recorder waits for the write lock only while a pass writes its results, not while it reads.
 ROLLUP_CHUNK = 10_000
 
 MAX_QUERIES = 2

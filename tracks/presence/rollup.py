@@ -84,6 +84,8 @@ def aggregate(
     most its busy timeout, is not held up (it was: a rollup of 40k events held it 3.3 s on
     an idle machine, past 5 s under load). A run that finds another one folded the same
     events meanwhile writes nothing of its own and goes on from where that one ended.
+    Each chunk recomputes the peaks of the post-days its events touch; the last one also
+    those of the posts still open (found once a run, not once a chunk).
     The connection must be writable and in autocommit mode (`schema.connect`).
     """
     connection.execute("BEGIN IMMEDIATE")
@@ -99,11 +101,13 @@ def aggregate(
     while True:  # bounded: each pass ends at `upto`, which only grows up to `newest`
         last_id, _ = rollup_state(connection)
         upto = max(last_id, min(last_id + chunk, newest))
+        final = upto >= newest  # the open posts are the run's last pass's business
         connection.execute("BEGIN")  # a read snapshot: the event writer goes on meanwhile
         try:
             events, touched = _read_batch(connection, last_id, upto)
-            open_posts = _open_posts(connection, now_ms)
-            touched |= _open_days(open_posts, now_ms)
+            open_posts = _open_posts(connection, now_ms) if final else None
+            if open_posts is not None:
+                touched |= _open_days(open_posts, now_ms)
             peaks = compute_peaks(connection, touched, now_ms=now_ms)
         finally:
             connection.execute("COMMIT")  # nothing written but the temporary batch
@@ -111,7 +115,8 @@ def aggregate(
         try:
             if rollup_state(connection)[0] == last_id:
                 _fold_batch(connection)
-                _store_open_posts(connection, open_posts)
+                if open_posts is not None:
+                    _store_open_posts(connection, open_posts)
                 recomputed += store_peaks(connection, peaks)
                 connection.execute(
                     "UPDATE rollup_state SET last_id = ?, rolled_at = ?", (upto, now_ms)
@@ -123,7 +128,7 @@ def aggregate(
         finally:
             connection.execute("DROP TABLE IF EXISTS temp.batch")
         connection.execute("COMMIT")
-        if upto >= newest:
+        if final:
             break
     last_id, _ = rollup_state(connection)
     logger.info("rolled up %d events (through id %d)", total, last_id)
