@@ -54,8 +54,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # Events per rollup pass in the server (what one pass holds in a temporary table). The
-# recorder waits for the write lock only while a pass writes its results, not while it reads.
-ROLLUP_CHUNK = 10_000
+# recorder waits for the write lock only while a pass writes its results, not while it reads
+# (40,000 soak events: 0.55 s of lock in one pass; in 10,000-event passes 4 x 0.25 s, and
+# every pass recomputed the peaks of every post it touched: 6.6 s in all, one pass 2.9 s).
+ROLLUP_CHUNK = 50_000
 
 MAX_QUERIES = 2
 """Stats queries running at once (each holds a core while it runs)."""
