@@ -1,4 +1,5 @@
-"""Hand memory freed by a large, passing piece of work back to the operating system.
+"""Hand memory freed by a large, passing piece of work back to the operating system (after a
+stats rollup, after rooms unload).
 
 glibc's allocator keeps what a thread frees in that thread's arena, and a worker thread of a
 periodic job (the stats rollup) may get another arena each time: every arena then holds the

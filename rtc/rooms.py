@@ -11,6 +11,7 @@ from pycrdt import Doc
 
 from rtc.documents import Documents
 from rtc.errors import HeldTotalError, RoomUnavailableError, ServerBusyError
+from rtc.heap import release_free_memory
 from rtc.history import SessionHistory
 from rtc.ids import RoomKey
 from rtc.limits import HeldBytes, RoomLimits
@@ -19,6 +20,8 @@ from rtc.room import Room
 __all__ = ["RoomRegistry", "SharedRooms"]
 
 logger = logging.getLogger(__name__)
+
+RELEASE_DELAY = 1.0  # seconds after an unload before freed memory goes back (one per burst)
 
 
 class SharedRooms(Protocol):
@@ -67,6 +70,7 @@ class RoomRegistry:
         # wants it meanwhile waits, so a load never reads a half-compacted document.
         self._busy: dict[RoomKey, anyio.Event] = {}
         self._compacting: set[RoomKey] = set()
+        self._release_pending = False
         # What newcomers hold, across every room: bounded by `limits.max_held_total`.
         self.held = HeldBytes(limits.max_held_total)
 
@@ -183,3 +187,14 @@ class RoomRegistry:
             room.content.close()
             del self._busy[key]
             busy.set()
+            if not self._release_pending:
+                self._release_pending = True
+                self._task_group.start_soon(self._release_memory_later)
+
+    async def _release_memory_later(self) -> None:
+        """Once a burst of unloads is over, hand what their documents held back to the OS: the
+        allocator keeps freed pages otherwise, and a server that was busy would stay at its
+        busiest size (one trim, about a millisecond, for the whole burst)."""
+        await anyio.sleep(RELEASE_DELAY)
+        self._release_pending = False
+        release_free_memory()
