@@ -5,6 +5,8 @@ A script, not a test.
     .venv/bin/python bench/soak.py --duration 150        # shorter
     .venv/bin/python bench/soak.py --duration 150 --debug   # + tracemalloc/gc/task snapshots
     .venv/bin/python bench/soak.py --duration 1800 --bounded  # documents stay bounded
+    .venv/bin/python bench/soak.py --bounded --room-life 120 --memory --watch Doc
+                                # rooms come and go; memory by kind, live documents counted
 
 The server is `python -m rtc serve` (its defaults: events to SQLite, documents persisted) on
 127.0.0.1 with a port it picked. The load runs in a second process (`--load`, started by this
@@ -12,15 +14,24 @@ one) so that it does not share an interpreter with the server's measurements: py
 over websockets, each in one room, each editing its own document and moving its cursor every
 `--interval` seconds on average, and leaving (a new session takes its place) every `--churn`
 seconds on average. With `--bounded` an edit replaces the session's previous insert and a
-leaving session deletes its last one, so the documents stay bounded (what grows then is the
-server's, not the content's). Nothing is unbounded: the number of connections is fixed,
-every wait has a timeout.
+leaving session deletes its last one, so the documents' content stays bounded. Their CRDT
+history does not: every client that ever wrote leaves its run of (deleted) items in a loaded
+document, about 440 bytes each in yrs (600-700 in the Node server's Yjs), so rooms that stay
+loaded for the whole run grow with the sessions they saw. With `--room-life S` new sessions go
+to a fresh set of rooms every S seconds and the old rooms empty out and unload, as posts are
+opened and left during a day: what grows then is the server's own. Nothing is unbounded:
+the number of connections is fixed, every wait has a timeout.
 
 Server RSS and open descriptors come from /proc/<pid>, rooms and sessions from /healthz,
 sampled every `--sample` seconds; the table marks start (load warm), middle and end, and a
 last row after the load has left and the rooms' grace has passed. With `--debug` the server
 runs under a small wrapper that, on SIGUSR1, appends tracemalloc's top growth since the
 previous snapshot, gc counts and the number of asyncio tasks to `<data-dir>/debug.txt`.
+`--memory` does without tracemalloc (which doubles what it measures) and appends, at every
+sample, one JSON line: resident memory by kind of mapping (the brk heap, anonymous maps,
+files), malloc's bytes in use and free, SQLite's, Python's allocated blocks, the session
+history's size, the object types that grew most, and for each `--watch TYPE` how many are
+alive and what refers to them (how the unloaded rooms' documents were found alive).
 """
 
 from __future__ import annotations
@@ -49,25 +60,102 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 # --- the server's side -------------------------------------------------------------------
 
 _DEBUG_WRAPPER = r"""
-import asyncio, gc, signal, sys, tracemalloc
-tracemalloc.start(5)
-previous = [tracemalloc.take_snapshot()]
-path = sys.argv.pop(1)
+import asyncio, collections, ctypes, gc, json, resource, signal, sys, time, tracemalloc
+path, trace = sys.argv.pop(1), sys.argv.pop(1) == "trace"
+watched = [name for name in sys.argv.pop(1).split(",") if name]
+if trace:
+    tracemalloc.start(5)
+    previous = [tracemalloc.take_snapshot()]
+types_before = [collections.Counter()]
+
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+
+def mallinfo():
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = MallInfo2
+        info = libc.mallinfo2()
+        return {"malloc_in_use": info.uordblks + info.hblkhd, "malloc_free": info.fordblks,
+                "malloc_mmapped": info.hblkhd}
+    except (OSError, AttributeError):
+        return {}
+
+
+def sqlite_memory():
+    try:
+        lib = ctypes.CDLL("libsqlite3.so.0")
+        lib.sqlite3_memory_used.restype = ctypes.c_int64
+        return {"sqlite": lib.sqlite3_memory_used()}
+    except OSError:
+        return {}
+
+
+def smaps():
+    # Resident bytes by kind of mapping: the brk heap, anonymous maps, files.
+    kinds = collections.Counter()
+    kind = "file"
+    with open("/proc/self/smaps") as maps:
+        for line in maps:
+            head = line.split()
+            if not head[0].endswith(":"):
+                name = head[5] if len(head) > 5 else ""
+                kind = "heap" if name == "[heap]" else "anon" if not name else (
+                    "stack" if name.startswith("[") else "file")
+            elif head[0] == "Rss:":
+                kinds[kind] += int(head[1]) * 1024
+    return {f"rss_{key}": value for key, value in kinds.items()}
+
+
+def histories():
+    sizes = {}
+    for obj in gc.get_objects():
+        if type(obj).__name__ == "SessionHistory":
+            sizes["history_ends"] = sizes.get("history_ends", 0) + len(obj._ends)
+            sizes["history_blocked"] = sizes.get("history_blocked", 0) + len(obj._blocked)
+    return sizes
+
+
+def holders(objects, name, sample=20):
+    # What refers to a few objects of the type that grew most: the leak's owner, usually.
+    chosen = [obj for obj in objects if type(obj).__qualname__ == name][-sample:]
+    found = collections.Counter()
+    for obj in chosen:
+        for referrer in gc.get_referrers(obj):
+            if referrer is not objects and referrer is not chosen:
+                found[type(referrer).__module__ + "." + type(referrer).__qualname__] += 1
+    return found.most_common(5)
+
 
 def dump(signum, frame):
-    snapshot = tracemalloc.take_snapshot()
+    objects = gc.get_objects()
+    types = collections.Counter(type(obj).__qualname__ for obj in objects)
+    growth = (types - types_before[0]).most_common(8)
+    types_before[0] = types
+    held = {name: [types[name], holders(objects, name)] for name in watched}
     try:
         tasks = len(asyncio.all_tasks())
     except RuntimeError:
         tasks = -1
+    row = {"t": round(time.monotonic(), 1), "objects": len(objects), "tasks": tasks,
+           "py_blocks": sys.getallocatedblocks(), **smaps(), **mallinfo(), **sqlite_memory(),
+           **histories(), "grew": growth, "watched": held,
+           "most": types.most_common(12)}
+    del objects
     with open(path, "a") as out:
-        out.write(f"--- gc counts {gc.get_count()} objects {len(gc.get_objects())} "
-                  f"tasks {tasks} traced {tracemalloc.get_traced_memory()}\n")
-        for stat in snapshot.compare_to(previous[0], "traceback")[:8]:
-            out.write(f"{stat}\n")
-            for line in stat.traceback.format()[-6:]:
-                out.write(f"    {line}\n")
-    previous[0] = snapshot
+        out.write(json.dumps(row) + "\n")
+        if trace:
+            snapshot = tracemalloc.take_snapshot()
+            out.write(f"--- traced {tracemalloc.get_traced_memory()}\n")
+            for stat in snapshot.compare_to(previous[0], "traceback")[:8]:
+                out.write(f"{stat}\n")
+                for line in stat.traceback.format()[-6:]:
+                    out.write(f"    {line}\n")
+            previous[0] = snapshot
 
 signal.signal(signal.SIGUSR1, dump)
 from rtc.__main__ import main
@@ -111,8 +199,10 @@ def sample(label: str, pid: int, port: int, started: float) -> Sample:
 def start_server(data_dir: Path, args: argparse.Namespace) -> tuple[subprocess.Popen[str], int]:
     serve = ["serve", "--port", "0", "--data-dir", str(data_dir), "--log-level", "WARNING",
              "--room-grace", str(args.room_grace)]
-    if args.debug:
-        command = [sys.executable, "-c", _DEBUG_WRAPPER, str(data_dir / "debug.txt"), *serve]
+    if args.debug or args.memory:
+        mode = "trace" if args.debug else "plain"
+        command = [sys.executable, "-c", _DEBUG_WRAPPER, str(data_dir / "debug.txt"), mode,
+                   ",".join(args.watch), *serve]
     else:
         command = [sys.executable, "-m", "rtc", *serve]
     log = (data_dir / "server.log").open("w")
@@ -131,6 +221,7 @@ def start_server(data_dir: Path, args: argparse.Namespace) -> tuple[subprocess.P
 
 
 def run(args: argparse.Namespace) -> None:
+    probing = args.debug or args.memory
     data_dir = Path(args.data_dir or tempfile.mkdtemp(prefix="rtc-soak-"))
     data_dir.mkdir(parents=True, exist_ok=True)
     server, port = start_server(data_dir, args)
@@ -146,7 +237,8 @@ def run(args: argparse.Namespace) -> None:
              "--connections", str(args.connections), "--rooms", str(args.rooms),
              "--duration", str(args.duration), "--interval", str(args.interval),
              "--churn", str(args.churn), "--seed", str(args.seed),
-             "--edit-share", str(args.edit_share), *(["--bounded"] if args.bounded else [])],
+             "--edit-share", str(args.edit_share), "--room-life", str(args.room_life),
+             *(["--bounded"] if args.bounded else [])],
             stdout=subprocess.PIPE, text=True,
         )
         assert load.stdout is not None
@@ -157,7 +249,7 @@ def run(args: argparse.Namespace) -> None:
         warm = time.monotonic()
         samples.append(sample("start", pid, port, started))
         marks = {"middle": warm + args.duration / 2}
-        if args.debug:
+        if probing:
             os.kill(pid, signal.SIGUSR1)
         next_sample = time.monotonic() + args.sample
         while load.poll() is None:  # the load generator stops itself after --duration
@@ -165,21 +257,23 @@ def run(args: argparse.Namespace) -> None:
             if "middle" in marks and now >= marks["middle"]:
                 del marks["middle"]
                 samples.append(sample("middle", pid, port, started))
-                if args.debug:
+                if probing:
                     os.kill(pid, signal.SIGUSR1)
             elif now >= next_sample:
                 samples.append(sample("", pid, port, started))
                 next_sample = now + args.sample
+                if args.memory:
+                    os.kill(pid, signal.SIGUSR1)
             time.sleep(0.5)
             print_row(samples[-1], header=len(samples) == 2)
         samples.append(sample("end", pid, port, started))
         summary = load.stdout.read()
-        if args.debug:
+        if probing:
             os.kill(pid, signal.SIGUSR1)
         # Rooms unload after their grace; the server should be back to about idle.
         time.sleep(args.room_grace + 3)
         samples.append(sample("drained", pid, port, started))
-        if args.debug:
+        if probing:
             os.kill(pid, signal.SIGUSR1)
             time.sleep(1)
     finally:
@@ -193,7 +287,7 @@ def run(args: argparse.Namespace) -> None:
     print_table(samples)
     print(summary.strip())
     print(f"server exit code {server.returncode}; log {data_dir / 'server.log'}")
-    if args.debug:
+    if probing:
         print(f"debug snapshots: {data_dir / 'debug.txt'}")
 
 
@@ -234,7 +328,8 @@ async def load(args: argparse.Namespace) -> None:
 
     rng = random.Random(args.seed)
     ids = iter(range(1, 10**9))
-    stop_at = time.monotonic() + args.duration
+    began = time.monotonic()
+    stop_at = began + args.duration
     counts = {"sessions": 0, "edits": 0, "awareness": 0, "received": 0, "failed": 0,
               "unexpected_close": 0}
     warm = asyncio.Event()
@@ -243,7 +338,10 @@ async def load(args: argparse.Namespace) -> None:
     async def session(slot: int) -> None:
         """One connection: join, edit and move the cursor, then leave after a while."""
         nonlocal joined
-        room = slot % args.rooms + 1
+        # With --room-life, the rooms in use are replaced every so often (new posts opened,
+        # old ones left to unload), so documents are loaded and unloaded all along.
+        epoch = int((time.monotonic() - began) / args.room_life) if args.room_life else 0
+        room = slot % args.rooms + 1 + epoch * args.rooms
         client_id = next(ids)
         user = slot  # one user per slot; a slot's successive sessions are the same user
         doc: Doc[Any] = Doc(client_id=client_id)
@@ -357,9 +455,21 @@ def main() -> None:
     parser.add_argument("--bounded", action="store_true",
                         help="edits replace the session's previous insert, and a leaving "
                         "session deletes its last one: documents stay bounded")
+    parser.add_argument("--room-life", type=float, default=0.0,
+                        help="seconds after which new sessions go to a fresh set of rooms "
+                        "(other posts) and the old ones empty out and unload; 0: the same "
+                        "rooms throughout")
     parser.add_argument("--data-dir", help="default: a fresh temporary directory")
     parser.add_argument("--debug", action="store_true",
                         help="tracemalloc/gc/task snapshots at start, middle, end, drained")
+    parser.add_argument("--memory", action="store_true",
+                        help="at every sample, the server's memory by kind (brk heap, "
+                        "anonymous maps, malloc in use and free, SQLite, Python blocks, "
+                        "session history) and the object types that grew, to "
+                        "<data-dir>/debug.txt as a JSON line")
+    parser.add_argument("--watch", action="append", default=[], metavar="TYPE",
+                        help="with --memory or --debug: how many objects of this type (its "
+                        "qualified name, e.g. Event) are alive, and what refers to them")
     parser.add_argument("--load", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
