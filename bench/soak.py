@@ -96,7 +96,9 @@ def sqlite_memory():
 
 
 def smaps():
-    # Resident bytes by kind of mapping: the brk heap, anonymous maps, files.
+    # Resident bytes by kind of mapping: the brk heap (the main thread's malloc arena), other
+    # threads' malloc arenas (anonymous maps that start on a 64 MiB boundary), the rest of
+    # the anonymous maps (Python's object arenas, large malloc blocks), files.
     kinds = collections.Counter()
     kind = "file"
     with open("/proc/self/smaps") as maps:
@@ -104,7 +106,9 @@ def smaps():
             head = line.split()
             if not head[0].endswith(":"):
                 name = head[5] if len(head) > 5 else ""
-                kind = "heap" if name == "[heap]" else "anon" if not name else (
+                start = int(head[0].split("-")[0], 16)
+                kind = "heap" if name == "[heap]" else (
+                    "threads" if start % (64 << 20) == 0 else "anon") if not name else (
                     "stack" if name.startswith("[") else "file")
             elif head[0] == "Rss:":
                 kinds[kind] += int(head[1]) * 1024
