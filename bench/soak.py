@@ -60,7 +60,7 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 # --- the server's side -------------------------------------------------------------------
 
 _DEBUG_WRAPPER = r"""
-import asyncio, collections, ctypes, gc, json, resource, signal, sys, time, tracemalloc
+import asyncio, collections, ctypes, gc, json, os, re, resource, signal, sys, time, tracemalloc
 path, trace = sys.argv.pop(1), sys.argv.pop(1) == "trace"
 watched = [name for name in sys.argv.pop(1).split(",") if name]
 if trace:
@@ -84,6 +84,58 @@ def mallinfo():
                 "malloc_mmapped": info.hblkhd}
     except (OSError, AttributeError):
         return {}
+
+
+def arenas():
+    # malloc_info's view of each arena (mallinfo2 gives only their sums): per arena, the
+    # bytes it holds from the OS and how many of them are free.
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.fopen.restype = ctypes.c_void_p
+        libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+        libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+        libc.fclose.argtypes = [ctypes.c_void_p]
+        name = f"/tmp/malloc-info-{os.getpid()}.xml"
+        stream = libc.fopen(name.encode(), b"w")
+        libc.malloc_info(0, stream)
+        libc.fclose(stream)
+        with open(name) as xml:
+            text = xml.read()
+        os.unlink(name)
+    except (OSError, AttributeError):
+        return {}
+    found = []
+    for heap in re.findall(r'<heap nr="(\d+)">(.*?)</heap>', text, re.S):
+        held = re.search(r'<system type="current" size="(\d+)"', heap[1])
+        free = sum(int(size) for size in re.findall(
+            r'<total type="(?:fast|rest)" count="\d+" size="(\d+)"', heap[1]))
+        found.append([int(heap[0]), int(held.group(1)) if held else 0, free])
+    return {"arenas": found}
+
+
+def pymalloc():
+    # Python's own arenas (1 MiB anonymous maps): how many, the bytes in them allocated,
+    # free in pools in use, and in unused pools (a partly used arena cannot go back).
+    import tempfile
+    with tempfile.TemporaryFile() as out:
+        saved = os.dup(2)
+        try:
+            os.dup2(out.fileno(), 2)
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        out.seek(0)
+        text = out.read().decode()
+    found = {}
+    for key, label in (("py_arenas", r"# arenas allocated current\s*="),
+                       ("py_allocated", r"# bytes in allocated blocks\s*="),
+                       ("py_available", r"# bytes in available blocks\s*="),
+                       ("py_unused_pools", r"unused pools \* \d+ bytes\s*=")):
+        match = re.search(label + r"\s*([\d,]+)", text)
+        if match:
+            found[key] = int(match.group(1).replace(",", ""))
+    return found
 
 
 def sqlite_memory():
@@ -146,7 +198,8 @@ def dump(signum, frame):
     except RuntimeError:
         tasks = -1
     row = {"t": round(time.monotonic(), 1), "objects": len(objects), "tasks": tasks,
-           "py_blocks": sys.getallocatedblocks(), **smaps(), **mallinfo(), **sqlite_memory(),
+           "py_blocks": sys.getallocatedblocks(), **smaps(), **mallinfo(), **arenas(),
+           **pymalloc(), **sqlite_memory(),
            **histories(), "grew": growth, "watched": held,
            "most": types.most_common(12)}
     del objects
