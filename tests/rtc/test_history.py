@@ -39,3 +39,60 @@ def test_ends_expire_by_age_and_by_count() -> None:
     assert history.previous_end((7, 42, 1), 10_003) is None  # the oldest of three went
     assert history.previous_end((7, 42, 3), 10_003) == RecentEnd(10_003, True)
     assert history.previous_end((7, 42, 3), 11_004) is None  # older than a second
+
+
+# Sessions whose keys share one home bucket in any index of up to 16 buckets (long probe
+# chains, so that deleting from the middle of one matters), and two that do not.
+_CRAMMED = [(2**64 - 1, 42, 2**64 - 1 - n) for n in range(10_000)]
+_CRAMMED = [key for key in _CRAMMED if hash(key) & 15 == 0][:6]
+_KEYS = _CRAMMED + [key for key in ((7, 42, n) for n in range(100)) if hash(key) & 15 == 5][:2]
+
+_ops = st.lists(
+    st.tuples(
+        st.sampled_from(["end", "ask", "block"]),
+        st.integers(min_value=0, max_value=7),  # a few sessions: the same ones come back
+        st.integers(min_value=0, max_value=3),  # milliseconds since the previous step
+        st.booleans(),
+        st.none() | st.integers(min_value=0, max_value=2**64 - 2),
+    ),
+    max_size=60,
+)
+
+
+@given(_ops, st.integers(min_value=1, max_value=5), st.integers(min_value=0, max_value=6))
+def test_the_ring_remembers_what_an_ordered_table_would(
+    ops: list[tuple[str, int, int, bool, int | None]], capacity: int, window_ms: int
+) -> None:
+    """Against a plain model (a list of slots in time order, an end noted again empties its
+    old slot, the cap counts slots): every answer is the same, through wrap-arounds, index
+    collisions and deletions. Session ids up to 2**64 - 1 and any clock fit the ring."""
+    history = SessionHistory(ends_memory_ms=window_ms, max_entries=capacity)
+    slots: list[list[object]] = []  # [key, RecentEnd, live]
+
+    def expire(now_ms: int) -> None:
+        while slots and (not slots[0][2] or now_ms - slots[0][1].ended_at_ms > window_ms):  # type: ignore[attr-defined]
+            slots.pop(0)
+
+    now_ms = 0
+    for kind, session, step_ms, abnormal, clock in ops:
+        now_ms += step_ms
+        key = _KEYS[session]
+        if kind == "end":
+            for slot in slots:
+                if slot[0] == key:
+                    slot[2] = False
+            if len(slots) == capacity:
+                slots.pop(0)
+            slots.append([key, RecentEnd(now_ms, abnormal, clock), True])
+            history.note_end(key, now_ms, abnormal=abnormal, awareness_clock=clock)
+            expire(now_ms)
+        elif kind == "ask":
+            expire(now_ms)
+            live = [slot[1] for slot in slots if slot[0] == key and slot[2]]
+            assert history.previous_end(key, now_ms) == (live[0] if live else None)
+        else:
+            history.note_blocked(key, now_ms)
+            expire(now_ms)
+    for key in _KEYS:
+        live = [slot[1] for slot in slots if slot[0] == key and slot[2]]
+        assert history.previous_end(key, now_ms) == (live[0] if live else None)
