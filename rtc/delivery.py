@@ -89,6 +89,18 @@ class DeliveringConnection(ServerConnection):
         self._on_control = None
         self._early, self._early_bytes = None, 0
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        # Two reference cycles would keep every closed connection (protocol, buffers, headers,
+        # transport, socket) until the cyclic collector's next full pass, minutes and
+        # thousands of connections later under churn: websockets leaves its finished parser
+        # generator suspended, holding the protocol, and Python 3.11's selector transport
+        # holds a bound method of itself. Broken, a closed connection goes by refcounting.
+        self.protocol.parser.close()
+        transport = self.transport
+        if getattr(transport, "_read_ready_cb", None) is not None:
+            transport._read_ready_cb = None  # type: ignore[attr-defined]
+
     def process_event(self, event: Event) -> None:
         if not isinstance(event, Frame) or event.opcode not in DATA_OPCODES:
             on_control = self._on_control
