@@ -17,6 +17,7 @@ from rtc.ids import RoomKey
 __all__ = ["SqliteDocuments"]
 
 SCHEMA_VERSION = 1
+CACHE_KIB = 1024  # the page cache, in KiB
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS updates (
     blog_id INTEGER NOT NULL,
@@ -72,6 +73,10 @@ class SqliteDocuments(BatchedDocuments):
         connection = sqlite3.connect(self.path, check_same_thread=False, timeout=5.0)
         connection.execute("PRAGMA journal_mode=WAL")
         connection.execute("PRAGMA synchronous=NORMAL")
+        # Pages read or written stay cached up to this bound; what a room's load or a batch
+        # misses is in the OS's cache. (SQLite's default, 2 MB, filled over 15 minutes of
+        # bench/soak.py: memory that looked like growth.)
+        connection.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         version = connection.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise RuntimeError(

@@ -95,7 +95,9 @@ class SqliteStatsStore:
     def _writer(self) -> tuple[sqlite3.Connection, bool]:
         if self._given:
             return self._reader, False
-        return schema.connect(self.path), True
+        connection = schema.connect(self.path)
+        connection.execute(f"PRAGMA cache_size=-{schema.ROLLUP_CACHE_KIB}")
+        return connection, True
 
     def aggregate(self, *, now_ms: int, chunk: int = AGGREGATE_CHUNK) -> int:
         """Roll up new events, ``chunk`` rows at a time; the recorder waits only while the

@@ -44,13 +44,17 @@ __all__ = [
 ]
 
 # The page cache of a writing connection, in KiB. Every page a connection writes or reads
-# stays in its cache until the cache is full, so a long-running server's memory would grow
-# with its event file up to this bound: it is kept small between batches ...
-CACHE_KIB = 4 * 1024
+# stays in its cache until the cache is full, so a long-running server's memory grows with
+# its event file up to this bound (over 15 minutes in bench/soak.py): it is kept small
+# between batches (batches of 20 into 300k stored events cost the same with 1 or 4 MiB:
+# the pages it misses are in the OS's cache) ...
+CACHE_KIB = 1024
 # ... and large while a backlog goes in, where random event ids spread each batch over the
 # whole UNIQUE index (1M events: 33k -> 38k events/s with it, bench/bench_tracks.py).
 BULK_CACHE_KIB = 64 * 1024
 BULK_BATCH = 2_000
+# A rollup or prune reads a day of events on a connection of its own, closed after the run.
+ROLLUP_CACHE_KIB = 4 * 1024
 
 # Properties promoted to columns, in column order after (event_id, name, ts).
 COLUMNS = ("blog_id", "post_id", "session_id", "wp_user_id")
