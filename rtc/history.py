@@ -7,6 +7,7 @@ reconnect may come minutes later), and every table is bounded by age and by size
 from __future__ import annotations
 
 import mmap
+import secrets
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -56,7 +57,9 @@ class _EndRing:
 
     Slots are used in time order; an end noted again for the same session empties its old
     slot, which leaves the ring when it is the oldest. Lookups go through an
-    open-addressing index (linear probing, deletion by backward shift).
+    open-addressing index (linear probing, deletion by backward shift) whose hash is salted
+    per ring: session ids come from clients, and ids crafted to share buckets would make
+    long probe chains.
     """
 
     _FIELDS = 5  # blog_id, post_id, session_id, ended_at_ms << 1 | abnormal, clock + 1
@@ -64,6 +67,7 @@ class _EndRing:
     def __init__(self, capacity: int) -> None:
         self._capacity = capacity
         self._buckets = 1 << (2 * capacity - 1).bit_length()  # at most half full
+        self._salt = secrets.randbits(64)
         self._oldest = 0  # slot of the oldest entry
         self._used = 0  # slots from the oldest on, live or emptied
         # Anonymous maps: their pages take memory once written. The index holds slot + 1
@@ -73,7 +77,7 @@ class _EndRing:
         self._index = memoryview(self._maps[1]).cast("i")
 
     def _bucket_of(self, blog_id: int, post_id: int, session_id: int) -> int:
-        return hash((blog_id, post_id, session_id)) & (self._buckets - 1)
+        return hash((self._salt, blog_id, post_id, session_id)) & (self._buckets - 1)
 
     def _find(self, key: SessionKey) -> tuple[int, int]:
         """(bucket, slot) of `key`, or (its free bucket, _EMPTY)."""

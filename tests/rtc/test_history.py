@@ -41,11 +41,18 @@ def test_ends_expire_by_age_and_by_count() -> None:
     assert history.previous_end((7, 42, 3), 11_004) is None  # older than a second
 
 
-# Sessions whose keys share one home bucket in any index of up to 16 buckets (long probe
-# chains, so that deleting from the middle of one matters), and two that do not.
-_CRAMMED = [(2**64 - 1, 42, 2**64 - 1 - n) for n in range(10_000)]
-_CRAMMED = [key for key in _CRAMMED if hash(key) & 15 == 0][:6]
-_KEYS = _CRAMMED + [key for key in ((7, 42, n) for n in range(100)) if hash(key) & 15 == 5][:2]
+def _session_keys(history: SessionHistory) -> list[tuple[int, int, int]]:
+    """Six sessions whose keys share one home bucket of the history's index (long probe
+    chains, so that deleting from the middle of one matters; found with the index's own
+    salted hash), and two that do not."""
+    home = history._ends._bucket_of
+    candidates = [(2**64 - 1, 42, 2**64 - 1 - n) for n in range(10_000)]
+    crammed = [key for key in candidates if home(*key) == 0][:6]
+    others = [key for key in ((7, 42, n) for n in range(100)) if home(*key) != 0][:2]
+    assert len(crammed) == 6
+    assert len(others) == 2
+    return crammed + others
+
 
 _ops = st.lists(
     st.tuples(
@@ -67,6 +74,7 @@ def test_the_ring_remembers_what_an_ordered_table_would(
     old slot, the cap counts slots): every answer is the same, through wrap-arounds, index
     collisions and deletions. Session ids up to 2**64 - 1 and any clock fit the ring."""
     history = SessionHistory(ends_memory_ms=window_ms, max_entries=capacity)
+    keys = _session_keys(history)
     slots: list[list[object]] = []  # [key, RecentEnd, live]
 
     def expire(now_ms: int) -> None:
@@ -76,7 +84,7 @@ def test_the_ring_remembers_what_an_ordered_table_would(
     now_ms = 0
     for kind, session, step_ms, abnormal, clock in ops:
         now_ms += step_ms
-        key = _KEYS[session]
+        key = keys[session]
         if kind == "end":
             for slot in slots:
                 if slot[0] == key:
@@ -93,6 +101,6 @@ def test_the_ring_remembers_what_an_ordered_table_would(
         else:
             history.note_blocked(key, now_ms)
             expire(now_ms)
-    for key in _KEYS:
+    for key in keys:
         live = [slot[1] for slot in slots if slot[0] == key and slot[2]]
         assert history.previous_end(key, now_ms) == (live[0] if live else None)
