@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -54,6 +56,15 @@ def _session_keys(history: SessionHistory) -> list[tuple[int, int, int]]:
     return crammed + others
 
 
+@dataclass
+class _Slot:
+    """The model's slot: a session's end, emptied (not live) when that session ends again."""
+
+    key: tuple[int, int, int]
+    end: RecentEnd
+    live: bool = True
+
+
 _ops = st.lists(
     st.tuples(
         st.sampled_from(["end", "ask", "block"]),
@@ -75,11 +86,14 @@ def test_the_ring_remembers_what_an_ordered_table_would(
     collisions and deletions. Session ids up to 2**64 - 1 and any clock fit the ring."""
     history = SessionHistory(ends_memory_ms=window_ms, max_entries=capacity)
     keys = _session_keys(history)
-    slots: list[list[object]] = []  # [key, RecentEnd, live]
+    slots: list[_Slot] = []
 
     def expire(now_ms: int) -> None:
-        while slots and (not slots[0][2] or now_ms - slots[0][1].ended_at_ms > window_ms):  # type: ignore[attr-defined]
+        while slots and (not slots[0].live or now_ms - slots[0].end.ended_at_ms > window_ms):
             slots.pop(0)
+
+    def remembered(key: tuple[int, int, int]) -> RecentEnd | None:
+        return next((slot.end for slot in slots if slot.key == key and slot.live), None)
 
     now_ms = 0
     for kind, session, step_ms, abnormal, clock in ops:
@@ -87,20 +101,17 @@ def test_the_ring_remembers_what_an_ordered_table_would(
         key = keys[session]
         if kind == "end":
             for slot in slots:
-                if slot[0] == key:
-                    slot[2] = False
+                slot.live = slot.live and slot.key != key
             if len(slots) == capacity:
                 slots.pop(0)
-            slots.append([key, RecentEnd(now_ms, abnormal, clock), True])
+            slots.append(_Slot(key, RecentEnd(now_ms, abnormal, clock)))
             history.note_end(key, now_ms, abnormal=abnormal, awareness_clock=clock)
             expire(now_ms)
         elif kind == "ask":
             expire(now_ms)
-            live = [slot[1] for slot in slots if slot[0] == key and slot[2]]
-            assert history.previous_end(key, now_ms) == (live[0] if live else None)
+            assert history.previous_end(key, now_ms) == remembered(key)
         else:
             history.note_blocked(key, now_ms)
             expire(now_ms)
     for key in keys:
-        live = [slot[1] for slot in slots if slot[0] == key and slot[2]]
-        assert history.previous_end(key, now_ms) == (live[0] if live else None)
+        assert history.previous_end(key, now_ms) == remembered(key)

@@ -332,24 +332,21 @@ async def test_a_closed_connection_is_freed_without_the_cycle_collector(tmp_path
     their buffers, waited for a full collection."""
     from rtc.delivery import DeliveringConnection
 
-    def server_side() -> set[int]:  # type() and not isinstance(): weak proxies pass as theirs
-        return {id(obj) for obj in gc.get_objects() if issubclass(type(obj), DeliveringConnection)}
+    def server_side() -> list[DeliveringConnection]:
+        # type() and not isinstance(): weak proxies pass as what they point to
+        return [obj for obj in gc.get_objects() if issubclass(type(obj), DeliveringConnection)]
 
     gc.collect()
     gc.disable()
     try:
         async with serve_rtc(tmp_path) as rtc, RawClient.connect(rtc.room_url()) as stay:
             await stay.join(1, user=1)
-            before = server_side()
+            before = {id(connection) for connection in server_side()}
             closed: list[weakref.ref[object]] = []  # each one's connection, protocol, transport
             for session in range(2, 7):
                 async with RawClient.connect(rtc.room_url()) as leaving:
                     await leaving.join(session, user=session)
-                    [connection] = [
-                        obj
-                        for obj in gc.get_objects()
-                        if issubclass(type(obj), DeliveringConnection) and id(obj) not in before
-                    ]
+                    [connection] = [c for c in server_side() if id(c) not in before]
                     parts = (connection, connection.protocol, connection.transport)
                     closed += [weakref.ref(part) for part in parts]
                     del connection, parts
