@@ -4,7 +4,9 @@ A script, not a test.
     .venv/bin/python bench/soak.py                       # 1,000 connections, 100 rooms, 10 min
     .venv/bin/python bench/soak.py --duration 150        # shorter
     .venv/bin/python bench/soak.py --duration 150 --debug   # + tracemalloc/gc/task snapshots
-    .venv/bin/python bench/soak.py --duration 1800 --bounded  # documents stay bounded
+    .venv/bin/python bench/soak.py --duration 1800 --bounded  # documents' content bounded
+    .venv/bin/python bench/soak.py --duration 1800 --bounded --reconnect --memory
+                                # their writers too: a fixed set of Yjs clients reconnecting
     .venv/bin/python bench/soak.py --bounded --room-life 120 --memory --watch Doc
                                 # rooms come and go; memory by kind, live documents counted
 
@@ -15,11 +17,15 @@ over websockets, each in one room, each editing its own document and moving its 
 `--interval` seconds on average, and leaving (a new session takes its place) every `--churn`
 seconds on average. With `--bounded` an edit replaces the session's previous insert and a
 leaving session deletes its last one, so the documents' content stays bounded. Their CRDT
-history does not: every client that ever wrote leaves its run of (deleted) items in a loaded
-document, about 440 bytes each in yrs (600-700 in the Node server's Yjs), so rooms that stay
-loaded for the whole run grow with the sessions they saw. With `--room-life S` new sessions go
-to a fresh set of rooms every S seconds and the old rooms empty out and unload, as posts are
-opened and left during a day: what grows then is the server's own. Nothing is unbounded:
+history does not: every Yjs client that ever wrote stays in a loaded document (its clock in
+the state vector, its deleted items), about 330-430 bytes each in yrs (470-700 in the Node
+server's Yjs), so rooms that stay loaded for the whole run grow with the new clients they saw.
+With `--reconnect` a slot keeps one Yjs client and its later sessions are that client
+reconnecting (same clientID, as y-websocket's provider after a dropped connection): the
+writers are a fixed set, and the documents stay bounded in CRDT terms too. With
+`--room-life S` new sessions go to a fresh set of rooms every S seconds and the old rooms
+empty out and unload, as posts are opened and left during a day: what grows then is the
+server's own. Nothing is unbounded:
 the number of connections is fixed, every wait has a timeout.
 
 Server RSS and open descriptors come from /proc/<pid>, rooms and sessions from /healthz,
@@ -295,7 +301,8 @@ def run(args: argparse.Namespace) -> None:
              "--duration", str(args.duration), "--interval", str(args.interval),
              "--churn", str(args.churn), "--seed", str(args.seed),
              "--edit-share", str(args.edit_share), "--room-life", str(args.room_life),
-             *(["--bounded"] if args.bounded else [])],
+             *(["--bounded"] if args.bounded else []),
+             *(["--reconnect"] if args.reconnect else [])],
             stdout=subprocess.PIPE, text=True,
         )
         assert load.stdout is not None
@@ -392,42 +399,49 @@ async def load(args: argparse.Namespace) -> None:
     warm = asyncio.Event()
     joined = 0
 
-    async def session(slot: int) -> None:
+    class Client:
+        """One Yjs client: its document (which holds only its own inserts: it reads
+        nothing), its awareness clock and, with --bounded, what it inserted and not deleted.
+        A session's own, or with --reconnect its slot's for the whole run."""
+
+        def __init__(self, slot: int) -> None:
+            self.id = next(ids)
+            self.user = slot  # one user per slot; a slot's successive sessions are the same user
+            self.doc: Doc[Any] = Doc(client_id=self.id)
+            self.text = self.doc.get("content", type=Text)
+            self.clock = 0
+            self.mine: list[str] = []
+
+        def presence(self) -> bytes:
+            state = {"collaboratorInfo": {"id": self.user, "name": f"user{self.user}"},
+                     "cursor": {"index": rng.randrange(1000)}}
+            entry = AwarenessEntry(self.id, self.clock, json.dumps(state))
+            return encode(AwarenessMessage(encode_awareness([entry])))
+
+        def edit(self, insert: str | None) -> bytes:
+            """An update: `insert` at the start; with --bounded, the previous insert deleted
+            in the same transaction (as an editor replacing a word), so the document stays
+            bounded."""
+            before = self.doc.get_state()
+            with self.doc.transaction():
+                if args.bounded and self.mine:
+                    previous = self.mine.pop()
+                    at = str(self.text).find(previous)
+                    if at >= 0:
+                        del self.text[at : at + len(previous)]
+                if insert is not None:
+                    self.text.insert(0, insert)
+                    self.mine.append(insert)
+            return encode(SyncUpdate(self.doc.get_update(before)))
+
+    async def session(slot: int, client: Client) -> None:
         """One connection: join, edit and move the cursor, then leave after a while."""
         nonlocal joined
         # With --room-life, the rooms in use are replaced every so often (new posts opened,
         # old ones left to unload), so documents are loaded and unloaded all along.
         epoch = int((time.monotonic() - began) / args.room_life) if args.room_life else 0
         room = slot % args.rooms + 1 + epoch * args.rooms
-        client_id = next(ids)
-        user = slot  # one user per slot; a slot's successive sessions are the same user
-        doc: Doc[Any] = Doc(client_id=client_id)
-        text = doc.get("content", type=Text)
-        clock = 0
-
-        def presence() -> bytes:
-            state = {"collaboratorInfo": {"id": user, "name": f"user{user}"},
-                     "cursor": {"index": rng.randrange(1000)}}
-            entry = AwarenessEntry(client_id, clock, json.dumps(state))
-            return encode(AwarenessMessage(encode_awareness([entry])))
-
-        mine: list[str] = []  # with --bounded: what this session inserted and not deleted
-
-        def edit(insert: str | None) -> bytes:
-            """An update: `insert` at the start; with --bounded, the previous insert deleted
-            in the same transaction (as an editor replacing a word), so the document stays
-            bounded. The client's document holds only its own inserts: it reads nothing."""
-            before = doc.get_state()
-            with doc.transaction():
-                if args.bounded and mine:
-                    previous = mine.pop()
-                    at = str(text).find(previous)
-                    if at >= 0:
-                        del text[at : at + len(previous)]
-                if insert is not None:
-                    text.insert(0, insert)
-                    mine.append(insert)
-            return encode(SyncUpdate(doc.get_update(before)))
+        doc = client.doc
 
         url = f"ws://127.0.0.1:{args.port}/rooms/1/{room}"
         async with asyncio.timeout(30):
@@ -445,7 +459,7 @@ async def load(args: argparse.Namespace) -> None:
         reading = asyncio.create_task(reader())
         try:
             await ws.send(encode(SyncStep1(doc.get_state())))
-            await ws.send(presence())
+            await ws.send(client.presence())
             if not warm.is_set():
                 joined += 1
                 if joined == args.connections:
@@ -457,14 +471,14 @@ async def load(args: argparse.Namespace) -> None:
                 if reading.done():
                     break
                 if rng.random() < args.edit_share:
-                    await ws.send(edit(f"{client_id}:{rng.randrange(1000)} "))
+                    await ws.send(client.edit(f"{client.id}:{rng.randrange(1000)} "))
                     counts["edits"] += 1
                 else:
-                    clock += 1
-                    await ws.send(presence())
+                    client.clock += 1
+                    await ws.send(client.presence())
                     counts["awareness"] += 1
-            if args.bounded and mine:
-                await ws.send(edit(None))  # leave nothing behind: the room stays bounded
+            if args.bounded and client.mine:
+                await ws.send(client.edit(None))  # leave nothing behind: the room stays bounded
         except ConnectionClosed:
             counts["unexpected_close"] += 1
         finally:
@@ -480,9 +494,16 @@ async def load(args: argparse.Namespace) -> None:
     async def slot_loop(slot: int) -> None:
         # Stagger the first connections so that warm-up is not one thundering herd.
         await asyncio.sleep(slot * 0.005)
+        client: Client | None = None
         while time.monotonic() < stop_at:
+            if client is None or not args.reconnect:
+                client = Client(slot)  # a new tab: a new Y.Doc, a new clientID
+            else:
+                # Past the removal the server broadcast at the last clock + 1, as y-protocols'
+                # awareness re-announces itself on seeing its own removal.
+                client.clock += 2
             try:
-                await session(slot)
+                await session(slot, client)
             except (OSError, TimeoutError, InvalidHandshake):
                 counts["failed"] += 1
                 await asyncio.sleep(1)
@@ -512,6 +533,11 @@ def main() -> None:
     parser.add_argument("--bounded", action="store_true",
                         help="edits replace the session's previous insert, and a leaving "
                         "session deletes its last one: documents stay bounded")
+    parser.add_argument("--reconnect", action="store_true",
+                        help="each connection slot keeps one Yjs client for the whole run: "
+                        "its sessions after the first are that client reconnecting (same "
+                        "clientID, as y-websocket's provider after a dropped connection), so "
+                        "the documents' writers, and their CRDT history, stay bounded too")
     parser.add_argument("--room-life", type=float, default=0.0,
                         help="seconds after which new sessions go to a fresh set of rooms "
                         "(other posts) and the old ones empty out and unload; 0: the same "
