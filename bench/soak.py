@@ -18,8 +18,9 @@ over websockets, each in one room, each editing its own document and moving its 
 seconds on average. With `--bounded` an edit replaces the session's previous insert and a
 leaving session deletes its last one, so the documents' content stays bounded. Their CRDT
 history does not: every Yjs client that ever wrote stays in a loaded document (its clock in
-the state vector, its deleted items), about 330-430 bytes each in yrs (470-700 in the Node
-server's Yjs), so rooms that stay loaded for the whole run grow with the new clients they saw.
+the state vector, its deleted items), about 590 bytes each in yrs and 700 in the Node
+server's Yjs (`bench/crdt_history.py`), so rooms that stay loaded for the whole run grow with
+the new clients they saw.
 With `--reconnect` a slot keeps one Yjs client and its later sessions are that client
 reconnecting (same clientID, as y-websocket's provider after a dropped connection): the
 writers are a fixed set, and the documents stay bounded in CRDT terms too. With
