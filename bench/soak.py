@@ -38,7 +38,9 @@ previous snapshot, gc counts and the number of asyncio tasks to `<data-dir>/debu
 sample, one JSON line: resident memory by kind of mapping (the brk heap, anonymous maps,
 files), malloc's bytes in use and free, SQLite's, Python's allocated blocks, the session
 history's size, the object types that grew most, and for each `--watch TYPE` how many are
-alive and what refers to them (how the unloaded rooms' documents were found alive).
+alive and what refers to them (how the unloaded rooms' documents were found alive). Its
+sampler walks every object in the server, which moves the heap by a couple of MB from one
+sample to the next: take the RSS figures from a run without it.
 """
 
 from __future__ import annotations
@@ -157,7 +159,8 @@ def sqlite_memory():
 def smaps():
     # Resident bytes by kind of mapping: the brk heap (the main thread's malloc arena), other
     # threads' malloc arenas (anonymous maps that start on a 64 MiB boundary), the rest of
-    # the anonymous maps (Python's object arenas, large malloc blocks), files.
+    # the anonymous maps (Python's object arenas, large malloc blocks, the session history's
+    # ring), files.
     kinds = collections.Counter()
     kind = "file"
     with open("/proc/self/smaps") as maps:
@@ -165,6 +168,8 @@ def smaps():
             head = line.split()
             if not head[0].endswith(":"):
                 name = head[5] if len(head) > 5 else ""
+                if name == "/dev/zero":  # shared anonymous maps (the session history's ring)
+                    name = ""
                 start = int(head[0].split("-")[0], 16)
                 kind = "heap" if name == "[heap]" else (
                     "threads" if start % (64 << 20) == 0 else "anon") if not name else (
