@@ -5,7 +5,7 @@ A script, not a test.
     .venv/bin/python bench/soak.py --duration 150        # shorter
     .venv/bin/python bench/soak.py --duration 150 --debug   # + tracemalloc/gc/task snapshots
     .venv/bin/python bench/soak.py --duration 1800 --bounded  # documents' content bounded
-    .venv/bin/python bench/soak.py --duration 1800 --bounded --reconnect --memory
+    .venv/bin/python bench/soak.py --duration 1800 --bounded --reconnect
                                 # their writers too: a fixed set of Yjs clients reconnecting
     .venv/bin/python bench/soak.py --bounded --room-life 120 --memory --watch Doc
                                 # rooms come and go; memory by kind, live documents counted
@@ -17,17 +17,15 @@ over websockets, each in one room, each editing its own document and moving its 
 `--interval` seconds on average, and leaving (a new session takes its place) every `--churn`
 seconds on average. With `--bounded` an edit replaces the session's previous insert and a
 leaving session deletes its last one, so the documents' content stays bounded. Their CRDT
-history does not: every Yjs client that ever wrote stays in a loaded document (its clock in
-the state vector, its deleted items), about 590 bytes each in yrs and 700 in the Node
-server's Yjs (`bench/crdt_history.py`), so rooms that stay loaded for the whole run grow with
-the new clients they saw.
-With `--reconnect` a slot keeps one Yjs client and its later sessions are that client
-reconnecting (same clientID, as y-websocket's provider after a dropped connection): the
-writers are a fixed set, and the documents stay bounded in CRDT terms too. With
-`--room-life S` new sessions go to a fresh set of rooms every S seconds and the old rooms
-empty out and unload, as posts are opened and left during a day: what grows then is the
-server's own. Nothing is unbounded:
-the number of connections is fixed, every wait has a timeout.
+history does not: every Yjs client that ever wrote stays in a loaded document (its clock in the
+state vector, its deleted items), about 590 bytes each in yrs and 700 in the Node server's Yjs
+(`bench/crdt_history.py`), so rooms that stay loaded for the whole run grow with the new
+clients they saw. With `--reconnect` a slot keeps one Yjs client and its later sessions are
+that client reconnecting (same clientID, as y-websocket's provider after a dropped connection):
+the writers are a fixed set, and the documents stay bounded in CRDT terms too. With
+`--room-life S` new sessions go to a fresh set of rooms every S seconds and the old rooms empty
+out and unload, as posts are opened and left during a day: what grows then is the server's own.
+Nothing is unbounded: the number of connections is fixed, every wait has a timeout.
 
 Server RSS and open descriptors come from /proc/<pid>, rooms and sessions from /healthz,
 sampled every `--sample` seconds; the table marks start (load warm), middle and end, and a
