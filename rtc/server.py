@@ -13,7 +13,6 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import anyio
@@ -63,6 +62,7 @@ from rtc.forwarded import TrustedProxies
 from rtc.http.errors import HttpError
 from rtc.http.routes import FeedRoute, RoomRoute, route
 from rtc.ids import RoomKey
+from rtc.inflight import InFlight
 from rtc.metrics import Metrics
 from rtc.peers import Peer, Peers
 from rtc.protocol import awareness_header, decode
@@ -122,8 +122,7 @@ class RoomServer:
         self._metrics = metrics
         self._task_group = task_group
         self._ids = itertools.count(1)
-        self._cluster_calls = 0
-        self._settled = anyio.Event()
+        self._cluster_calls = InFlight(task_group)
         self._peers = Peers(
             metrics=metrics, outbox_limit=config.outbox_limit, task_group=task_group,
             close_timeout=CLOSE_TIMEOUT,
@@ -328,28 +327,10 @@ class RoomServer:
         except RtcError as error:
             self._peers.fail(claimant, error)
 
-    def _in_cluster(self, call: Callable[..., Awaitable[None]], *args: object) -> None:
-        """Run a call to the cluster in the background, counted until it is done."""
-
-        async def counted() -> None:
-            try:
-                await call(*args)
-            finally:
-                self._cluster_calls -= 1
-                if not self._cluster_calls:
-                    self._settled.set()
-
-        if not self._cluster_calls:
-            self._settled = anyio.Event()
-        self._cluster_calls += 1
-        self._task_group.start_soon(counted)
-
     async def settle(self, *, within: float) -> None:
         """Wait (at most `within` seconds) for calls to the cluster still under way: at
         shutdown, so that every session is released and recorded before the node goes."""
-        with anyio.move_on_after(within):
-            if self._cluster_calls:
-                await self._settled.wait()
+        await self._cluster_calls.settle(within=within)
 
     async def _reserve(self, reserve: Reserve, peer: Peer) -> None:
         """Carry out a `Reserve`: the cluster decides, then the room finishes the admission."""
@@ -412,13 +393,13 @@ class RoomServer:
                     )
                     self._tracking.blocked(action)
                 case Left() if self._cluster is not None:
-                    self._in_cluster(self._left_cluster, action)
+                    self._cluster_calls.start(self._left_cluster, action)
                 case Left():
                     self._tracking.left(action)
                 case CheckLiveness():
                     self._task_group.start_soon(self._check_liveness, action, peer.room)
                 case Reserve():
-                    self._in_cluster(self._reserve, action, peer)
+                    self._cluster_calls.start(self._reserve, action, peer)
                 case Share(kind=kind, data=data) if self._cluster is not None:
                     self._cluster.share(peer.room.key, kind, data)
                 case Close(connection=connection, code=code, reason=reason):
