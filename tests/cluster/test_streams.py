@@ -160,7 +160,7 @@ async def test_a_room_held_alone_writes_no_update_until_another_node_holds_it(
             with anyio.fail_after(TIMEOUT):
                 # (`left` reaches no callback: a's reader is polled until it read it)
                 while a.streams.entries_read < 3:  # noqa: ASYNC110 - bounded by the deadline
-                    await anyio.sleep(0.01)  # sleep-ok: polls a's reader for the `left`
+                    await anyio.sleep(0.01)  # noqa: sleep-ok - polls a's reader for the `left`
             assert not a.streams.shared(ROOM)
             a.streams.publish(ROOM, "update", b"alone again")
             assert a.streams.entries_unshared == 3

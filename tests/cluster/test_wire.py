@@ -76,7 +76,7 @@ async def test_a_lost_connection_fails_the_pending_call(redis_server: ThrowawayR
     try:
         wire = await Wire.open(client, TIMEOUT)
         waiting = asyncio.ensure_future(wire.send([pack("BLPOP", "nothing", 5)]))
-        await asyncio.sleep(0)  # sleep-ok: lets the command leave before Redis stops
+        await asyncio.sleep(0)  # noqa: sleep-ok - lets the command leave before Redis stops
         redis_server.stop()
         with anyio.fail_after(TIMEOUT), pytest.raises(RedisConnectionError):
             await waiting
